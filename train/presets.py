@@ -1,0 +1,291 @@
+"""Model presets: the only place where sizes live.
+
+Every other module reads dimensions from a checkpoint's config (which is a preset written to
+`config.json`), never from literals. `tiny` keeps every architecture of `nextgpt-7b` at CPU size.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+SIGNAL_TOKEN_COUNTS = {"image": 4, "video": 24, "audio": 8}
+SIGNAL_PREFIX = {"image": "IMG", "video": "VID", "audio": "AUD"}
+MEDIA_TAGS = ("<Img>", "</Img>")
+PROMPT = {
+    "human": "### Human: ",
+    "assistant": "\n### Assistant:",
+    "media": "<Img>[mm]</Img>",
+    "stop": "###",
+}
+
+
+def _sd_scheduler() -> dict[str, Any]:
+    return {
+        "_class_name": "PNDMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+    }
+
+
+def _ddim_scheduler() -> dict[str, Any]:
+    return {
+        "_class_name": "DDIMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+
+
+def _vae(in_out: int, latent: int, channels: list[int], groups: int) -> dict[str, Any]:
+    n = len(channels)
+    return {
+        "in_channels": in_out,
+        "out_channels": in_out,
+        "latent_channels": latent,
+        "block_out_channels": channels,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "layers_per_block": 1 if channels[0] < 128 else 2,
+        "norm_num_groups": groups,
+        "scaling_factor": 0.18215,
+    }
+
+
+TINY: dict[str, Any] = {
+    "preset": "tiny",
+    "imagebind": {
+        "out_embed_dim": 32,
+        "vision": {
+            "image_size": 224,
+            "num_frames": 2,
+            "kernel": [2, 14, 14],
+            "embed_dim": 32,
+            "num_blocks": 2,
+            "num_heads": 2,
+            "mlp_ratio": 4,
+            "video_clips": 5,
+        },
+        "audio": {
+            "sample_rate": 16000,
+            "num_mel_bins": 128,
+            "target_length": 204,
+            "clip_duration": 2.0,
+            "clips": 3,
+            "kernel": 16,
+            "stride": 10,
+            "embed_dim": 32,
+            "num_blocks": 2,
+            "num_heads": 2,
+            "mlp_ratio": 4,
+            "logit_scale": 20.0,
+            "mean": -4.268,
+            "std": 9.138,
+        },
+    },
+    "llm": {
+        "hidden_size": 64,
+        "intermediate_size": 176,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "base_vocab_size": 384,
+    },
+    "lora": {"r": 8, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "projector": {"hidden": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 64},
+    "generation": {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0},
+    "decoders": {
+        "image": {
+            "name": "sd",
+            "embed_tokens": 8,
+            "embed_dim": 32,
+            "height": 64,
+            "width": 64,
+            "steps": 8,
+            "guidance": 7.5,
+            "unet": {
+                "sample_size": 32,
+                "in_channels": 4,
+                "out_channels": 4,
+                "block_out_channels": [32, 64],
+                "layers_per_block": 1,
+                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                "cross_attention_dim": 32,
+                "attention_head_dim": 8,
+                "norm_num_groups": 32,
+            },
+            "vae": _vae(3, 4, [32, 64], 32),
+            "scheduler": _sd_scheduler(),
+        },
+        "video": {
+            "name": "zeroscope",
+            "embed_tokens": 8,
+            "embed_dim": 32,
+            "height": 32,
+            "width": 32,
+            "frames": 4,
+            "fps": 8,
+            "steps": 8,
+            "guidance": 7.5,
+            "unet": {
+                "sample_size": 16,
+                "in_channels": 4,
+                "out_channels": 4,
+                "block_out_channels": [32, 64],
+                "layers_per_block": 1,
+                "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+                "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
+                "cross_attention_dim": 32,
+                "attention_head_dim": 8,
+                "norm_num_groups": 32,
+            },
+            "vae": _vae(3, 4, [32, 64], 32),
+            "scheduler": _ddim_scheduler(),
+        },
+        "audio": {
+            "name": "audioldm",
+            "embed_tokens": 1,
+            "embed_dim": 32,
+            "sample_rate": 16000,
+            "audio_length_s": 1.0,
+            "steps": 8,
+            "guidance": 2.5,
+            "unet": {
+                "sample_size": 32,
+                "in_channels": 8,
+                "out_channels": 8,
+                "block_out_channels": [32, 64],
+                "layers_per_block": 1,
+                "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                "cross_attention_dim": [32, 64],
+                "attention_head_dim": 8,
+                "norm_num_groups": 32,
+                "class_embed_type": "simple_projection",
+                "projection_class_embeddings_input_dim": 32,
+                "class_embeddings_concat": True,
+            },
+            "vae": _vae(1, 8, [32, 64], 32),
+            "vocoder": {
+                "model_in_dim": 16,
+                "sampling_rate": 16000,
+                "upsample_initial_channel": 32,
+                "upsample_rates": [5, 4, 2, 2, 2],
+                "upsample_kernel_sizes": [10, 8, 4, 4, 4],
+                "resblock_kernel_sizes": [3],
+                "resblock_dilation_sizes": [[1, 3]],
+                "normalize_before": False,
+            },
+            "scheduler": _ddim_scheduler(),
+        },
+    },
+}
+
+
+def _nextgpt_7b() -> dict[str, Any]:
+    p = copy.deepcopy(TINY)
+    p["preset"] = "nextgpt-7b"
+    p["imagebind"]["out_embed_dim"] = 1024
+    p["imagebind"]["vision"].update(embed_dim=1280, num_blocks=32, num_heads=16)
+    p["imagebind"]["audio"].update(embed_dim=768, num_blocks=12, num_heads=12)
+    p["llm"] = {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "base_vocab_size": 32000,
+    }
+    p["lora"] = {"r": 32, "alpha": 32, "dropout": 0.1, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    p["projector"] = {"hidden": 512, "heads": 4, "encoder_layers": 4, "decoder_layers": 4, "ffn": 2048}
+    p["generation"] = {"max_new_tokens": 246, "temperature": 0.4, "top_p": 0.01}
+    dec = p["decoders"]
+    dec["image"].update(embed_tokens=77, embed_dim=768, height=512, width=512, steps=50, guidance=7.5)
+    dec["image"]["unet"] = {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
+    dec["image"]["vae"] = _vae(3, 4, [128, 256, 512, 512], 32)
+    dec["video"].update(embed_tokens=77, embed_dim=1024, height=320, width=576, frames=24, steps=50)
+    dec["video"]["unet"] = {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
+        "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
+        "cross_attention_dim": 1024,
+        "attention_head_dim": 64,
+        "norm_num_groups": 32,
+    }
+    dec["video"]["vae"] = _vae(3, 4, [128, 256, 512, 512], 32)
+    dec["audio"].update(embed_tokens=1, embed_dim=512, audio_length_s=9.0, steps=50, guidance=7.5)
+    dec["audio"]["unet"] = {
+        "sample_size": 128,
+        "in_channels": 8,
+        "out_channels": 8,
+        "block_out_channels": [192, 384, 576, 960],
+        "layers_per_block": 2,
+        "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 3,
+        "up_block_types": ["CrossAttnUpBlock2D"] * 3 + ["UpBlock2D"],
+        "cross_attention_dim": [192, 384, 576, 960],
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+        "class_embed_type": "simple_projection",
+        "projection_class_embeddings_input_dim": 512,
+        "class_embeddings_concat": True,
+    }
+    dec["audio"]["vae"] = _vae(1, 8, [128, 256, 512], 32)
+    dec["audio"]["vocoder"] = {
+        "model_in_dim": 64,
+        "sampling_rate": 16000,
+        "upsample_initial_channel": 1024,
+        "upsample_rates": [5, 4, 2, 2, 2],
+        "upsample_kernel_sizes": [16, 16, 8, 4, 4],
+        "resblock_kernel_sizes": [3, 7, 11],
+        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        "normalize_before": True,
+    }
+    return p
+
+
+PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nextgpt-7b": _nextgpt_7b()}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """A deep copy of the named preset, so callers can edit it freely."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def signal_tokens(modality: str, counts: dict[str, int] = SIGNAL_TOKEN_COUNTS) -> list[str]:
+    """`[IMG0]`..`[IMG3]` and friends: the signal-token run of one output modality."""
+    return [f"[{SIGNAL_PREFIX[modality]}{i}]" for i in range(counts[modality])]
+
+
+def added_tokens() -> list[str]:
+    """The 38 tokens NExT-GPT adds to the LLaMA vocabulary, in the reference's order."""
+    return [*MEDIA_TAGS, *(t for m in SIGNAL_TOKEN_COUNTS for t in signal_tokens(m))]
