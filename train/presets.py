@@ -73,6 +73,7 @@ TINY: dict[str, Any] = {
             "num_heads": 2,
             "mlp_ratio": 4,
             "video_clips": 5,
+            "clip_duration": 2.0,
         },
         "audio": {
             "sample_rate": 16000,
@@ -127,6 +128,21 @@ TINY: dict[str, Any] = {
             },
             "vae": _vae(3, 4, [32, 64], 32),
             "scheduler": _sd_scheduler(),
+            # CLIPTextConfig: last_hidden_state is max_position_embeddings × hidden_size = embed_tokens ×
+            # embed_dim. The tiny vocab has no id 49406/49407, so BOS/EOS are its last two ids as in CLIP's
+            # vocab, and pad = EOS as SD-1.5's tokenizer pads.
+            "text_encoder": {
+                "vocab_size": 1000,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 8,
+                "hidden_act": "quick_gelu",
+                "bos_token_id": 998,
+                "eos_token_id": 999,
+                "pad_token_id": 999,
+            },
         },
         "video": {
             "name": "zeroscope",
@@ -152,6 +168,19 @@ TINY: dict[str, Any] = {
             },
             "vae": _vae(3, 4, [32, 64], 32),
             "scheduler": _ddim_scheduler(),
+            # as the image one; gelu like ZeroScope's OpenCLIP text encoder
+            "text_encoder": {
+                "vocab_size": 1000,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 8,
+                "hidden_act": "gelu",
+                "bos_token_id": 998,
+                "eos_token_id": 999,
+                "pad_token_id": 999,
+            },
         },
         "audio": {
             "name": "audioldm",
@@ -188,6 +217,21 @@ TINY: dict[str, Any] = {
                 "normalize_before": False,
             },
             "scheduler": _ddim_scheduler(),
+            # ClapTextConfig: text_embeds is 1 × projection_dim = 1 × embed_dim. RoBERTa's special ids, as
+            # AudioLDM's tokenizer. AudioLDM pads "" to projection_dim tokens and RoBERTa positions start
+            # after the pad id: max_position_embeddings = projection_dim + 2 (CLAP: 514 for 512).
+            "text_encoder": {
+                "vocab_size": 1000,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 34,
+                "projection_dim": 32,
+                "bos_token_id": 0,
+                "pad_token_id": 1,
+                "eos_token_id": 2,
+            },
         },
     },
 }
@@ -227,6 +271,18 @@ def _nextgpt_7b() -> dict[str, Any]:
         "norm_num_groups": 32,
     }
     dec["image"]["vae"] = _vae(3, 4, [128, 256, 512, 512], 32)
+    # SD-1.5's CLIP ViT-L/14 text encoder; its tokenizer gives "" as [49406, 49407, 49407, ...]
+    dec["image"]["text_encoder"].update(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     dec["video"].update(embed_tokens=77, embed_dim=1024, height=320, width=576, frames=24, steps=50)
     dec["video"]["unet"] = {
         "sample_size": 64,
@@ -241,6 +297,18 @@ def _nextgpt_7b() -> dict[str, Any]:
         "norm_num_groups": 32,
     }
     dec["video"]["vae"] = _vae(3, 4, [128, 256, 512, 512], 32)
+    # ZeroScope's OpenCLIP ViT-H/14 text encoder (penultimate layer kept, as in SD 2)
+    dec["video"]["text_encoder"].update(
+        vocab_size=49408,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=23,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     dec["audio"].update(embed_tokens=1, embed_dim=512, audio_length_s=9.0, steps=50, guidance=7.5)
     dec["audio"]["unet"] = {
         "sample_size": 128,
@@ -258,6 +326,16 @@ def _nextgpt_7b() -> dict[str, Any]:
         "class_embeddings_concat": True,
     }
     dec["audio"]["vae"] = _vae(1, 8, [128, 256, 512], 32)
+    # AudioLDM's CLAP text encoder (RoBERTa-base, projected to 512)
+    dec["audio"]["text_encoder"].update(
+        vocab_size=50265,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=514,
+        projection_dim=512,
+    )
     dec["audio"]["vocoder"] = {
         "model_in_dim": 64,
         "sampling_rate": 16000,
