@@ -1,0 +1,198 @@
+"""ImageBind's input preprocessing, reproduced in numpy (float32 outputs).
+
+Follows `imagebind/data.py` (load_and_transform_{vision,video,audio}_data), with torchvision,
+pytorchvideo and torchaudio replaced by numpy and Pillow. Sizes come from the caller (a preset's
+`imagebind` section); the only literals are the CLIP normalisation and the Kaldi options ImageBind
+fixes in its call to `torchaudio.compliance.kaldi.fbank`.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image
+
+from runtime.media import resample
+
+CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
+CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
+
+# Kaldi fbank options: ImageBind passes frame_length=25, frame_shift=10, window_type="hanning",
+# dither=0, use_energy=False, htk_compat=True; the rest are torchaudio's defaults (preemphasis
+# 0.97, remove_dc_offset, round_to_power_of_two, snip_edges, power spectrum, low_freq 20,
+# high_freq 0 = Nyquist, log floor = float32 epsilon).
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+PREEMPHASIS = 0.97
+LOW_FREQ_HZ = 20.0
+LOG_FLOOR = float(np.finfo(np.float32).eps)
+_MS = 0.001
+
+
+def image_to_tensor(image: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 H×W×3 RGB → float32 (3, S, S), as torchvision's Resize(S, BICUBIC) on a PIL image,
+    CenterCrop(S), ToTensor and Normalize(CLIP mean, std) compute it in ImageBind."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected uint8 H×W×3, got {image.dtype} {image.shape}")
+    resized = np.asarray(_resize_short_side(Image.fromarray(image), image_size))
+    return np.ascontiguousarray(_normalise(_centre_crop(resized, image_size)).transpose(2, 0, 1))
+
+
+def clip_timepoints(duration: float, clip_duration: float, clips: int) -> list[tuple[Fraction, Fraction]]:
+    """(start, end) seconds of pytorchvideo's ConstantClipsPerVideoSampler, as ImageBind's
+    `get_clip_timepoints` collects them.
+
+    Clip i starts at i * max(duration - clip_duration, 0) / clips: the step divides by `clips`,
+    not `clips - 1`, so the last clip ends before the media does. Its early stop
+    (`step * i > max_start`) never fires, so there are always `clips` clips; media shorter than a
+    clip gives `clips` copies of [0, clip_duration). Fractions as in pytorchvideo, so the callers'
+    float and integer conversions round the same way.
+    """
+    length = Fraction(clip_duration)
+    step = Fraction(max(float(duration) - float(clip_duration), 0.0)) / clips
+    return [(step * i, step * i + length) for i in range(clips)]
+
+
+def clip_frame_indices(
+    num_frames: int, fps: float, clips: int, frames_per_clip: int, clip_duration: float
+) -> np.ndarray:
+    """Frame indices (clips, frames_per_clip) that ImageBind's video loader picks.
+
+    The video lasts num_frames / fps (decord's duration); a clip covers frames
+    ceil(fps * start) .. ceil(fps * end) - 1, capped at the last frame (pytorchvideo's decord
+    `get_clip`); UniformTemporalSubsample then takes linspace(0, n - 1, k) truncated toward zero,
+    repeating frames when the clip has fewer than k. torch's linspace runs in float32 and ours in
+    float64; they agree exactly for k = 2 (ImageBind's) and could differ by one only where a
+    float32 value lands just under an integer.
+    """
+    if num_frames < 1 or not fps > 0:
+        raise ValueError(f"need at least one frame and a positive frame rate, got {num_frames} at {fps}")
+    rows = []
+    for start, end in clip_timepoints(num_frames / fps, clip_duration, clips):
+        # below one frame per clip a clip can hold no frame: take the next one (or the last)
+        first = min(math.ceil(fps * float(start)), num_frames - 1)
+        stop = max(min(math.ceil(fps * float(end)), num_frames), first + 1)
+        rows.append(first + np.linspace(0, stop - first - 1, frames_per_clip).astype(np.int64))
+    return np.stack(rows)
+
+
+def video_to_clips(
+    frames: np.ndarray, fps: float, image_size: int, clips: int, frames_per_clip: int, clip_duration: float
+) -> np.ndarray:
+    """uint8 T×H×W×3 frames → float32 (clips, 3, frames_per_clip, S, S).
+
+    Frames are picked by `clip_frame_indices`, then each goes through `image_to_tensor`. Two
+    departures from the reference: it scales with pytorchvideo's ShortSideScale (bilinear, no
+    antialiasing) and takes three spatial crops (left/centre/right, SpatialCrop) per clip; we resize
+    as images are (bicubic, antialiased) and take the centre crop only, so a video gives `clips`
+    clips, not 3 × `clips`.
+    """
+    index = clip_frame_indices(len(frames), fps, clips, frames_per_clip, clip_duration)
+    unique, inverse = np.unique(index, return_inverse=True)  # short videos reuse frames: resize once
+    tensors = np.stack([image_to_tensor(frames[i], image_size) for i in unique])
+    picked = tensors[inverse.reshape(index.shape)]  # (clips, frames_per_clip, 3, S, S)
+    return np.ascontiguousarray(picked.transpose(0, 2, 1, 3, 4))
+
+
+def kaldi_fbank(wave: np.ndarray, sample_rate: int, num_mel_bins: int) -> np.ndarray:
+    """Log mel filterbank (frames, num_mel_bins) float32, as torchaudio.compliance.kaldi.fbank
+    computes it with ImageBind's options.
+
+    Per frame of 25 ms every 10 ms (only whole frames, snip_edges): subtract the frame mean,
+    pre-emphasise x[j] - 0.97 x[j-1] (x[-1] := x[0]), multiply by the symmetric Hann window
+    0.5 - 0.5 cos(2πn / (N - 1)) (torch.hann_window(periodic=False), not Kaldi's povey), zero-pad
+    to the next power of two, take |rfft|², apply Kaldi's triangular mel banks, floor at float32
+    epsilon and take the log. torchaudio works in float32 throughout; this works in float64, so
+    the two agree to float32 rounding, not bit for bit. A waveform shorter than one frame gives
+    zero frames (torchaudio asserts instead).
+    """
+    window = int(sample_rate * FRAME_LENGTH_MS * _MS)  # torchaudio's expression, truncated
+    shift = int(sample_rate * FRAME_SHIFT_MS * _MS)
+    n_fft = 1 << (window - 1).bit_length()
+    x = np.asarray(wave, dtype=np.float64)
+    if x.size < window:
+        return np.zeros((0, num_mel_bins), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(x, window)[::shift]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    frames = frames - PREEMPHASIS * np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    frames = frames * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / (window - 1)))
+    power = np.abs(np.fft.rfft(frames, n=n_fft)) ** 2
+    energies = power @ _mel_banks(num_mel_bins, n_fft, sample_rate).T
+    return np.log(np.maximum(energies, LOG_FLOOR)).astype(np.float32)
+
+
+def waveform_to_fbank_clips(
+    wave: np.ndarray,
+    rate: int,
+    sample_rate: int,
+    clips: int,
+    clip_duration: float,
+    num_mel_bins: int,
+    target_length: int,
+    mean: float,
+    std: float,
+) -> np.ndarray:
+    """Mono waveform → float32 (clips, 1, num_mel_bins, target_length), as ImageBind's
+    `load_and_transform_audio_data` and `waveform2melspec` compute it.
+
+    Resample the whole waveform to `sample_rate`, cut `clips` clips at `clip_timepoints` (samples
+    int(start * sample_rate) .. int(end * sample_rate), fewer where the audio ends), subtract each
+    clip's mean, take `kaldi_fbank`, transpose to (mel, frames), zero-pad on the right or crop to
+    `target_length` frames (the padding is in the log domain, before normalising, as in the
+    reference), then (x - mean) / std.
+
+    The reference subtracts the mean in place on a view of the shared waveform, so where clips
+    overlap (audio shorter than clips × clip_duration) a later clip sees samples an earlier clip
+    already shifted. We subtract from a copy; the difference is a constant step that the per-frame
+    DC removal cancels except in the frames straddling it.
+    """
+    x = resample(wave, rate, sample_rate)
+    if x.size == 0:
+        raise ValueError("empty waveform")
+    mels = []
+    for start, end in clip_timepoints(x.size / sample_rate, clip_duration, clips):
+        clip = x[int(start * sample_rate) : int(end * sample_rate)]
+        fbank = kaldi_fbank(clip - clip.mean(), sample_rate, num_mel_bins).T[:, :target_length]
+        fbank = np.pad(fbank, ((0, 0), (0, target_length - fbank.shape[1])))
+        mels.append((fbank - np.float32(mean)) / np.float32(std))
+    return np.stack(mels)[:, None].astype(np.float32)
+
+
+def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)  # torchvision truncates the long side, it does not round
+    return image.resize((size, new_long) if w <= h else (new_long, size), Image.Resampling.BICUBIC)
+
+
+def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    # torchvision's offsets: Python's round, so a half-pixel surplus rounds to even
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image[top : top + size, left : left + size]
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    # float32 at every step, as ToTensor (÷255) and Normalize do, so the values match bit for bit
+    return (image.astype(np.float32) / np.float32(255) - CLIP_MEAN) / CLIP_STD
+
+
+def _mel_banks(num_bins: int, n_fft: int, sample_rate: int) -> np.ndarray:
+    """Kaldi's triangular filters (num_bins, n_fft // 2 + 1), as torchaudio's `get_mel_banks`.
+
+    Centres are evenly spaced on the 1127 ln(1 + f / 700) mel scale between LOW_FREQ_HZ and
+    Nyquist, with num_bins + 1 steps so the outer slopes fit inside. Weights are taken at the FFT
+    bins 0 .. n_fft/2 - 1 and the Nyquist bin gets a zero column, as torchaudio pads it.
+    """
+    mel_low, mel_high = _mel(LOW_FREQ_HZ), _mel(sample_rate / 2)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    bins = np.arange(num_bins)[:, None]
+    left, centre, right = (mel_low + (bins + k) * delta for k in range(3))
+    mel = _mel(sample_rate / n_fft * np.arange(n_fft // 2))[None, :]
+    banks = np.maximum(0.0, np.minimum((mel - left) / (centre - left), (right - mel) / (right - centre)))
+    return np.pad(banks, ((0, 0), (0, 1)))
+
+
+def _mel(freq: float | np.ndarray) -> float | np.ndarray:
+    return 1127.0 * np.log(1.0 + np.asarray(freq) / 700.0)

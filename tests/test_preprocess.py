@@ -1,0 +1,209 @@
+"""runtime.preprocess: ImageBind's image, video and audio preprocessing in numpy."""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime import preprocess as pp
+from train.presets import get_preset
+
+RATE = 16000
+MEL_BINS = 128
+EPS = float(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(scope="module")
+def imagebind() -> dict:
+    return get_preset("tiny")["imagebind"]
+
+
+def _clip_normalised(rgb: tuple[int, int, int]) -> np.ndarray:
+    return (np.array(rgb, np.float32) / 255 - pp.CLIP_MEAN) / pp.CLIP_STD
+
+
+def _tone(freq: float, seconds: float, rate: int = RATE) -> np.ndarray:
+    return np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate).astype(np.float32)
+
+
+# --- images
+
+
+@pytest.mark.parametrize("tall", [False, True])
+def test_image_centre_crop_keeps_the_centre(tall):
+    """The long side is twice the short one, so the crop keeps its middle half: all green."""
+    green = (20, 220, 40)
+    wide = np.empty((200, 400, 3), np.uint8)
+    wide[:, :60], wide[:, 60:340], wide[:, 340:] = (250, 0, 0), green, (0, 0, 250)
+    out = pp.image_to_tensor(wide.transpose(1, 0, 2) if tall else wide, 224)
+    assert out.shape == (3, 224, 224) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.broadcast_to(_clip_normalised(green)[:, None, None], out.shape), atol=0.03)
+
+
+@pytest.mark.parametrize("width,offset", [(224, 0), (225, 0), (226, 1), (227, 2)])
+def test_centre_crop_offset_rounds_like_torchvision(width, offset):
+    """Short side already 224, so no resize: the crop starts at round((w - 224) / 2), half to even."""
+    image = np.zeros((224, width, 3), np.uint8)
+    image[..., 0] = np.arange(width)[None, :]
+    out = pp.image_to_tensor(image, 224)
+    first_column = np.rint((out[0, 0, 0] * pp.CLIP_STD[0] + pp.CLIP_MEAN[0]) * 255)
+    assert first_column == offset
+
+
+def test_image_resize_truncates_and_crop_rounds_half_to_even():
+    """200×305: the long side becomes int(224 * 305 / 200) = int(341.6) = 341 (not 342), and the
+    crop starts at round(58.5) = 58 (not 59)."""
+    image = np.random.default_rng(0).integers(0, 256, (200, 305, 3), dtype=np.uint8)
+    resized = np.asarray(Image.fromarray(image).resize((341, 224), Image.Resampling.BICUBIC))
+    expected = (resized[:, 58:282].astype(np.float32) / 255 - pp.CLIP_MEAN) / pp.CLIP_STD
+    np.testing.assert_array_equal(pp.image_to_tensor(image, 224), expected.transpose(2, 0, 1))
+
+
+# --- clip sampling and video
+
+
+def test_clip_timepoints_divide_by_clips_not_clips_minus_one():
+    assert pp.clip_timepoints(10.0, 2.0, 3) == [
+        (Fraction(0), Fraction(2)),
+        (Fraction(8, 3), Fraction(14, 3)),
+        (Fraction(16, 3), Fraction(22, 3)),
+    ]
+    assert pp.clip_timepoints(1.0, 2.0, 3) == [(Fraction(0), Fraction(2))] * 3
+
+
+def test_clip_frame_indices_for_a_ten_frame_video():
+    # 10 frames at 2 fps = 5 s: starts 0, 0.6, 1.2, 1.8, 2.4 s cover frames ceil(2 t) .. ceil(2 (t + 2)) - 1
+    np.testing.assert_array_equal(pp.clip_frame_indices(10, 2.0, 5, 2, 2.0), [[0, 3], [2, 5], [3, 6], [4, 7], [5, 8]])
+    # linspace(0, 3, 3) = 0, 1.5, 3 truncates to 0, 1, 3
+    np.testing.assert_array_equal(
+        pp.clip_frame_indices(10, 2.0, 5, 3, 2.0), [[0, 1, 3], [2, 3, 5], [3, 4, 6], [4, 5, 7], [5, 6, 8]]
+    )
+    # 10 frames at 10 fps = 1 s, shorter than a clip: every clip spans the whole video
+    np.testing.assert_array_equal(pp.clip_frame_indices(10, 10.0, 5, 2, 2.0), [[0, 9]] * 5)
+    # more frames wanted than the clip holds: frames repeat
+    np.testing.assert_array_equal(pp.clip_frame_indices(2, 10.0, 1, 4, 2.0), [[0, 0, 0, 1]])
+
+
+def test_video_to_clips_uses_the_sampled_frames(imagebind):
+    vision = imagebind["vision"]
+    frames = np.stack([np.full((60, 80, 3), 20 * i, np.uint8) for i in range(10)])
+    out = pp.video_to_clips(frames, 2.0, vision["image_size"], vision["video_clips"], vision["num_frames"], 2.0)
+    size = vision["image_size"]
+    assert out.shape == (vision["video_clips"], 3, vision["num_frames"], size, size) and out.dtype == np.float32
+    grey = (out[:, 0, :, size // 2, size // 2] * pp.CLIP_STD[0] + pp.CLIP_MEAN[0]) * 255
+    np.testing.assert_array_equal(np.rint(grey / 20), pp.clip_frame_indices(10, 2.0, 5, 2, 2.0))
+    np.testing.assert_array_equal(out[1, :, 0], pp.image_to_tensor(frames[2], size))
+
+
+# --- Kaldi fbank
+
+
+def _slow_kaldi_frame(wave: np.ndarray, index: int) -> np.ndarray:
+    """One fbank frame straight from the Kaldi formulas, loop by loop (ImageBind's options at 16 kHz)."""
+    length, shift, n_fft = 400, 160, 512
+    x = [float(v) for v in wave[index * shift : index * shift + length]]
+    mean = sum(x) / length
+    x = [v - mean for v in x]
+    x = [x[j] - 0.97 * x[max(j - 1, 0)] for j in range(length)]
+    x = [x[n] * (0.5 - 0.5 * math.cos(2 * math.pi * n / (length - 1))) for n in range(length)]
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    spectrum = np.exp(-2j * np.pi * k * np.arange(length)[None, :] / n_fft) @ np.array(x)  # zero-padded DFT
+    power = np.abs(spectrum) ** 2
+
+    def mel(f: float) -> float:
+        return 1127.0 * math.log(1.0 + f / 700.0)
+
+    low, high = mel(20.0), mel(RATE / 2)
+    delta = (high - low) / (MEL_BINS + 1)
+    out = []
+    for b in range(MEL_BINS):
+        left, centre, right = low + b * delta, low + (b + 1) * delta, low + (b + 2) * delta
+        energy = 0.0
+        for m in range(n_fft // 2):  # the Nyquist bin carries no weight
+            f = mel(m * RATE / n_fft)
+            energy += power[m] * max(0.0, min((f - left) / (centre - left), (right - f) / (right - centre)))
+        out.append(math.log(max(energy, EPS)))
+    return np.array(out)
+
+
+def test_fbank_matches_the_kaldi_formulas():
+    wave = np.random.default_rng(0).standard_normal(RATE // 4).astype(np.float32) * 0.1 + 0.05
+    fbank = pp.kaldi_fbank(wave, RATE, MEL_BINS)
+    assert fbank.shape == (1 + (len(wave) - 400) // 160, MEL_BINS) and fbank.dtype == np.float32
+    for index in (0, 7, fbank.shape[0] - 1):
+        np.testing.assert_allclose(fbank[index], _slow_kaldi_frame(wave, index), atol=1e-4)
+
+
+def test_fbank_of_a_1khz_tone_peaks_in_the_bin_around_1khz():
+    mel = 1127.0 * np.log(1.0 + np.array([20.0, RATE / 2, 1000.0]) / 700.0)
+    centres = mel[0] + np.arange(1, MEL_BINS + 1) * (mel[1] - mel[0]) / (MEL_BINS + 1)
+    expected = int(np.argmin(np.abs(centres - mel[2])))
+    fbank = pp.kaldi_fbank(_tone(1000.0, 0.5), RATE, MEL_BINS)
+    assert set(np.argmax(fbank, axis=1)) == {expected}
+
+
+def test_fbank_of_silence_and_dc_is_the_log_floor():
+    for wave in (np.zeros(RATE // 2, np.float32), np.full(RATE // 2, 0.3, np.float32)):
+        fbank = pp.kaldi_fbank(wave, RATE, MEL_BINS)
+        assert np.isfinite(fbank).all()
+        np.testing.assert_allclose(fbank, np.log(EPS), rtol=1e-6)
+    assert pp.kaldi_fbank(np.zeros(399, np.float32), RATE, MEL_BINS).shape == (0, MEL_BINS)
+
+
+# --- audio clips
+
+
+def _audio_clips(wave: np.ndarray, rate: int, audio: dict, **override) -> np.ndarray:
+    a = {**audio, **override}
+    keys = ("sample_rate", "clips", "clip_duration", "num_mel_bins", "target_length", "mean", "std")
+    return pp.waveform_to_fbank_clips(wave, rate, *(a[k] for k in keys))
+
+
+def test_audio_clips_for_the_tiny_preset_resample_first(imagebind):
+    audio = imagebind["audio"]
+    out = _audio_clips(_tone(440.0, 10.0, 44100), 44100, audio)
+    assert out.shape == (audio["clips"], 1, audio["num_mel_bins"], audio["target_length"])
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    native = _audio_clips(_tone(440.0, 10.0), RATE, audio)
+    np.testing.assert_array_equal(out.argmax(axis=2), native.argmax(axis=2))
+
+
+def test_audio_pads_in_the_log_domain_then_normalises(imagebind):
+    audio = imagebind["audio"]
+    out = _audio_clips(np.zeros(RATE * 4, np.float32), RATE, audio)
+    frames = 1 + (int(audio["clip_duration"] * RATE) - 400) // 160  # 198 for 2 s
+    assert frames < audio["target_length"]
+    np.testing.assert_allclose(out[..., :frames], (np.log(EPS) - audio["mean"]) / audio["std"], rtol=1e-6)
+    np.testing.assert_allclose(out[..., frames:], -audio["mean"] / audio["std"], rtol=1e-6)
+
+
+def test_audio_crops_to_target_length(imagebind):
+    audio = imagebind["audio"]
+    wave = np.random.default_rng(0).standard_normal(RATE * 3).astype(np.float32)
+    out = _audio_clips(wave, RATE, audio, clips=1, clip_duration=3.0)
+    fbank = pp.kaldi_fbank(wave - wave.mean(), RATE, audio["num_mel_bins"]).T[:, : audio["target_length"]]
+    np.testing.assert_allclose(out[0, 0], (fbank - audio["mean"]) / audio["std"], rtol=1e-5, atol=1e-5)
+
+
+def test_audio_clips_sit_where_the_sampler_puts_them(imagebind):
+    """10 s of silence then tone from 5 s: clips at 0, 8/3 and 16/3 s put only the last in the tone
+    (clips at 0, 4 and 8 s, a clips - 1 spacing, would put two there)."""
+    audio = imagebind["audio"]
+    wave = np.concatenate([np.zeros(RATE * 5, np.float32), _tone(1000.0, 5.0)])
+    out = _audio_clips(wave, RATE, audio)
+    silent = (np.log(EPS) - audio["mean"]) / audio["std"]
+    assert np.allclose(out[0, ..., :198], silent) and np.allclose(out[1, ..., :198], silent)
+    assert out[2].max() > 1.0
+
+
+def test_short_audio_repeats_the_same_clip(imagebind):
+    audio = imagebind["audio"]
+    out = _audio_clips(_tone(440.0, 0.5), RATE, audio)
+    assert (out == out[0]).all()
+    frames = 1 + (RATE // 2 - 400) // 160
+    np.testing.assert_allclose(out[..., frames:], -audio["mean"] / audio["std"], rtol=1e-6)
+    with pytest.raises(ValueError):
+        _audio_clips(np.zeros(0, np.float32), RATE, audio)
