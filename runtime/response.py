@@ -1,0 +1,54 @@
+"""Writing an answer: `response.json` plus one media file per generated modality.
+
+Everything is written to a temporary folder beside `out` first and moved in at the end, so a
+failure never leaves a half-written answer behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import media
+
+VIDEO_FORMATS = ("mp4", "gif")
+
+
+def media_filename(modality: str, video_format: str = "mp4") -> str:
+    return {"image": "image.png", "audio": "audio.wav", "video": f"video.{video_format}"}[modality]
+
+
+def _write_one(path: Path, modality: str, value: np.ndarray, meta: dict[str, Any]) -> None:
+    if modality == "image":
+        media.write_png(path, value)
+    elif modality == "audio":
+        media.write_wav(path, value, meta["sample_rate"])
+    else:
+        media.write_video(path, value, meta["fps"])
+
+
+def write_response(
+    out: Path,
+    text: str,
+    outputs: dict[str, np.ndarray],
+    meta: dict[str, dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    video_format: str = "mp4",
+) -> dict[str, Any]:
+    """Write `out/response.json` and the media; `meta[modality]` holds sample_rate or fps."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = {m: media_filename(m, video_format) for m in outputs}
+    body = {"text": text, "media": files, **(extra or {})}
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staging = Path(tmp)
+        for modality, value in outputs.items():
+            _write_one(staging / files[modality], modality, value, meta.get(modality, {}))
+        (staging / "response.json").write_text(json.dumps(body, indent=2) + "\n")
+        out.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            shutil.move(str(item), out / item.name)
+    return body

@@ -1,0 +1,34 @@
+"""Shared fixtures: the embedded tiny checkpoint, loaded once per session."""
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "train" / "checkpoints" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from train.model import load_checkpoint
+
+    return load_checkpoint(TINY)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model):
+    from train.reference import ReferencePipeline
+
+    return ReferencePipeline(tiny_model, progress=False)
+
+
+@pytest.fixture(scope="session")
+def sample_inputs(tmp_path_factory, reference) -> dict[str, Path]:
+    from train.demo import write_sample_inputs
+
+    rate = reference.config["imagebind"]["audio"]["sample_rate"]
+    return write_sample_inputs(tmp_path_factory.mktemp("inputs"), rate)

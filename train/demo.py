@@ -1,0 +1,67 @@
+"""One request per route on a checkpoint, answered by the PyTorch reference pipeline.
+
+    python train/demo.py --checkpoint train/checkpoints/tiny --out outputs/demo
+
+Writes sample inputs from the synthetic world to `OUT/inputs/` and one answer folder per route.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from runtime import media
+from train import synthetic
+from train.generate import answer, parse_args
+from train.model import load_checkpoint
+from train.reference import ReferencePipeline
+
+# route name -> (prompt, input files by modality, required output modality)
+ROUTES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "text_to_text": ("what colour is the sky?", (), None),
+    "image_to_text": ("what is in the picture?", ("image",), None),
+    "audio_to_text": ("what do you hear?", ("audio",), None),
+    "video_to_text": ("what happens in the video?", ("video",), None),
+    "text_to_image": ("show me a red circle", (), "image"),
+    "text_to_audio": ("make the sound of a bell", (), "audio"),
+    "text_to_video": ("generate a video of a blue dot moving right", (), "video"),
+    "image_to_audio": ("make a sound that fits this picture", ("image",), "audio"),
+}
+
+
+def write_sample_inputs(folder: Path, sample_rate: int) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"image": folder / "red_circle.png", "audio": folder / "beep.wav", "video": folder / "moving_dot.gif"}
+    media.write_png(files["image"], synthetic.shape_image("red", "white", 96))
+    media.write_wav(files["audio"], synthetic.tone(440.0, 3.0, sample_rate), sample_rate)
+    media.write_video(files["video"], synthetic.moving_shape_video("blue", "black", 64, 16), fps=4.0)
+    return files
+
+
+def route_args(checkpoint: Path, out: Path, route: str, files: dict[str, Path], seed: int) -> argparse.Namespace:
+    prompt, inputs, output = ROUTES[route]
+    argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--out", str(out / route), "--seed", str(seed), "--quiet"]
+    for modality in inputs:
+        argv += [f"--{modality}", str(files[modality])]
+    if output:
+        argv += ["--output", output]
+    return parse_args(argv)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=Path("train/checkpoints/tiny"))
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    pipeline = ReferencePipeline(load_checkpoint(args.checkpoint), progress=False)
+    files = write_sample_inputs(args.out / "inputs", pipeline.config["imagebind"]["audio"]["sample_rate"])
+    for route in ROUTES:
+        start = time.perf_counter()
+        body = answer(pipeline, route_args(args.checkpoint, args.out, route, files, args.seed))
+        took = time.perf_counter() - start
+        print(f"{route:15s} {took:5.2f}s text={body['text'][:40]!r} media={sorted(body['media'].values())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Create the embedded `tiny` checkpoint: every real architecture, random weights, one seed.
+
+    python train/make_tiny.py --out train/checkpoints/tiny [--seed 0]
+
+The same seed gives the same files. A later training stage replaces the random weights.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from train.checkpoint import make_config
+from train.llm import add_nextgpt_tokens, train_tiny_tokenizer
+from train.model import NextGPT, save_checkpoint
+from train.presets import PROMPT, get_preset
+
+COLOURS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange"]
+SHAPES = ["circle", "square", "triangle", "stripe", "dot", "ring"]
+SOUNDS = ["a beep", "a low hum", "a chirp", "a drum", "a whistle", "noise", "a bell", "silence"]
+MOTIONS = ["moving left", "moving right", "growing", "shrinking", "spinning", "still"]
+
+
+def synthetic_corpus() -> list[str]:
+    """Captions of the project's synthetic world, plus the prompt template's own strings."""
+    lines = [f"a {c} {s} on a {b} background" for c, s, b in itertools.product(COLOURS, SHAPES, COLOURS)]
+    lines += [f"a video of a {c} {s} {m}" for c, s, m in itertools.product(COLOURS, SHAPES, MOTIONS)]
+    lines += [f"the sound of {s}" for s in SOUNDS]
+    lines += [PROMPT["human"] + "describe this" + PROMPT["assistant"] + " it is a picture"] * 10
+    lines += ["show me an image", "make a sound", "generate a video", "what is in the picture?"] * 10
+    return lines
+
+
+def randomise_lora(model: NextGPT, std: float) -> None:
+    """peft starts lora_B at zero; a random checkpoint should exercise the adapter path too."""
+    for name, p in model.llm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=std)
+
+
+def make_tiny(out: Path, seed: int = 0) -> NextGPT:
+    preset = get_preset("tiny")
+    tokenizer = train_tiny_tokenizer(synthetic_corpus(), preset["llm"]["base_vocab_size"])
+    token_ids = add_nextgpt_tokens(tokenizer)
+    config = make_config(preset, token_ids, tokenizer.bos_token_id, len(tokenizer))
+    torch.manual_seed(seed)
+    model = NextGPT(config, tokenizer)
+    randomise_lora(model, std=0.02)
+    save_checkpoint(model, out)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("train/checkpoints/tiny"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    make_tiny(args.out, args.seed)
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"wrote {args.out} ({size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
