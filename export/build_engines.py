@@ -1,0 +1,246 @@
+"""Compile every component of a checkpoint into engines described by a manifest.
+
+    python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \
+        [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b]
+
+Each component is exported to ONNX, checked, optimised, turned into an engine, run once on sample
+inputs against PyTorch, and recorded in `OUT/manifest.json`. A component whose checkpoint parts,
+spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
+a failed build leaves the previous engines and manifest exactly as they were.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from tqdm import tqdm
+
+from export.onnx_export import export_onnx, optimise_onnx
+from export.specs import ComponentSpec, component_specs
+from export.tensorrt_build import PRECISIONS, build_plan, gpu_arch
+from runtime.backends import OrtEngine, TrtEngine, require_tensorrt
+from runtime.manifest import ManifestError, read_manifest, sha256_tree, write_manifest
+from train.checkpoint import TOKENIZER, part_path
+from train.components import build_component
+from train.model import NextGPT, load_checkpoint
+
+BACKENDS = ("onnxruntime", "tensorrt")
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}  # atol = rtol, elementwise (numpy.allclose rule)
+TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")
+STAGING = ".staging"
+CONSTANTS = "constants.safetensors"
+
+
+class BuildError(RuntimeError):
+    """A component that failed to export, build or verify."""
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # "built" or "up to date"
+    seconds: float
+    bytes: int
+    max_abs_error: float | None
+
+
+def tool_versions() -> dict[str, str]:
+    return {t: version(t) for t in TOOLS}
+
+
+def checkpoint_part(checkpoint: Path, part: str) -> Path:
+    return checkpoint / part if part.startswith("decoders/") else part_path(checkpoint, part)
+
+
+def build_key(spec: ComponentSpec, part_hashes: dict[str, str], backend: str, precision: str) -> str:
+    """Everything an engine depends on; equal keys mean the existing engine is still right."""
+    blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@torch.no_grad()
+def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, precision: str) -> float:
+    """Run the engine and PyTorch on the same sample; raise naming the first output out of tolerance."""
+    feeds = spec.sample(spec.point("opt"), seed=1)
+    expected = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = engine.run(feeds)
+    tol, worst = TOLERANCE[precision], 0.0
+    for name, ref in zip(spec.output_names, expected):
+        ref, out = ref.numpy(), got[name]
+        if ref.shape != out.shape:
+            raise BuildError(f"{spec.name}: output {name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
+        err = float(np.abs(out - ref).max()) if ref.size else 0.0
+        if not np.allclose(out, ref, atol=tol, rtol=tol):
+            raise BuildError(f"{spec.name}: output {name!r} differs from PyTorch by up to {err:.3g} (atol=rtol={tol})")
+        worst = max(worst, err)
+    return worst
+
+
+def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, out: Path) -> tuple[dict[str, Any], float]:
+    module = build_component(model, spec.name)
+    onnx_path = export_onnx(spec, module, stage / "model.onnx")
+    io = {"name": spec.name, **spec.to_json()}
+    if backend == "onnxruntime":
+        engine_path = optimise_onnx(spec, onnx_path, stage / "model.opt.onnx")
+        error = verify(spec, module, OrtEngine(engine_path, io), precision)
+    else:
+        engine_path = build_plan(spec, onnx_path, stage / f"model.{gpu_arch()}.{precision}.plan", precision, out / "timing.cache")
+        error = verify(spec, module, TrtEngine(engine_path, io), precision)
+    entry = {"onnx": f"{spec.name}/{onnx_path.name}", "engine": f"{spec.name}/{engine_path.name}"}
+    return entry, error
+
+
+def _component_entry(spec: ComponentSpec, base: dict[str, Any], out: Path, **extra: Any) -> dict[str, Any]:
+    folder = out / spec.name
+    files = {f.relative_to(out).as_posix(): sha256_tree(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+    return {**base, **spec.to_json(), "profile": spec.profile(), "files": files, **extra}
+
+
+def _write_constants(model: NextGPT, checkpoint: Path, out: Path) -> dict[str, Any]:
+    """Unconditional embeddings and the tokenizer: the non-engine things run time needs."""
+    tensors = {f"uncond_{m}": c["uncond_embedding"].numpy() for m, c in model.decoders.items()}
+    save_file(tensors, str(out / CONSTANTS))
+    shutil.copytree(checkpoint / TOKENIZER, out / TOKENIZER, dirs_exist_ok=True)
+    files = {CONSTANTS: sha256_tree(out / CONSTANTS), TOKENIZER: sha256_tree(out / TOKENIZER)}
+    return {"file": CONSTANTS, "tokenizer": TOKENIZER, "files": files, "tensors": {k: list(v.shape) for k, v in tensors.items()}}
+
+
+def _old_components(out: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return read_manifest(out).components
+    except ManifestError:
+        return {}
+
+
+def _up_to_date(out: Path, entry: dict[str, Any] | None, key: str) -> bool:
+    if not entry or entry.get("build_key") != key:
+        return False
+    return all((out / rel).exists() and sha256_tree(out / rel) == digest for rel, digest in entry["files"].items())
+
+
+def check_backend(backend: str, precision: str) -> None:
+    """Refuse an impossible build before any work."""
+    if backend not in BACKENDS:
+        raise BuildError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if backend == "tensorrt":
+        require_tensorrt()
+    elif precision != "fp32":
+        raise BuildError("the onnxruntime backend builds fp32 engines; use --backend tensorrt for fp16/bf16")
+
+
+def build(
+    checkpoint: Path,
+    out: Path,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    components: list[str] | None = None,
+    progress: bool = True,
+) -> list[Outcome]:
+    check_backend(backend, precision)
+    model = load_checkpoint(checkpoint)
+    specs = component_specs(model.config)
+    unknown = sorted(set(components or []) - set(specs))
+    if unknown:
+        raise BuildError(f"unknown component {unknown[0]!r}; known: {', '.join(specs)}")
+    chosen = [specs[n] for n in (components or specs)]
+    out.mkdir(parents=True, exist_ok=True)
+    part_hashes = {p: sha256_tree(checkpoint_part(checkpoint, p)) for s in chosen for p in s.parts}
+    old = _old_components(out)
+    entries = dict(old)
+    stage_root = out / STAGING
+    shutil.rmtree(stage_root, ignore_errors=True)
+    outcomes: list[Outcome] = []
+    try:
+        for spec in tqdm(chosen, desc="components", unit="component", disable=not progress):
+            parts = {p: part_hashes[p] for p in spec.parts}
+            key = build_key(spec, parts, backend, precision)
+            if _up_to_date(out, old.get(spec.name), key):
+                entry = old[spec.name]
+                outcomes.append(Outcome(spec.name, "up to date", 0.0, _tree_bytes(out / spec.name), entry["verify"]["max_abs_error"]))
+                continue
+            start = time.perf_counter()
+            try:
+                files, error = _build_one(spec, model, stage_root / spec.name, backend, precision, out)
+            except BuildError:
+                raise
+            except Exception as e:  # an exporter or builder failure: name the component, keep the cause
+                raise BuildError(f"{spec.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            seconds = time.perf_counter() - start
+            entries[spec.name] = {
+                "backend": backend, "precision": precision, "parts": parts, "build_key": key, **files,
+                "verify": {"max_abs_error": error, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision]},
+                "build_seconds": round(seconds, 2),
+            }
+            outcomes.append(Outcome(spec.name, "built", seconds, _tree_bytes(stage_root / spec.name), error))
+        _commit(model, checkpoint, out, entries, [o.name for o in outcomes if o.status == "built"], specs)
+    finally:
+        shutil.rmtree(stage_root, ignore_errors=True)
+    return outcomes
+
+
+def _commit(model: NextGPT, checkpoint: Path, out: Path, entries: dict[str, Any], built: list[str], specs: dict[str, ComponentSpec]) -> None:
+    """Move staged engines into place, then write the manifest last."""
+    for name in built:
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.move(str(out / STAGING / name), out / name)
+        entries[name] = _component_entry(specs[name], entries[name], out)
+    write_manifest(
+        out,
+        {
+            "checkpoint": {"path": str(checkpoint), "config_sha256": sha256_tree(checkpoint / "config.json")},
+            "versions": tool_versions(),
+            "config": model.config,
+            "constants": _write_constants(model, checkpoint, out),
+            "components": {n: entries[n] for n in specs if n in entries},
+        },
+    )
+
+
+def print_table(outcomes: list[Outcome]) -> None:
+    print(f"{'component':24s} {'status':10s} {'seconds':>8s} {'MiB':>8s} {'max|err|':>10s}")
+    for o in outcomes:
+        err = "-" if o.max_abs_error is None else f"{o.max_abs_error:.2e}"
+        print(f"{o.name:24s} {o.status:10s} {o.seconds:8.1f} {o.bytes / 2**20:8.2f} {err:>10s}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--components", help="comma-separated subset (default: all)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    chosen = [c.strip() for c in args.components.split(",")] if args.components else None
+    try:
+        outcomes = build(args.checkpoint, args.out, args.backend, args.precision, chosen, progress=not args.quiet)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_table(outcomes)
+    fresh = [o.name for o in outcomes if o.status == "built"]
+    print(f"{args.out}: {len(fresh)} built, {len(outcomes) - len(fresh)} up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

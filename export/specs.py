@@ -1,0 +1,217 @@
+"""Component specs: every exportable unit declared once.
+
+A spec names its IO tensors, their dtypes and symbolic axes, the (min, opt, max) range of every
+dynamic axis derived from the checkpoint config, the checkpoint parts it is built from, and how
+to make its PyTorch module. Export, the manifest, Triton configs and the benchmarks all read these
+declarations; nothing else spells an IO name or a profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from train.presets import SIGNAL_TOKEN_COUNTS
+
+Dim = int | str  # a fixed size or the name of a dynamic axis
+PROFILE_POINTS = ("min", "opt", "max")
+MAX_BATCH = 4  # requests served together; classifier-free guidance doubles it for the UNets
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # a numpy dtype name
+    shape: tuple[Dim, ...]
+
+    def resolve(self, dims: dict[str, int]) -> tuple[int, ...]:
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    parts: tuple[str, ...]  # checkpoint parts (files or folders) the weights come from
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: dict[str, tuple[int, int, int]]  # dynamic axis -> (min, opt, max)
+    int_ranges: dict[str, tuple[int, int]] | None = None  # sample range per integer input
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def point(self, which: str) -> dict[str, int]:
+        """Every dynamic axis at its min, opt or max."""
+        return {d: rng[PROFILE_POINTS.index(which)] for d, rng in self.dims.items()}
+
+    def profile(self) -> dict[str, dict[str, list[int]]]:
+        """Input name -> {min, opt, max} shapes: what TensorRT optimisation profiles take."""
+        return {t.name: {p: list(t.resolve(self.point(p))) for p in PROFILE_POINTS} for t in self.inputs}
+
+    def sample(self, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        """Random inputs at the given axis sizes; integer inputs drawn from `int_ranges`."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for t in self.inputs:
+            shape = t.resolve(dims)
+            if np.issubdtype(np.dtype(t.dtype), np.integer):
+                low, high = (self.int_ranges or {})[t.name]
+                feeds[t.name] = rng.integers(low, high, size=shape, dtype=t.dtype)
+            else:
+                feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
+        return feeds
+
+    def to_json(self) -> dict[str, Any]:
+        io = lambda ts: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]  # noqa: E731
+        return {"inputs": io(self.inputs), "outputs": io(self.outputs), "dims": self.dims, "parts": list(self.parts)}
+
+
+def f32(name: str, *shape: Dim) -> TensorSpec:
+    return TensorSpec(name, "float32", shape)
+
+
+def i64(name: str, *shape: Dim) -> TensorSpec:
+    return TensorSpec(name, "int64", shape)
+
+
+def _encoders(config: dict[str, Any]) -> list[ComponentSpec]:
+    ib, hidden = config["imagebind"], config["llm"]["hidden_size"]
+    vision, audio = ib["vision"], ib["audio"]
+    size = vision["image_size"]
+    parts = ("imagebind", "input_projection")
+    return [
+        ComponentSpec(
+            "imagebind_vision",
+            parts,
+            (f32("clips", "batch", "clips", 3, vision["num_frames"], size, size),),
+            (f32("token", "batch", hidden),),
+            {"batch": (1, 1, MAX_BATCH), "clips": (1, 1, vision["video_clips"])},
+        ),
+        ComponentSpec(
+            "imagebind_audio",
+            parts,
+            (f32("clips", "batch", "clips", 1, audio["num_mel_bins"], audio["target_length"]),),
+            (f32("token", "batch", hidden),),
+            {"batch": (1, 1, MAX_BATCH), "clips": (1, audio["clips"], audio["clips"])},
+        ),
+    ]
+
+
+def _llm(config: dict[str, Any]) -> ComponentSpec:
+    llm = config["llm"]
+    hidden, context = llm["hidden_size"], llm["max_position_embeddings"]
+    cache = ("layers", "batch", llm["num_key_value_heads"], "past", hidden // llm["num_attention_heads"])
+    present = ("layers", "batch", llm["num_key_value_heads"], "present", hidden // llm["num_attention_heads"])
+    layers = llm["num_hidden_layers"]
+    return ComponentSpec(
+        "llm",
+        ("llm", "lora"),
+        (
+            i64("input_ids", "batch", "seq"),
+            f32("media_token", "batch", hidden),
+            i64("media_position", "batch"),
+            TensorSpec("past_keys", "float32", cache),
+            TensorSpec("past_values", "float32", cache),
+        ),
+        (
+            f32("logits", "batch", llm["vocab_size"]),
+            f32("hidden", "batch", "seq", hidden),
+            TensorSpec("present_keys", "float32", present),
+            TensorSpec("present_values", "float32", present),
+        ),
+        {
+            "layers": (layers, layers, layers),
+            "batch": (1, 1, MAX_BATCH),
+            "seq": (1, 64, context // 2),
+            "past": (0, 64, context // 2),
+        },
+        int_ranges={"input_ids": (0, llm["vocab_size"]), "media_position": (-1, 1)},
+    )
+
+
+def _projectors(config: dict[str, Any]) -> list[ComponentSpec]:
+    hidden = config["llm"]["hidden_size"]
+    return [
+        ComponentSpec(
+            f"projector_{m}",
+            (f"projector_{m}", "llm"),  # the signal-token embeddings are folded in from the LLM
+            (f32("hidden", "batch", SIGNAL_TOKEN_COUNTS[m], hidden),),
+            (f32("embeds", "batch", dec["embed_tokens"], dec["embed_dim"]),),
+            {"batch": (1, 1, MAX_BATCH)},
+        )
+        for m, dec in config["decoders"].items()
+    ]
+
+
+def _vae_factor(dec: dict[str, Any]) -> int:
+    return 2 ** (len(dec["vae"]["block_out_channels"]) - 1)
+
+
+def _mel_frames(dec: dict[str, Any]) -> int:
+    """Spectrogram frames as AudioLDMPipeline sizes them: whole hops, rounded up to the VAE factor."""
+    hop = int(np.prod(dec["vocoder"]["upsample_rates"]))
+    frames, factor = int(dec["audio_length_s"] * dec["sample_rate"] / hop), _vae_factor(dec)
+    return -(-frames // factor) * factor
+
+
+def _pixel_shape(dec: dict[str, Any]) -> tuple[int, int, int]:
+    """What the VAE decodes to: RGB frames, or AudioLDM's one-channel (frames, mel bins) spectrogram."""
+    if "vocoder" in dec:
+        return 1, _mel_frames(dec), dec["vocoder"]["model_in_dim"]
+    return 3, dec["height"], dec["width"]
+
+
+def _diffusion(config: dict[str, Any], modality: str) -> list[ComponentSpec]:
+    dec = config["decoders"][modality]
+    name, part = dec["name"], f"decoders/{dec['name']}"
+    pixels, factor = _pixel_shape(dec), _vae_factor(dec)
+    c, h, w = dec["vae"]["latent_channels"], pixels[1] // factor, pixels[2] // factor
+    video = "frames" in dec
+    latent = ("batch", c, "frames", h, w) if video else ("batch", c, h, w)
+    if "vocoder" in dec:
+        cond = f32("class_labels", "batch", dec["embed_dim"])
+    else:
+        cond = f32("encoder_hidden_states", "batch", dec["embed_tokens"], dec["embed_dim"])
+    unet_dims = {"batch": (1, 2, 2 * MAX_BATCH), **({"frames": (1, dec["frames"], dec["frames"])} if video else {})}
+    vae_batch = (1, dec["frames"], 2 * dec["frames"]) if video else (1, 1, MAX_BATCH)
+    specs = [
+        ComponentSpec(
+            f"{name}_unet",
+            (part,),
+            (f32("sample", *latent), f32("timestep", "batch"), cond),
+            (f32("noise_pred", *latent),),
+            unet_dims,
+        ),
+        ComponentSpec(
+            f"{name}_vae_decoder",
+            (part,),
+            (f32("latent", "batch", c, h, w),),
+            (f32("pixels", "batch", *pixels),),
+            {"batch": vae_batch},
+        ),
+    ]
+    if "vocoder" in dec:
+        specs.append(
+            ComponentSpec(
+                f"{name}_vocoder",
+                (part,),
+                (f32("mel", "batch", pixels[1], pixels[2]),),
+                (f32("waveform", "batch", "samples"),),  # HiFi-GAN's length depends on its kernels
+                {"batch": (1, 1, MAX_BATCH)},
+            )
+        )
+    return specs
+
+
+def component_specs(config: dict[str, Any]) -> dict[str, ComponentSpec]:
+    """All components of a checkpoint, in build order."""
+    specs = [*_encoders(config), _llm(config), *_projectors(config)]
+    for modality in ("image", "video", "audio"):
+        specs += _diffusion(config, modality)
+    return {s.name: s for s in specs}

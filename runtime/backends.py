@@ -1,0 +1,123 @@
+"""Engines behind one interface: `engine.run(feeds) -> outputs`, both keyed by the spec's IO names.
+
+`onnxruntime` runs the optimised ONNX files (CPU, CUDA or TensorRT execution provider), `tensorrt`
+runs serialized TensorRT plans. The pipeline never knows which one it drives.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+ORT_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend whose library or device is missing on this machine."""
+
+
+class Engine(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], where: str) -> None:
+    """Names, ranks, fixed sizes and dtypes as the manifest declares them; a clear error otherwise."""
+    missing = [t["name"] for t in inputs if t["name"] not in feeds]
+    if missing:
+        raise ValueError(f"{where}: missing input {missing[0]!r}")
+    for t in inputs:
+        value = feeds[t["name"]]
+        if value.dtype != np.dtype(t["dtype"]):
+            raise ValueError(f"{where}: input {t['name']!r} is {value.dtype}, expected {t['dtype']}")
+        fixed = [d if isinstance(d, int) else None for d in t["shape"]]
+        if value.ndim != len(fixed) or any(f is not None and f != s for f, s in zip(fixed, value.shape)):
+            shown = tuple(d if isinstance(d, int) else str(d) for d in t["shape"])
+            raise ValueError(f"{where}: input {t['name']!r} has shape {value.shape}, expected {shown}")
+
+
+class OrtEngine:
+    def __init__(self, path: Path, io: dict[str, Any], device: str = "cpu", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        if device != "cpu" and ORT_PROVIDERS[device][0] not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"onnxruntime has no {ORT_PROVIDERS[device][0]} here (available: {ort.get_available_providers()}); "
+                "install onnxruntime-gpu with CUDA on a GPU machine"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.io = io
+        self.input_names = [t["name"] for t in io["inputs"]]
+        self.output_names = [t["name"] for t in io["outputs"]]
+        self.session = ort.InferenceSession(str(path), options, providers=ORT_PROVIDERS[device])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        outputs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+
+def require_tensorrt() -> Any:
+    """The tensorrt module and a CUDA device, or a message naming what is missing."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as e:
+        raise BackendUnavailable(
+            f"the tensorrt backend needs NVIDIA TensorRT (Python bindings + libnvinfer) and a CUDA GPU: {e}"
+        ) from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("the tensorrt backend needs a CUDA GPU; torch.cuda.is_available() is False")
+    return tensorrt
+
+
+class TrtEngine:
+    """A TensorRT plan with device-resident buffers, reused across calls while shapes repeat."""
+
+    def __init__(self, path: Path, io: dict[str, Any]) -> None:
+        trt = require_tensorrt()
+        import torch
+
+        self.torch, self.io = torch, io
+        self.input_names = [t["name"] for t in io["inputs"]]
+        self.output_names = [t["name"] for t in io["outputs"]]
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise BackendUnavailable(f"{path}: TensorRT cannot load this plan (built for another GPU or version?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.buffers: dict[str, Any] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: str) -> Any:
+        buf = self.buffers.get(name)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self.torch.empty(shape, dtype=getattr(self.torch, dtype), device="cuda")
+            self.buffers[name] = buf
+        return buf
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        with self.torch.cuda.stream(self.stream):
+            for t in self.io["inputs"]:
+                value = feeds[t["name"]]
+                buf = self._buffer(t["name"], value.shape, t["dtype"])
+                buf.copy_(self.torch.from_numpy(value), non_blocking=True)
+                self.context.set_input_shape(t["name"], value.shape)
+                self.context.set_tensor_address(t["name"], buf.data_ptr())
+            for t in self.io["outputs"]:
+                shape = tuple(self.context.get_tensor_shape(t["name"]))
+                self.context.set_tensor_address(t["name"], self._buffer(t["name"], shape, t["dtype"]).data_ptr())
+            self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return {n: self.buffers[n].cpu().numpy() for n in self.output_names}
