@@ -205,7 +205,7 @@ def _commit(model: NextGPT, checkpoint: Path, out: Path, entries: dict[str, Any]
     write_manifest(
         out,
         {
-            "checkpoint": {"path": str(checkpoint), "config_sha256": sha256_tree(checkpoint / "config.json")},
+            "checkpoint": {"path": str(checkpoint.resolve()), "config_sha256": sha256_tree(checkpoint / "config.json")},
             "versions": tool_versions(),
             "config": model.config,
             "constants": _write_constants(model, checkpoint, out),

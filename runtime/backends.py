@@ -121,3 +121,71 @@ class TrtEngine:
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
         return {n: self.buffers[n].cpu().numpy() for n in self.output_names}
+
+
+class TorchEngine:
+    """The checkpoint's PyTorch module for a component: the reference behind the same interface."""
+
+    def __init__(self, module: Any, io: dict[str, Any]) -> None:
+        import torch
+
+        self.torch, self.module, self.io = torch, module, io
+        self.input_names = [t["name"] for t in io["inputs"]]
+        self.output_names = [t["name"] for t in io["outputs"]]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        with self.torch.no_grad():
+            out = self.module(*(self.torch.from_numpy(feeds[n]) for n in self.input_names))
+        out = out if isinstance(out, tuple) else (out,)
+        return {n: o.numpy() for n, o in zip(self.output_names, out)}
+
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+
+
+class Engines:
+    """A build's components on one backend, each opened on first use and kept.
+
+    Engine files are checked against the manifest's hashes when the set is created, so a stale or
+    missing engine is refused before any request is served.
+    """
+
+    def __init__(self, build: Any, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        self.build, self.backend, self.device, self.threads = build, backend, device, threads
+        self.opened: dict[str, Engine] = {}
+        self._model: Any = None
+        if backend == "tensorrt":
+            require_tensorrt()
+        if backend != "torch":
+            build.verify_files()
+            wrong = [n for n, c in build.components.items() if c["backend"] != backend]
+            if wrong:
+                raise BackendUnavailable(f"{build.root}: {wrong[0]} was built for {build.components[wrong[0]]['backend']}, not {backend}")
+
+    def io(self, name: str) -> dict[str, Any]:
+        return {"name": name, **self.build.component(name)}
+
+    def __getitem__(self, name: str) -> Engine:
+        if name not in self.opened:
+            self.opened[name] = self._open(name)
+        return self.opened[name]
+
+    def _open(self, name: str) -> Engine:
+        entry = self.build.component(name)
+        if self.backend == "onnxruntime":
+            return OrtEngine(self.build.path(entry["engine"]), self.io(name), self.device, self.threads)
+        if self.backend == "tensorrt":
+            return TrtEngine(self.build.path(entry["engine"]), self.io(name))
+        return TorchEngine(self._torch_module(name), self.io(name))
+
+    def _torch_module(self, name: str) -> Any:
+        # The torch backend needs the training code and the checkpoint the build was made from.
+        from train.components import build_component
+        from train.model import load_checkpoint
+
+        if self._model is None:
+            self._model = load_checkpoint(Path(self.build.data["checkpoint"]["path"]))
+        return build_component(self._model, name)

@@ -40,7 +40,7 @@ def test_route_writes_text_and_requested_media(answers, reference, route):
 
 
 def test_inputs_change_the_answer(reference, sample_inputs):
-    from train.reference import Request
+    from runtime.request import Request
 
     plain = reference(Request("describe this", seed=1))
     with_image = reference(Request("describe this", {"image": sample_inputs["image"]}, seed=1))
@@ -48,7 +48,7 @@ def test_inputs_change_the_answer(reference, sample_inputs):
 
 
 def test_same_seed_same_outputs_and_other_seed_differs(reference, sample_inputs):
-    from train.reference import Request
+    from runtime.request import Request
 
     req = dict(prompt="show me a red circle", files={"audio": sample_inputs["audio"]}, output="image")
     a, b = reference(Request(**req, seed=5)), reference(Request(**req, seed=5))
@@ -58,7 +58,7 @@ def test_same_seed_same_outputs_and_other_seed_differs(reference, sample_inputs)
 
 
 def test_output_flag_forces_the_modality_even_with_a_short_answer(reference):
-    from train.reference import Request
+    from runtime.request import Request
 
     resp = reference(Request("hello", output="video", max_new_tokens=1))
     assert "video" in resp.media
@@ -69,7 +69,7 @@ def test_output_flag_forces_the_modality_even_with_a_short_answer(reference):
 
 def test_a_started_run_is_completed_not_crashed(reference):
     """Make [IMG0] the model's favourite token: the run must come out whole, never broken."""
-    from train.reference import Request
+    from runtime.request import Request
 
     first = reference.vocab.runs["image"][0]
     lm_head = reference.model.llm.get_output_embeddings()

@@ -16,7 +16,8 @@ from transformers.utils import logging as hf_logging
 
 from runtime.response import VIDEO_FORMATS, write_response
 from train.model import load_checkpoint
-from train.reference import OUTPUT_MODALITIES, ReferencePipeline, Request
+from runtime.request import OUTPUT_MODALITIES, Request
+from train.reference import ReferencePipeline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,14 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-format", choices=VIDEO_FORMATS, default="mp4")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
-
-
-def check_request(args: argparse.Namespace) -> None:
-    """Refuse what is wrong before loading anything."""
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         hf_logging.disable_progress_bar()
     try:
-        check_request(args)
+        request_from_args(args).check()  # before loading anything
         body = answer(ReferencePipeline(load_checkpoint(args.checkpoint), progress=not args.quiet), args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

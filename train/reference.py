@@ -7,8 +7,6 @@ against this.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,36 +15,16 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from runtime.inputs import prepare_inputs
 from runtime.prompt import PromptIds, build_prompt, check_fits
+from runtime.request import OUTPUT_MODALITIES, Request, Response
 from runtime.signals import SignalVocab
 from train.decoders import build_pipeline, generate_audio, generate_image, generate_video
 from train.model import NextGPT
 
-OUTPUT_MODALITIES = ("image", "video", "audio")
 GENERATORS: dict[str, Callable[..., np.ndarray]] = {
     "image": generate_image,
     "video": generate_video,
     "audio": generate_audio,
 }
-
-
-@dataclass
-class Request:
-    prompt: str
-    files: dict[str, Path | None] = field(default_factory=dict)
-    output: str | None = None  # a modality the answer must contain
-    seed: int = 0
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    steps: int | None = None
-    guidance: float | None = None
-
-
-@dataclass
-class Response:
-    text: str
-    token_ids: list[int]
-    media: dict[str, np.ndarray]
 
 
 class SignalConstraint(LogitsProcessor):
@@ -163,8 +141,7 @@ class ReferencePipeline:
         return conds
 
     def __call__(self, req: Request) -> Response:
-        if req.output is not None and req.output not in OUTPUT_MODALITIES:
-            raise ValueError(f"unknown output modality {req.output!r}; known: {', '.join(OUTPUT_MODALITIES)}")
+        req.check()
         inputs = prepare_inputs(self.config["imagebind"], req.files)
         max_new = req.max_new_tokens or self.config["generation"]["max_new_tokens"]
         reserved = max_new + sum(len(r) for r in self.vocab.runs.values())
