@@ -52,3 +52,9 @@ def write_response(
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)
     return body
+
+
+def media_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the writers need beyond the arrays: the audio sample rate and the video frame rate."""
+    dec = config["decoders"]
+    return {"audio": {"sample_rate": dec["audio"]["sample_rate"]}, "video": {"fps": dec["video"]["fps"]}}

@@ -32,3 +32,13 @@ def sample_inputs(tmp_path_factory, reference) -> dict[str, Path]:
 
     rate = reference.config["imagebind"]["audio"]["sample_rate"]
     return write_sample_inputs(tmp_path_factory.mktemp("inputs"), rate)
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, tiny_dir):
+    """Every component of the tiny checkpoint built once on ONNX Runtime (about 90 s on 2 cores)."""
+    from export.build_engines import build
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    outcomes = build(tiny_dir, out, progress=False)
+    return out, outcomes

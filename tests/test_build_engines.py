@@ -15,13 +15,6 @@ from runtime.manifest import ManifestError, read_manifest
 from train.components import build_component
 
 
-@pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    outcomes = build(tiny_dir, out, progress=False)
-    return out, outcomes
-
-
 def test_every_component_is_built_and_recorded(tiny_build, tiny_model):
     out, outcomes = tiny_build
     names = list(component_specs(tiny_model.config))

@@ -104,7 +104,7 @@ TINY: dict[str, Any] = {
     },
     "lora": {"r": 8, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "projector": {"hidden": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 64},
-    "generation": {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0},
+    "generation": {"max_new_tokens": 48, "temperature": 0.0, "top_p": 1.0},
     "decoders": {
         "image": {
             "name": "sd",

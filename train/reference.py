@@ -164,7 +164,3 @@ class ReferencePipeline:
             guidance=section["guidance"] if req.guidance is None else req.guidance,
             generator=generator,
         )
-
-    def media_meta(self) -> dict[str, dict[str, Any]]:
-        dec = self.config["decoders"]
-        return {"audio": {"sample_rate": dec["audio"]["sample_rate"]}, "video": {"fps": dec["video"]["fps"]}}

@@ -1,0 +1,75 @@
+"""The any-to-any pipeline on a build's engines: files in, text and media out.
+
+preprocess -> encoders (one LLM token per input, summed) -> prompt -> LLM generation with the KV
+cache (constrained signal runs, streaming text) -> output projectors -> denoising loops -> VAE ->
+vocoder. Every engine is reached through `Engines`, so the same code drives ONNX Runtime,
+TensorRT or the PyTorch modules.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import Engines
+from runtime.diffusion import Decoder
+from runtime.generation import LlmGenerator
+from runtime.inputs import prepare_inputs
+from runtime.manifest import read_manifest
+from runtime.request import OUTPUT_MODALITIES, Request, Response
+
+ENCODERS = {"image": "imagebind_vision", "video": "imagebind_vision", "audio": "imagebind_audio"}
+TextCallback = Callable[[str], None]
+StepCallback = Callable[[str, int, int], None]  # modality, step done, steps in all
+
+
+class Any2AnyPipeline:
+    def __init__(self, build_dir: Path, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0) -> None:
+        self.build = read_manifest(Path(build_dir))
+        self.config = self.build.config
+        self.engines = Engines(self.build, backend, device, threads)
+        self.llm = LlmGenerator.from_engines(self.engines)
+        self.decoders = {m: Decoder(self.engines, self.build, m) for m in OUTPUT_MODALITIES}
+
+    def warm_up(self) -> None:
+        """Open every engine now, so the first request does not pay for it."""
+        for name in self.build.components:
+            self.engines[name]
+
+    def encode(self, inputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """(1, H): every input's ImageBind embedding through the input projection, summed."""
+        frames = self.config["imagebind"]["vision"]["num_frames"]
+        tokens = []
+        for modality, clips in inputs.items():
+            if modality == "image":  # a still image is a clip of one frame repeated, as PadIm2Video does
+                clips = np.repeat(clips, frames, axis=3)
+            tokens.append(self.engines[ENCODERS[modality]].run({"clips": clips})["token"])
+        return np.sum(tokens, axis=0) if tokens else None
+
+    def project(self, modality: str, hidden: np.ndarray) -> np.ndarray:
+        return self.engines[f"projector_{modality}"].run({"hidden": hidden.astype(np.float32)})["embeds"]
+
+    def __call__(
+        self, req: Request, on_text: TextCallback | None = None, on_step: StepCallback | None = None
+    ) -> Response:
+        req.check()
+        inputs = prepare_inputs(self.config["imagebind"], req.files)
+        prompt = self.llm.build_prompt(req.prompt, bool(inputs))
+        gen = self.llm.generate(
+            prompt,
+            self.encode(inputs),
+            max_new_tokens=req.max_new_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            required=[req.output] if req.output else [],
+            on_text=on_text,
+        )
+        media = {}
+        for modality, hidden in gen.signal_hidden.items():
+            report = None if on_step is None else (lambda done, total, m=modality: on_step(m, done, total))
+            media[modality] = self.decoders[modality].generate(
+                self.project(modality, hidden), req.seed, req.steps, req.guidance, report
+            )
+        return Response(gen.text, gen.ids, media)
