@@ -55,6 +55,9 @@ class OrtEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # Idle ORT workers spin by default; between engine calls the pipeline runs torch (the
+        # schedulers) and numpy on the same cores, which spinning threads would slow down.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.io = io
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
