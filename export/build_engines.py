@@ -55,8 +55,14 @@ class Outcome:
     max_abs_error: float | None
 
 
+# The code that turns a checkpoint part into an engine: a change to it makes old engines stale.
+EXPORT_CODE = ("export/specs.py", "export/onnx_export.py", "export/tensorrt_build.py", "train/components.py", "train/llm_step.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def tool_versions() -> dict[str, str]:
-    return {t: version(t) for t in TOOLS}
+    code = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in EXPORT_CODE)).hexdigest()
+    return {**{t: version(t) for t in TOOLS}, "export_code": code}
 
 
 def checkpoint_part(checkpoint: Path, part: str) -> Path:

@@ -25,10 +25,19 @@ StepCallback = Callable[[str, int, int], None]  # modality, step done, steps in 
 
 
 class Any2AnyPipeline:
-    def __init__(self, build_dir: Path, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self,
+        build_dir: Path,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+        threads: int = 0,
+        wrap: Callable[[Engines], Engines] | None = None,
+    ) -> None:
+        """`wrap` lets a caller interpose on every engine call (timing, remote execution)."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
-        self.engines = Engines(self.build, backend, device, threads)
+        engines = Engines(self.build, backend, device, threads)
+        self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)
         self.decoders = {m: Decoder(self.engines, self.build, m) for m in OUTPUT_MODALITIES}
 

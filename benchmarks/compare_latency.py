@@ -1,0 +1,255 @@
+"""Latency of the engines against PyTorch, measured side by side in one run.
+
+    python benchmarks/compare_latency.py --engines engines/tiny [--backends torch,onnxruntime] \
+        [--triton 127.0.0.1:8001] [--json benchmarks/results/latency.json] [--quick]
+
+Per component: warm-up, then median / p90 / p99 at the spec's `opt` shapes, the runs interleaved
+across backends so that machine noise hits them alike. End to end per route: latency with its
+breakdown (encode, prefill, decode, each denoising loop, VAE, vocoder), time to first token and
+decode tokens/s, against the PyTorch reference pipeline (`train/reference.py`, HF generate +
+diffusers) in the same process. Every figure is also given as a ratio to PyTorch. Writes JSON, a
+Markdown table and PNG charts next to the JSON. Backends that cannot run here are listed with the
+reason instead of failing the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.machine import backend_engines, describe_machine
+from export.specs import component_specs
+from runtime.backends import Engines
+from runtime.manifest import read_manifest
+from runtime.pipeline import Any2AnyPipeline
+from runtime.request import Request
+from train.demo import ROUTES, write_sample_inputs
+from train.model import load_checkpoint
+from train.reference import ReferencePipeline
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(ms)}
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Time every call `runs` times, round-robin, after `warmup` untimed rounds."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_components(build: Any, engines: dict[str, Engines], runs: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, spec in component_specs(build.config).items():
+        dims = spec.point("opt")
+        feeds = spec.sample(dims, seed=0)
+        times = interleaved({b: (lambda e=e: e[name].run(feeds)) for b, e in engines.items()}, runs)
+        stats = {b: percentiles(t) for b, t in times.items()}
+        rows.append({"component": name, "shapes": dims, **_with_ratios(stats)})
+    return rows
+
+
+def _with_ratios(stats: dict[str, dict[str, float]]) -> dict[str, Any]:
+    base = stats.get("torch", {}).get("median_ms")
+    return {"backends": {b: {**s, "ratio_to_torch": (s["median_ms"] / base) if base else None} for b, s in stats.items()}}
+
+
+@dataclass
+class CallLog:
+    """Every engine call of one request: (component, start, seconds)."""
+
+    calls: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+class TimedEngines:
+    """An `Engines` whose engines record their calls into a shared log."""
+
+    def __init__(self, engines: Engines, log: CallLog) -> None:
+        self.engines, self.log, self.build = engines, log, engines.build
+
+    def __getitem__(self, name: str) -> Any:
+        engine, log = self.engines[name], self.log
+
+        class Timed:
+            input_names, output_names = engine.input_names, engine.output_names
+
+            def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                start = time.perf_counter()
+                out = engine.run(feeds)
+                log.calls.append((name, start, time.perf_counter() - start))
+                return out
+
+        return Timed()
+
+
+def breakdown(log: CallLog, start: float, config: dict[str, Any]) -> dict[str, float]:
+    """Stage -> seconds, from the engine-call log of one request."""
+    stages: dict[str, float] = defaultdict(float)
+    names = {dec["name"]: m for m, dec in config["decoders"].items()}
+    llm_calls = [c for c in log.calls if c[0] == "llm"]
+    for name, _, seconds in log.calls:
+        if name.startswith("imagebind"):
+            stages["encode"] += seconds
+        elif name.startswith("projector"):
+            stages["projectors"] += seconds
+        elif name != "llm":
+            decoder, _, part = name.partition("_")
+            stages[f"{names[decoder]}_{part.replace('unet', 'denoise')}"] += seconds
+    if llm_calls:
+        stages["prefill"] = llm_calls[0][2]
+        stages["decode"] = sum(c[2] for c in llm_calls[1:])
+        stages["time_to_first_token"] = llm_calls[0][1] + llm_calls[0][2] - start
+        stages["decode_tokens"] = len(llm_calls) - 1
+    return dict(stages)
+
+
+def bench_routes(engines_dir: Path, backends: list[str], runs: int, steps: int | None, inputs: dict[str, Path]) -> list[dict[str, Any]]:
+    build = read_manifest(engines_dir)
+    reference = ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
+    logs = {b: CallLog() for b in backends}
+    pipelines = {b: Any2AnyPipeline(engines_dir, b, wrap=lambda e, b=b: TimedEngines(e, logs[b])) for b in backends}
+    rows = []
+    for route, (prompt, files, output) in ROUTES.items():
+        req = Request(prompt, {m: inputs[m] for m in files}, output=output, seed=0, steps=steps)
+        calls = {"reference": lambda: reference(req), **{b: (lambda p=p: p(req)) for b, p in pipelines.items()}}
+        for log in logs.values():
+            log.calls.clear()
+        times = interleaved(calls, runs, warmup=1)
+        stats = {name: percentiles(t) for name, t in times.items()}
+        ref_tokens = len(reference(req).token_ids)
+        row = {"route": route, "tokens": ref_tokens, "backends": {}}
+        base = stats["reference"]["median_ms"]
+        for name, s in stats.items():
+            row["backends"][name] = {**s, "ratio_to_reference": s["median_ms"] / base}
+        for b, p in pipelines.items():
+            logs[b].calls.clear()
+            start = time.perf_counter()
+            p(req)
+            row["backends"][b]["breakdown_s"] = breakdown(logs[b], start, build.config)
+        rows.append(row)
+    return rows
+
+
+def bench_decode(engines_dir: Path, backends: list[str], new_tokens: int) -> dict[str, Any]:
+    """Decode tokens/s: HF generate (the reference) vs each backend's step loop, same prompt."""
+    build = read_manifest(engines_dir)
+    reference = ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
+    req = Request("tell me a long story about a red circle", max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    out: dict[str, Any] = {}
+    prompt = reference.build_prompt(req.prompt, False, new_tokens + 36)
+    embeds = reference.prompt_embeds(prompt, None)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    ids = reference.generate_ids(embeds, req)
+    out["reference"] = {"tokens": len(ids), "tokens_per_s": len(ids) / (time.perf_counter() - start)}
+    for b in backends:
+        p = Any2AnyPipeline(engines_dir, b)
+        start = time.perf_counter()
+        gen = p.llm.generate(p.llm.build_prompt(req.prompt, False), None, max_new_tokens=new_tokens, temperature=1.0, seed=0)
+        out[b] = {"tokens": len(gen.ids), "tokens_per_s": len(gen.ids) / (time.perf_counter() - start)}
+    for b in backends:
+        out[b]["ratio_to_reference"] = out[b]["tokens_per_s"] / out["reference"]["tokens_per_s"]
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Latency ({result['machine']['cpu']}, {result['machine']['threads']} threads)", ""]
+    lines += ["## Components (median ms at opt shapes; ratio to PyTorch)", "", "| component | " + " | ".join(result["backends"]) + " |", "|---" * (len(result["backends"]) + 1) + "|"]
+    for row in result["components"]:
+        cells = [f"{s['median_ms']:.2f} ({s['ratio_to_torch']:.2f}x)" for s in row["backends"].values()]
+        lines.append(f"| {row['component']} | " + " | ".join(cells) + " |")
+    names = ["reference", *(b for b in result["backends"] if b in result["routes"][0]["backends"])]
+    lines += ["", "## Routes end to end (median ms; ratio to the PyTorch reference)", "", "| route | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for row in result["routes"]:
+        cells = [f"{row['backends'][n]['median_ms']:.1f} ({row['backends'][n]['ratio_to_reference']:.2f}x)" for n in names]
+        lines.append(f"| {row['route']} | " + " | ".join(cells) + " |")
+    lines += ["", "## LLM decode", "", "| pipeline | tokens | tokens/s | ratio to reference |", "|---|---|---|---|"]
+    for name, d in result["decode"].items():
+        lines.append(f"| {name} | {d['tokens']} | {d['tokens_per_s']:.1f} | {d.get('ratio_to_reference', 1.0):.2f}x |")
+    if result["unavailable"]:
+        lines += ["", "## Unavailable here", ""] + [f"- `{b}`: {why}" for b, why in result["unavailable"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def charts(result: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, label, rows in (("component", "components", result["components"]), ("route", "routes", result["routes"])):
+        names = [r[key] for r in rows]
+        fig, ax = plt.subplots(figsize=(9, 0.4 * len(names) + 1.5))
+        backends = [b for b in rows[0]["backends"] if b not in ("torch", "reference")]
+        ratio = "ratio_to_torch" if key == "component" else "ratio_to_reference"
+        for i, b in enumerate(backends):
+            ax.barh(np.arange(len(names)) + i * 0.8 / len(backends), [r["backends"][b][ratio] for r in rows], height=0.8 / len(backends), label=b)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.axvline(0.5, color="g", lw=0.8, ls="--")
+        ax.set_yticks(np.arange(len(names)), names)
+        ax.set_xlabel("median latency / PyTorch")
+        ax.legend()
+        fig.tight_layout()
+        path = folder / f"latency_{label}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", type=Path, required=True)
+    p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated; torch is the per-component baseline")
+    p.add_argument("--triton", help="also time the routes through a Triton server at this gRPC URL")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/latency.json"))
+    p.add_argument("--runs", type=int, default=20, help="timed runs per component")
+    p.add_argument("--route-runs", type=int, default=5, help="timed runs per route")
+    p.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
+    p.add_argument("--quick", action="store_true", help="few runs and 2 denoising steps: a smoke test")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs, route_runs, steps = (3, 1, 2) if args.quick else (args.runs, args.route_runs, None)
+    build = read_manifest(args.engines)
+    engines, unavailable = backend_engines(build, args.backends.split(","), args.threads)
+    result: dict[str, Any] = {"machine": describe_machine(args.threads), "backends": list(engines), "unavailable": unavailable}
+    result["components"] = bench_components(build, engines, runs)
+    runnable = [b for b in engines if b != "torch"]
+    inputs = write_sample_inputs(args.json.parent / "inputs", build.config["imagebind"]["audio"]["sample_rate"])
+    result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs)
+    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64)
+    if args.triton:
+        from triton_repo.client import time_routes  # only with a server to talk to
+
+        result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    args.json.with_suffix(".md").write_text(md)
+    charts(result, args.json.parent)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
