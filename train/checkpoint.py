@@ -95,10 +95,15 @@ def read_part(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
 
 
-def load_module_part(module: nn.Module, path: Path) -> None:
+def read_checked(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A part's tensors, refused unless its keys and shapes are exactly `expected`'s."""
     state = read_part(path)
-    check_state(module.state_dict(), state, path)
-    module.load_state_dict(state)
+    check_state(expected, state, path)
+    return state
+
+
+def load_module_part(module: nn.Module, path: Path) -> None:
+    module.load_state_dict(read_checked(path, module.state_dict()))
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
