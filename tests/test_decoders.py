@@ -15,9 +15,7 @@ from train.decoders import (
     DecoderPipeline,
     build_decoder,
     build_pipeline,
-    generate_audio,
-    generate_image,
-    generate_video,
+    generate,
     load_decoder,
     save_decoder,
     unconditional_embedding,
@@ -26,7 +24,6 @@ from train.presets import get_preset
 
 SECTIONS = get_preset("tiny")["decoders"]
 MODALITIES = list(SECTIONS)
-GENERATE = {"image": generate_image, "video": generate_video, "audio": generate_audio}
 STEPS = 2  # the whole denoising loop with guidance, at a quarter of the preset's steps
 
 
@@ -52,7 +49,7 @@ def _prompt_embeds(section: dict[str, Any]) -> torch.Tensor:
 def _generate(decoder: DecoderPipeline, modality: str, seed: int) -> np.ndarray:
     section = SECTIONS[modality]
     generator = torch.Generator().manual_seed(seed)
-    return GENERATE[modality](decoder, section, _prompt_embeds(section), steps=STEPS, generator=generator)
+    return generate(decoder, section, _prompt_embeds(section), steps=STEPS, generator=generator)
 
 
 def _pipeline(components: dict[str, Any], modality: str) -> DecoderPipeline:
@@ -213,4 +210,4 @@ def test_generate_shape_dtype_and_seed(modality: str, built: dict[str, dict[str,
 def test_generate_rejects_a_wrong_embedding_shape(built: dict[str, dict[str, Any]]) -> None:
     decoder = _pipeline(built["image"], "image")
     with pytest.raises(ValueError, match="prompt_embeds is"):
-        generate_image(decoder, SECTIONS["image"], torch.zeros(1, 77, 768))
+        generate(decoder, SECTIONS["image"], torch.zeros(1, 77, 768))

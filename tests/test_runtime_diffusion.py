@@ -11,10 +11,9 @@ import torch
 from runtime.backends import Engines
 from runtime.diffusion import Decoder
 from runtime.manifest import Build, read_manifest
-from train.decoders import build_pipeline, generate_audio, generate_image, generate_video
+from train.decoders import build_pipeline, generate
 
 MODALITIES = ("image", "video", "audio")
-GENERATE = {"image": generate_image, "video": generate_video, "audio": generate_audio}
 STEPS, SEED = 3, 11
 MIN_PSNR = {"onnxruntime": 40.0, "torch": 60.0}  # the torch backend runs the reference's own modules
 
@@ -45,7 +44,7 @@ def reference(tiny_model: Any) -> Callable[[str, float], np.ndarray]:
             section = tiny_model.config["decoders"][modality]
             pipeline = build_pipeline(tiny_model.decoders[modality], section, progress=False)
             embeds, generator = torch.from_numpy(_embeds(section)), torch.Generator().manual_seed(SEED)
-            cache[modality, guidance] = GENERATE[modality](
+            cache[modality, guidance] = generate(
                 pipeline, section, embeds, steps=STEPS, guidance=guidance, generator=generator
             )
         return cache[modality, guidance]

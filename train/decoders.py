@@ -278,22 +278,35 @@ def build_pipeline(components: Components, section: dict[str, Any], progress: bo
     return DecoderPipeline(pipeline, components["uncond_embedding"])
 
 
-def _generate(
+def _size(section: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's output-size arguments, from whichever of them the section sets."""
+    keys = {"height": "height", "width": "width", "frames": "num_frames", "audio_length_s": "audio_length_in_s"}
+    return {arg: section[key] for key, arg in keys.items() if key in section}
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    # the rounding of diffusers' own numpy_to_pil; the pipelines already clamp to [0, 1]
+    return (pixels * 255).round().astype(np.uint8)
+
+
+def generate(
     decoder: DecoderPipeline,
     section: dict[str, Any],
     prompt_embeds: Tensor,
-    steps: int | None,
-    guidance: float | None,
-    generator: torch.Generator | None,
-    **size: Any,
+    steps: int | None = None,
+    guidance: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> np.ndarray:
-    """One sample, as the pipeline returns it, from projector output (1, embed_tokens, embed_dim)."""
+    """One sample from projector output (1, embed_tokens, embed_dim): an image uint8 (H, W, 3), a
+    video uint8 (frames, H, W, 3) or a float32 waveform (the pipeline trims the vocoder's output to
+    sample_rate × audio_length_s). Steps and guidance default to the section's."""
     expected = (1, section["embed_tokens"], section["embed_dim"])
     if tuple(prompt_embeds.shape) != expected:
         shape = tuple(prompt_embeds.shape)
         raise ValueError(f"{section['name']}: prompt_embeds is {shape}, expected {expected}")
     negative = decoder.negative.to(prompt_embeds).expand_as(prompt_embeds)
-    if _spec(section).class_labels:  # AudioLDM's (batch, dim), as the reference's gen_emb.view(bs, dim)
+    spec = _spec(section)
+    if spec.class_labels:  # AudioLDM's (batch, dim), as the reference's gen_emb.view(bs, dim)
         prompt_embeds, negative = prompt_embeds.flatten(1), negative.flatten(1)
     output = decoder.pipeline(
         prompt_embeds=prompt_embeds,
@@ -303,50 +316,6 @@ def _generate(
         generator=generator,
         output_type="np",
         return_dict=False,
-        **size,
-    )
-    return output[0][0]
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    # the rounding of diffusers' own numpy_to_pil; the pipelines already clamp to [0, 1]
-    return (pixels * 255).round().astype(np.uint8)
-
-
-def generate_image(
-    decoder: DecoderPipeline,
-    section: dict[str, Any],
-    prompt_embeds: Tensor,
-    steps: int | None = None,
-    guidance: float | None = None,
-    generator: torch.Generator | None = None,
-) -> np.ndarray:
-    """uint8 (height, width, 3). Steps and guidance default to the section's."""
-    size = {"height": section["height"], "width": section["width"]}
-    return _to_uint8(_generate(decoder, section, prompt_embeds, steps, guidance, generator, **size))
-
-
-def generate_video(
-    decoder: DecoderPipeline,
-    section: dict[str, Any],
-    prompt_embeds: Tensor,
-    steps: int | None = None,
-    guidance: float | None = None,
-    generator: torch.Generator | None = None,
-) -> np.ndarray:
-    """uint8 (frames, height, width, 3). Steps and guidance default to the section's."""
-    size = {"height": section["height"], "width": section["width"], "num_frames": section["frames"]}
-    return _to_uint8(_generate(decoder, section, prompt_embeds, steps, guidance, generator, **size))
-
-
-def generate_audio(
-    decoder: DecoderPipeline,
-    section: dict[str, Any],
-    prompt_embeds: Tensor,
-    steps: int | None = None,
-    guidance: float | None = None,
-    generator: torch.Generator | None = None,
-) -> np.ndarray:
-    """float32 waveform of sample_rate × audio_length_s samples (the pipeline trims the vocoder's output)."""
-    size = {"audio_length_in_s": section["audio_length_s"]}
-    return _generate(decoder, section, prompt_embeds, steps, guidance, generator, **size).astype(np.float32)
+        **_size(section),
+    )[0][0]
+    return output.astype(np.float32) if spec.class_labels else _to_uint8(output)

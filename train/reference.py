@@ -17,14 +17,9 @@ from runtime.inputs import prepare_inputs
 from runtime.prompt import PromptIds, build_prompt, check_fits
 from runtime.request import OUTPUT_MODALITIES, Request, Response
 from runtime.signals import SignalVocab
-from train.decoders import build_pipeline, generate_audio, generate_image, generate_video
+from train.decoders import build_pipeline, generate
 from train.model import NextGPT
 
-GENERATORS: dict[str, Callable[..., np.ndarray]] = {
-    "image": generate_image,
-    "video": generate_video,
-    "audio": generate_audio,
-}
 
 
 class SignalConstraint(LogitsProcessor):
@@ -156,7 +151,7 @@ class ReferencePipeline:
     def decode(self, modality: str, cond: torch.Tensor, req: Request) -> np.ndarray:
         section = self.config["decoders"][modality]
         generator = torch.Generator().manual_seed(req.seed)
-        return GENERATORS[modality](
+        return generate(
             self.pipelines[modality],
             section,
             cond,
