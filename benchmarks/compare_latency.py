@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -235,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": describe_machine(args.threads), "backends": list(engines), "unavailable": unavailable}
     result["components"] = bench_components(build, engines, runs)
     runnable = [b for b in engines if b != "torch"]
-    inputs = write_sample_inputs(args.json.parent / "inputs", build.config["imagebind"]["audio"]["sample_rate"])
-    result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs)
-    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64)
-    if args.triton:
-        from triton_repo.client import time_routes  # only with a server to talk to
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = write_sample_inputs(Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
+        result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs)
+        if args.triton:
+            from triton_repo.client import time_routes  # only with a server to talk to
 
-        result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
+            result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
+    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
