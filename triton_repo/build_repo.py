@@ -1,0 +1,289 @@
+"""Write a Triton model repository for a build of engines.
+
+    python triton_repo/build_repo.py --engines engines/tiny --out triton_models \
+        [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls all|unets|none] [--threads 0] \
+        [--device cpu|cuda] [--native]
+
+Models (every config is generated from the manifest's IO and `triton_repo/protocol.py`; the
+models read the build in place, by its absolute path):
+
+- one model per stateless engine whose every tensor has the batch as its first axis (encoders,
+  projectors, UNets, VAE decoders, vocoder): `max_batch_size` is the spec's batch maximum and
+  dynamic batching merges concurrent requests. A Python model hosting the runtime's engine by
+  default; with `--native`, an `onnxruntime_onnx` or `tensorrt_plan` config over the build's
+  file, for NVIDIA's Triton container (the `nvidia-pytriton` server has only the Python backend).
+- `preprocess` (files -> clips), `encode` (clips -> media token), `llm` (-> text, token ids,
+  signal states; the LLM keeps its KV cache inside) and `media` (-> image, video, audio):
+  Python models hosting the runtime, calling the engine models through BLS.
+- `any2any`: the ensemble preprocess -> encode -> llm -> media.
+- `any2any_stream`: decoupled; the whole pipeline, sending text pieces and denoising steps as they come.
+
+`--instances ROLE=N,...` sets instance counts (roles: preprocess, encode, llm, media,
+any2any_stream, engines); several `media` instances are what lets concurrent denoising loops
+share UNet batches. `--max-queue-delay-us` is how long an engine model waits to fill a batch.
+`--bls` says which engine models the pipeline models call (the others they run in process):
+`all` batches every engine across requests; each call is a round trip between processes (about
+1 ms on 2 CPU cores), which a small model's request feels. `unets` keeps the batching where a
+request calls an engine once per denoising step; `none` has the least latency and no batching
+across requests.
+The repository is written beside OUT and moved in whole; OUT is only ever replaced if it is a
+repository this script wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.inputs import INPUT_MODALITIES
+from runtime.manifest import Build, read_manifest
+from runtime.pipeline import ENCODERS
+from runtime.request import OUTPUT_MODALITIES
+from runtime.response import media_meta
+from triton_repo.protocol import (
+    ENSEMBLE, FILES, MEDIA, MEDIA_TOKEN, PARAMS, PROGRESS, STREAM, TEXT, TRITON_DTYPES, Tensor, clips_name, engine_dims,
+    hidden_name,
+)
+
+ROLES = ("preprocess", "encode", "llm", "media")  # the ensemble's steps, in order
+DEFAULT_INSTANCES = {"preprocess": 1, "encode": 1, "llm": 2, "media": 4, STREAM: 1, "engines": 1}
+BLS = {"all": lambda name: True, "unets": lambda name: name.endswith("_unet"), "none": lambda name: False}
+NATIVE_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+MODEL_SOURCES = Path(__file__).resolve().parent / "models"
+MARKER = "repo.json"  # what this script generated; its presence makes OUT replaceable
+
+
+class Enum(str):
+    """A protobuf enum value: written bare in the text format."""
+
+
+def pbtxt(message: dict[str, Any], indent: int = 0) -> str:
+    """Protobuf text format of a message given as a dict; a list of dicts is a repeated message."""
+    pad, lines = " " * indent, []
+    for key, value in message.items():
+        if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+            for item in value if isinstance(value, list) else [value]:
+                lines += [f"{pad}{key} {{", pbtxt(item, indent + 2), f"{pad}}}"]
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "\n".join(line for line in lines if line)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+    if isinstance(value, Enum) or isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+def parameters(**values: str) -> list[dict[str, Any]]:
+    return [{"key": k, "value": {"string_value": v}} for k, v in values.items()]
+
+
+def tensor_config(t: Tensor) -> dict[str, Any]:
+    return {"name": t.name, "data_type": Enum(TRITON_DTYPES[t.dtype]), "dims": list(t.dims), **({"optional": True} if t.optional else {})}
+
+
+def engine_tensor_config(t: dict[str, Any]) -> dict[str, Any]:
+    config = {"name": t["name"], "data_type": Enum(TRITON_DTYPES[t["dtype"]]), "dims": engine_dims(t["shape"])}
+    return {**config, "reshape": {"shape": []}} if len(t["shape"]) == 1 else config
+
+
+def batchable(entry: dict[str, Any]) -> bool:
+    """Triton batches along the first axis: only a component whose every tensor starts with the
+    spec's `batch` axis can be served with max_batch_size > 0 (not the LLM: its cache starts with layers)."""
+    return all(t["shape"][:1] == ["batch"] for t in entry["inputs"] + entry["outputs"])
+
+
+def _rows(entry: dict[str, Any], name: str) -> tuple[int, ...]:
+    """An engine input's shape as a pipeline tensor: zero or one rows, then the engine's own dims."""
+    spec = next(t for t in entry["inputs"] if t["name"] == name)
+    return (-1, *engine_dims(spec["shape"]))
+
+
+def step_io(build: Build) -> dict[str, tuple[list[Tensor], list[Tensor]]]:
+    """(inputs, outputs) of each ensemble step; the tensors between steps are shaped by the manifest."""
+    comp = build.components
+    clips = [Tensor(clips_name(m), "float32", (-1,) * len(comp[ENCODERS[m]]["inputs"][0]["shape"])) for m in INPUT_MODALITIES]
+    token = Tensor(MEDIA_TOKEN, "float32", _rows(comp["llm"], "media_token"))
+    hidden = [Tensor(hidden_name(m), "float32", _rows(comp[f"projector_{m}"], "hidden")) for m in OUTPUT_MODALITIES]
+    return {
+        "preprocess": ([*PARAMS, *FILES], clips),
+        "encode": (clips, [token]),
+        "llm": ([*PARAMS, token], [*TEXT, *hidden]),
+        "media": ([*PARAMS, *hidden], list(MEDIA)),
+    }
+
+
+def _instances(count: int, kind: str = "KIND_CPU") -> list[dict[str, Any]]:
+    return [{"count": count, "kind": Enum(kind)}]
+
+
+class RepoWriter:
+    """Writes the models of one build into `root`; `served` are the engines with models of their
+    own, `bls` those of them the pipeline models call."""
+
+    def __init__(
+        self, build: Build, root: Path, instances: dict[str, int], delay_us: int, bls: str, threads: int, device: str
+    ) -> None:
+        self.build, self.root, self.instances, self.delay_us = build, root, instances, delay_us
+        backend = {c["backend"] for c in build.components.values()}.pop()  # one backend per build (runtime.backends.Engines)
+        self.runtime = {"engines": str(build.root.resolve()), "backend": backend, "device": device, "threads": str(threads)}
+        self.served = [n for n, c in build.components.items() if batchable(c)]
+        self.bls = [n for n in self.served if BLS[bls](n)]
+
+    def write(self, name: str, config: dict[str, Any], source: str | None = None, version: Path | None = None) -> None:
+        """`name/config.pbtxt` and version 1: a copy of models/SOURCE.py as its model.py, or a link
+        to the folder `version` (a native engine's folder in the build), or empty (the ensemble)."""
+        folder = self.root / name
+        folder.mkdir()
+        (folder / "config.pbtxt").write_text(pbtxt({"name": name, **config}) + "\n")
+        if version is not None:
+            (folder / "1").symlink_to(version, target_is_directory=True)
+            return
+        (folder / "1").mkdir()
+        if source:
+            shutil.copy2(MODEL_SOURCES / f"{source}.py", folder / "1" / "model.py")
+
+    def _batched(self, name: str) -> dict[str, Any]:
+        entry = self.build.component(name)
+        return {
+            "max_batch_size": entry["dims"]["batch"][2],
+            "input": [engine_tensor_config(t) for t in entry["inputs"]],
+            "output": [engine_tensor_config(t) for t in entry["outputs"]],
+            "dynamic_batching": {"max_queue_delay_microseconds": self.delay_us},
+        }
+
+    def engine(self, name: str) -> None:
+        config = {"backend": "python", **self._batched(name), "instance_group": _instances(self.instances["engines"])}
+        self.write(name, {**config, "parameters": parameters(**self.runtime)}, "engine")
+
+    def native_engine(self, name: str) -> None:
+        """A config for NVIDIA's container; version 1 is a link to the engine's folder in the build."""
+        entry = self.build.component(name)
+        gpu = entry["backend"] == "tensorrt" or self.runtime["device"] != "cpu"
+        config = {
+            "platform": NATIVE_PLATFORMS[entry["backend"]],
+            "default_model_filename": Path(entry["engine"]).name,
+            **self._batched(name),
+            "instance_group": _instances(self.instances["engines"], "KIND_GPU" if gpu else "KIND_CPU"),
+        }
+        if entry["backend"] == "onnxruntime" and self.runtime["threads"] != "0":
+            config["parameters"] = parameters(intra_op_thread_count=self.runtime["threads"])
+        self.write(name, config, version=self.build.path(entry["engine"]).resolve().parent)
+
+    def _pipeline_parameters(self, role: str) -> list[dict[str, Any]]:
+        """Where the build is, which engines are reached through BLS, and which ones this model runs
+        in process (opened at load, not at the first request; the LLM only where it runs)."""
+        encoders, everything = set(ENCODERS.values()), set(self.build.components)
+        runs = {"preprocess": set(), "encode": encoders, "llm": {"llm"}, "media": everything - encoders - {"llm"}, STREAM: everything}
+        local = sorted(runs[role] - set(self.bls))
+        return parameters(**self.runtime, bls=",".join(self.bls), preload=",".join(local))
+
+    def pipeline(self) -> None:
+        steps = step_io(self.build)
+        for role, (inputs, outputs) in steps.items():
+            io = {"input": [tensor_config(t) for t in inputs], "output": [tensor_config(t) for t in outputs]}
+            config = {"backend": "python", "max_batch_size": 0, **io, "instance_group": _instances(self.instances[role])}
+            self.write(role, {**config, "parameters": self._pipeline_parameters(role)}, role)
+        public = {"input": [tensor_config(t) for t in (*PARAMS, *FILES)], "max_batch_size": 0}
+        meta = parameters(media_meta=json.dumps(media_meta(self.build.config)))  # for the client's WAV and MP4 writers
+        scheduling = [
+            {
+                "model_name": role,
+                "model_version": -1,
+                "input_map": [{"key": t.name, "value": t.name} for t in inputs],
+                "output_map": [{"key": t.name, "value": t.name} for t in outputs],
+            }
+            for role, (inputs, outputs) in steps.items()
+        ]
+        answer = [tensor_config(t) for t in (*TEXT, *MEDIA)]
+        ensemble = {"platform": "ensemble", **public, "output": answer, "ensemble_scheduling": {"step": scheduling}}
+        self.write(ENSEMBLE, {**ensemble, "parameters": meta})
+        stream = {
+            "backend": "python",
+            **public,
+            "output": answer + [tensor_config(t) for t in PROGRESS],
+            "model_transaction_policy": {"decoupled": True},
+            "instance_group": _instances(self.instances[STREAM]),
+            "parameters": self._pipeline_parameters(STREAM) + meta,
+        }
+        self.write(STREAM, stream, "stream")
+
+
+def parse_instances(text: str | None) -> dict[str, int]:
+    counts = dict(DEFAULT_INSTANCES)
+    for item in filter(None, (text or "").split(",")):
+        role, _, count = item.partition("=")
+        if role not in counts or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--instances: {item!r} is not ROLE=N with N >= 1 and ROLE one of {', '.join(counts)}")
+        counts[role] = int(count)
+    return counts
+
+
+def build_repo(
+    engines: Path,
+    out: Path,
+    instances: dict[str, int] | None = None,
+    delay_us: int = 0,
+    bls: str = "all",
+    threads: int = 0,
+    device: str = "cpu",
+    native: bool = False,
+) -> list[str]:
+    """Write the repository; returns its model names."""
+    build = read_manifest(Path(engines))
+    build.verify_files()
+    out = Path(out)
+    if out.exists() and not (out / MARKER).is_file():
+        raise ValueError(f"{out} exists and was not written by build_repo.py; not replacing it")
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if bls not in BLS:
+        raise ValueError(f"bls must be one of {', '.join(BLS)}, got {bls!r}")
+    writer = RepoWriter(build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, bls, threads, device)
+    for name in writer.served:
+        (writer.native_engine if native else writer.engine)(name)
+    writer.pipeline()
+    models = sorted(p.name for p in staging.iterdir())
+    record = {"engines": writer.runtime["engines"], "models": models, "batched": writer.served, "bls": writer.bls, "native": native}
+    (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", type=Path, required=True, help="a build folder with manifest.json")
+    p.add_argument("--out", type=Path, required=True, help="the model repository to write")
+    p.add_argument("--instances", help=f"ROLE=N,... (defaults: {','.join(f'{k}={v}' for k, v in DEFAULT_INSTANCES.items())})")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=0,
+        help="engine models: wait this long to fill a batch (0: batch what queued while the model was busy)",
+    )
+    p.add_argument("--bls", choices=tuple(BLS), default="all", help="engine models the pipeline models call (the rest run in process)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads per engine (0: all cores)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
+    p.add_argument("--native", action="store_true", help="engine models as onnxruntime/tensorrt configs for NVIDIA's container")
+    args = p.parse_args(argv)
+    try:
+        models = build_repo(
+            args.engines, args.out, parse_instances(args.instances), args.max_queue_delay_us, args.bls, args.threads, args.device, args.native
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {len(models)} models: {', '.join(models)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

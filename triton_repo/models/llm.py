@@ -1,0 +1,28 @@
+"""Ensemble step 3: prompt and media token -> text, token ids and the hidden states at each
+signal-token run (runtime.generation on the local LLM engine, which keeps its KV cache here)."""
+from __future__ import annotations
+
+import numpy as np
+
+from triton_repo.protocol import MEDIA_TOKEN, Getter, decode_request, encode_answer, hidden_name
+from triton_repo.served import PipelineModel, pipeline_from_parameters
+
+
+class TritonPythonModel(PipelineModel):
+    def setup(self) -> None:
+        self.llm = pipeline_from_parameters(self.params).llm
+
+    def answer(self, get: Getter) -> dict[str, np.ndarray]:
+        req = decode_request(get)
+        token = get(MEDIA_TOKEN)
+        token = token if token is not None and token.size else None
+        gen = self.llm.generate(
+            self.llm.build_prompt(req.prompt, token is not None),
+            token,
+            max_new_tokens=req.max_new_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            required=[req.output] if req.output else [],
+        )
+        return {**encode_answer(gen.text, gen.ids, {}), **{hidden_name(m): h for m, h in gen.signal_hidden.items()}}

@@ -1,0 +1,25 @@
+"""Ensemble step 4: signal-token states -> image, video, audio (output projectors, denoising
+loops, VAE decoders, vocoder: runtime.diffusion with every engine a served model)."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.request import OUTPUT_MODALITIES
+from triton_repo.protocol import Getter, decode_request, hidden_name
+from triton_repo.served import PipelineModel, pipeline_from_parameters
+
+
+class TritonPythonModel(PipelineModel):
+    def setup(self) -> None:
+        self.pipeline = pipeline_from_parameters(self.params)
+        self.decoders = self.pipeline.decoders
+
+    def answer(self, get: Getter) -> dict[str, np.ndarray]:
+        req = decode_request(get)
+        out = {}
+        for modality in OUTPUT_MODALITIES:
+            hidden = get(hidden_name(modality))
+            if hidden is not None and hidden.size:
+                embeds = self.pipeline.project(modality, hidden)
+                out[modality.upper()] = self.decoders[modality].generate(embeds, req.seed, req.steps, req.guidance)
+        return out

@@ -1,0 +1,152 @@
+"""The any2any request and response as Triton tensors, declared once.
+
+The generated configs declare these tensors, the Python models decode them, the client encodes
+them. A `runtime.request.Request` travels as one tensor per field (`PROMPT`, `SEED`, ...: the
+field's name in capitals; all but the prompt optional, an absent one is the runtime's default)
+plus one tensor per input file: `IMAGE_FILE` etc., two BYTES elements (the file's name, so that an
+error names it and a video's format is known by its suffix; then the raw file bytes). The answer
+is `TEXT`, `TOKEN_IDS` and one tensor per output modality, empty (a zero-size axis) when the answer
+has no such media. The streaming model also sends `TEXT` pieces and `PROGRESS` steps as they come.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.inputs import INPUT_MODALITIES
+from runtime.request import OUTPUT_MODALITIES, Request
+
+
+ENSEMBLE, STREAM = "any2any", "any2any_stream"  # the models a client calls
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # a numpy dtype name; "object" is Triton's BYTES
+    dims: tuple[int, ...]  # -1: any size
+    optional: bool = False
+
+
+TRITON_DTYPES = {"object": "TYPE_STRING", "float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
+CLIENT_DTYPES = {"TYPE_STRING": "BYTES", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64", "TYPE_INT64": "INT64", "TYPE_UINT8": "UINT8"}
+
+# Request fields. Floats travel as FP64 so that a Python float arrives unchanged: the same
+# request then gives the same answer over gRPC as in process.
+PARAMS = (
+    Tensor("PROMPT", "object", (1,)),
+    Tensor("OUTPUT", "object", (1,), optional=True),
+    Tensor("SEED", "int64", (1,), optional=True),
+    Tensor("MAX_NEW_TOKENS", "int64", (1,), optional=True),
+    Tensor("TEMPERATURE", "float64", (1,), optional=True),
+    Tensor("TOP_P", "float64", (1,), optional=True),
+    Tensor("STEPS", "int64", (1,), optional=True),
+    Tensor("GUIDANCE", "float64", (1,), optional=True),
+)
+FILES = tuple(Tensor(f"{m.upper()}_FILE", "object", (2,), optional=True) for m in INPUT_MODALITIES)
+MEDIA_SHAPES = {"image": (-1, -1, 3), "video": (-1, -1, -1, 3), "audio": (-1,)}
+MEDIA_DTYPES = {"image": "uint8", "video": "uint8", "audio": "float32"}
+MEDIA = tuple(Tensor(m.upper(), MEDIA_DTYPES[m], MEDIA_SHAPES[m]) for m in OUTPUT_MODALITIES)
+TEXT = (Tensor("TEXT", "object", (1,)), Tensor("TOKEN_IDS", "int64", (-1,)))
+ANSWER = (*TEXT, *MEDIA)
+# Streaming only: denoising progress, (modality, steps done, steps in all) as `MODALITY` + `PROGRESS`.
+PROGRESS = (Tensor("MODALITY", "object", (1,)), Tensor("PROGRESS", "int64", (2,)))
+
+# Between the ensemble's steps (shapes from the manifest; a zero-size first axis means none):
+# preprocess -> CLIPS_<M> per input modality -> encode -> MEDIA_TOKEN -> llm -> HIDDEN_<M> per
+# output modality (the states at its signal tokens) -> media.
+MEDIA_TOKEN = "MEDIA_TOKEN"
+
+
+def clips_name(modality: str) -> str:
+    return f"CLIPS_{modality.upper()}"
+
+
+def hidden_name(modality: str) -> str:
+    return f"HIDDEN_{modality.upper()}"
+
+
+def engine_dims(shape: list[int | str]) -> list[int]:
+    """Triton dims of an engine tensor whose first axis is the batch: the other axes, dynamic ones
+    as -1. Triton refuses empty dims, so a tensor that is only the batch axis (one scalar per
+    sample, like a UNet's timestep) is declared [1] and reshaped to [] for the model: a caller
+    sends it as (batch, 1)."""
+    return [d if isinstance(d, int) else -1 for d in shape[1:]] or [1]
+
+
+Getter = Callable[[str], np.ndarray | None]  # a request tensor by name, None when absent
+
+
+def encode_request(req: Request) -> dict[str, np.ndarray]:
+    """The tensors of a request: its set fields and its input files (name and bytes)."""
+    out = {}
+    for t in PARAMS:
+        value = getattr(req, t.name.lower())
+        if value is not None:
+            out[t.name] = np.array([value.encode() if isinstance(value, str) else value], dtype=t.dtype)
+    for t in FILES:
+        path = req.files.get(t.name.removesuffix("_FILE").lower())
+        if path is not None:
+            out[t.name] = np.array([Path(path).name.encode(), _read_bytes(Path(path))], dtype=object)
+    return out
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A missing or unreadable file is the same MediaError the runtime raises, before anything is sent."""
+    from runtime.media import MediaError
+
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise MediaError(path, e.strerror or e) from None
+
+
+def decode_request(get: Getter, files: dict[str, Path | None] | None = None) -> Request:
+    """The Request a model's tensors describe; the input files are what the caller saved them as."""
+    fields: dict[str, Any] = {}
+    for t in PARAMS:
+        value = get(t.name)
+        if value is None:
+            continue
+        item = value.reshape(-1)[0]
+        if t.dtype != "object":
+            fields[t.name.lower()] = item.item()
+            continue
+        try:
+            fields[t.name.lower()] = item.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{t.name} is not UTF-8 text: {e}") from None
+    return Request(files=files or {}, **fields)
+
+
+def save_files(get: Getter, folder: Path) -> dict[str, Path | None]:
+    """Each input file written to `folder` under its own name, as the runtime reads files from disk."""
+    files: dict[str, Path | None] = {}
+    for t in FILES:
+        value = get(t.name)
+        if value is not None:
+            raw_name, data = value.reshape(-1)
+            modality = t.name.removesuffix("_FILE").lower()
+            # Only the last component of the client's name: nothing is written outside `folder`.
+            name = Path(raw_name.decode("utf-8", "replace")).name
+            path = folder / modality / (modality if name in ("", ".", "..") else name)
+            path.parent.mkdir()
+            path.write_bytes(data)
+            files[modality] = path
+    return files
+
+
+def encode_answer(text: str, token_ids: list[int], media: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The answer's tensors; a modality the answer lacks is left out (the model sends it empty)."""
+    out = {"TEXT": np.array([text.encode("utf-8")], dtype=object), "TOKEN_IDS": np.asarray(token_ids, np.int64)}
+    return {**out, **{m.upper(): np.ascontiguousarray(value) for m, value in media.items()}}
+
+
+def decode_answer(get: Getter) -> tuple[str, list[int], dict[str, np.ndarray]]:
+    """Text, token ids and the media present (an empty media tensor means none of that modality)."""
+    media = {t.name.lower(): value for t in MEDIA if (value := get(t.name)) is not None and value.size}
+    return get("TEXT")[0].decode("utf-8"), get("TOKEN_IDS").tolist(), media

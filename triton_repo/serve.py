@@ -1,0 +1,234 @@
+"""Start Triton on a model repository, wait until it is ready, stop it cleanly.
+
+    python triton_repo/serve.py --repo DIR [--grpc-port N] [--http-port N] [--address 127.0.0.1] \
+        [--tritonserver PATH] [--log FILE] [--timeout S]
+
+The server is the `tritonserver` binary inside the `nvidia-pytriton` wheel unless `--tritonserver`
+names another. That build has only the Python backend, and its stub must match this interpreter;
+so each start makes a private backend folder holding the wheel's Python backend and the stub for
+this Python version (the installed wheel is never modified), and runs the server with this
+environment's `bin` first on PATH and the libraries the stub links against on LD_LIBRARY_PATH.
+It listens on loopback unless told otherwise; metrics are off. A model that fails to load is
+reported by name and the server is stopped. Ctrl-C or SIGTERM stops the server and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_GRACE_S = 30.0  # SIGTERM lets Triton unload every model; past this it is killed
+
+
+class ServerError(RuntimeError):
+    """The server did not come up: it exited, a model failed to load, or it was not ready in time."""
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def pytriton_home() -> Path:
+    """The `tritonserver` folder inside the installed nvidia-pytriton wheel."""
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def python_backend(into: Path) -> Path:
+    """A backend folder whose `python/` is the wheel's Python backend plus the stub for this interpreter."""
+    home = pytriton_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
+    python = into / "python"
+    shutil.copytree(home / "backends" / "python", python, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(stub, python)
+    return into
+
+
+def server_env() -> dict[str, str]:
+    """The stub embeds libpython: it must find this interpreter's (LIBDIR), not the system's, and
+    the wheel's bundled libraries; models import the project's packages (the repository root)."""
+    env = dict(os.environ)
+    libs = [str(pytriton_home().parents[1] / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def load_failures(log: str) -> list[str]:
+    """'MODEL: reason' for each model the server log says failed to load."""
+    found = re.findall(r"failed to load '([^']+)' version \d+: ([^\"\n]*)", log)
+    # The log escapes a reason's newlines; the first line is the error, a traceback may follow.
+    first_lines = {name: reason.split(r"\n")[0].strip() for name, reason in found}
+    return [f"{name}: {reason}" for name, reason in first_lines.items()]
+
+
+class TritonServer:
+    """One tritonserver process on a repository; a context manager that always stops it.
+
+    `start()` returns once the server and every model are ready, or raises `ServerError` naming the
+    models that failed to load (with the server stopped).
+    """
+
+    def __init__(
+        self,
+        repo: Path,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        address: str = "127.0.0.1",
+        binary: Path | None = None,
+        log: Path | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.repo, self.address, self.timeout_s = Path(repo).resolve(), address, timeout_s
+        self.grpc_port = grpc_port or free_port(address)
+        self.http_port = http_port or free_port(address)
+        self.binary = Path(binary) if binary else pytriton_home() / "bin" / "tritonserver"
+        self.workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
+        self.log = Path(log) if log else self.workdir / "tritonserver.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address}:{self.http_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={python_backend(self.workdir / 'backends')}",
+            f"--grpc-address={self.address}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.address}",
+            f"--http-port={self.http_port}",
+            "--allow-metrics=false",
+            # Python-backend shared memory regions are named by this prefix: two servers on one
+            # machine (a test beside a demo) must not share them.
+            f"--backend-config=python,shm-region-prefix-name=any2any_{os.getpid()}_{self.grpc_port}_",
+            "--exit-on-error=true",
+        ]
+
+    def start(self) -> TritonServer:
+        if not self.repo.is_dir():
+            raise ServerError(f"{self.repo}: no model repository; make one with triton_repo/build_repo.py")
+        if not self.binary.is_file():
+            raise ServerError(f"{self.binary}: no tritonserver binary")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ServerError(self._failure(f"tritonserver exited with status {self.process.returncode}"))
+                try:
+                    if client.is_server_ready():
+                        return
+                except InferenceServerException:
+                    pass  # not listening yet
+                time.sleep(0.25)
+        finally:
+            client.close()
+        raise ServerError(self._failure(f"tritonserver was not ready within {self.timeout_s:.0f} s"))
+
+    def _failure(self, what: str) -> str:
+        """`what`, then the models the log says failed to load, or else the log's last lines."""
+        log = self.log_text()
+        failures = load_failures(log)
+        if failures:
+            return f"{what}; models that failed to load: " + "; ".join(failures)
+        return what + ":\n" + "\n".join(log.strip().splitlines()[-15:])
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (Triton unloads its models and exits), then SIGKILL after a grace period."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                # The whole session: Python-backend stubs are children of the server.
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the backend copy, and the log unless --log was given
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", type=Path, required=True, help="a model repository (triton_repo/build_repo.py)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="0: any free port")
+    p.add_argument("--http-port", type=int, default=8000, help="0: any free port")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the nvidia-pytriton one)")
+    p.add_argument("--log", type=Path, help="server log file (default: a temporary file)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    args = p.parse_args(argv)
+    server = TritonServer(args.repo, args.grpc_port, args.http_port, args.address, args.tritonserver, args.log, args.timeout)
+    # SIGTERM as Ctrl-C: either one unwinds through `finally`, which stops the server (it runs in
+    # its own session, so a terminal's Ctrl-C reaches only this launcher).
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.start()
+        print(f"grpc: {server.grpc_url}\nhttp: {server.http_url}\nready; Ctrl-C stops the server", flush=True)
+        while server.process.poll() is None:
+            time.sleep(0.2)
+        print(f"error: tritonserver exited with status {server.process.returncode}", file=sys.stderr)
+        return 1
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+if __name__ == "__main__":
+    sys.exit(main())
