@@ -106,8 +106,9 @@ def _encoders(config: dict[str, Any]) -> list[ComponentSpec]:
 def _llm(config: dict[str, Any]) -> ComponentSpec:
     llm = config["llm"]
     hidden, context = llm["hidden_size"], llm["max_position_embeddings"]
-    cache = ("layers", "batch", llm["num_key_value_heads"], "past", hidden // llm["num_attention_heads"])
-    present = ("layers", "batch", llm["num_key_value_heads"], "present", hidden // llm["num_attention_heads"])
+    def cache(length: str) -> tuple[Dim, ...]:
+        return ("layers", "batch", llm["num_key_value_heads"], length, hidden // llm["num_attention_heads"])
+
     layers = llm["num_hidden_layers"]
     return ComponentSpec(
         "llm",
@@ -116,14 +117,14 @@ def _llm(config: dict[str, Any]) -> ComponentSpec:
             i64("input_ids", "batch", "seq"),
             f32("media_token", "batch", hidden),
             i64("media_position", "batch"),
-            TensorSpec("past_keys", "float32", cache),
-            TensorSpec("past_values", "float32", cache),
+            TensorSpec("past_keys", "float32", cache("past")),
+            TensorSpec("past_values", "float32", cache("past")),
         ),
         (
             f32("logits", "batch", llm["vocab_size"]),
             f32("hidden", "batch", "seq", hidden),
-            TensorSpec("present_keys", "float32", present),
-            TensorSpec("present_values", "float32", present),
+            TensorSpec("present_keys", "float32", cache("present")),
+            TensorSpec("present_values", "float32", cache("present")),
         ),
         {
             "layers": (layers, layers, layers),

@@ -60,6 +60,24 @@ def _vae(in_out: int, latent: int, channels: list[int], groups: int) -> dict[str
     }
 
 
+def _tiny_clip_text_encoder(activation: str) -> dict[str, Any]:
+    """CLIPTextConfig whose last_hidden_state is max_position_embeddings × hidden_size = embed_tokens ×
+    embed_dim. The tiny vocab has no id 49406/49407, so BOS/EOS are its last two ids as in CLIP's
+    vocab, and pad = EOS as SD-1.5's tokenizer pads."""
+    return {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 8,
+        "hidden_act": activation,
+        "bos_token_id": 998,
+        "eos_token_id": 999,
+        "pad_token_id": 999,
+    }
+
+
 TINY: dict[str, Any] = {
     "preset": "tiny",
     "imagebind": {
@@ -128,21 +146,7 @@ TINY: dict[str, Any] = {
             },
             "vae": _vae(3, 4, [32, 64], 32),
             "scheduler": _sd_scheduler(),
-            # CLIPTextConfig: last_hidden_state is max_position_embeddings × hidden_size = embed_tokens ×
-            # embed_dim. The tiny vocab has no id 49406/49407, so BOS/EOS are its last two ids as in CLIP's
-            # vocab, and pad = EOS as SD-1.5's tokenizer pads.
-            "text_encoder": {
-                "vocab_size": 1000,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "max_position_embeddings": 8,
-                "hidden_act": "quick_gelu",
-                "bos_token_id": 998,
-                "eos_token_id": 999,
-                "pad_token_id": 999,
-            },
+            "text_encoder": _tiny_clip_text_encoder("quick_gelu"),
         },
         "video": {
             "name": "zeroscope",
@@ -168,19 +172,8 @@ TINY: dict[str, Any] = {
             },
             "vae": _vae(3, 4, [32, 64], 32),
             "scheduler": _ddim_scheduler(),
-            # as the image one; gelu like ZeroScope's OpenCLIP text encoder
-            "text_encoder": {
-                "vocab_size": 1000,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "max_position_embeddings": 8,
-                "hidden_act": "gelu",
-                "bos_token_id": 998,
-                "eos_token_id": 999,
-                "pad_token_id": 999,
-            },
+            # gelu like ZeroScope's OpenCLIP text encoder
+            "text_encoder": _tiny_clip_text_encoder("gelu"),
         },
         "audio": {
             "name": "audioldm",
