@@ -44,7 +44,10 @@ def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], wher
 
 
 class OrtEngine:
-    def __init__(self, path: Path, io: dict[str, Any], device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, io: dict[str, Any], device: str = "cpu", threads: int = 0, profile: Path | None = None
+    ) -> None:
+        """`profile`: a file prefix; ONNX Runtime then records every node's time, written by `end_profiling`."""
         import onnxruntime as ort
 
         if device != "cpu" and ORT_PROVIDERS[device][0] not in ort.get_available_providers():
@@ -58,10 +61,16 @@ class OrtEngine:
         # Idle ORT workers spin by default; between engine calls the pipeline runs torch (the
         # schedulers) and numpy on the same cores, which spinning threads would slow down.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile is not None:
+            options.enable_profiling, options.profile_file_prefix = True, str(profile)
         self.io = io
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
         self.session = ort.InferenceSession(str(path), options, providers=ORT_PROVIDERS[device])
+
+    def end_profiling(self) -> Path:
+        """The profile (Chrome trace JSON) of every run so far, for a session opened with `profile`."""
+        return Path(self.session.end_profiling())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
