@@ -2,7 +2,7 @@
 in-process runtime.
 
     python benchmarks/triton_load.py --engines engines/tiny [--concurrency 1,2,4,8] [--requests 24] \
-        [--routes text_to_image,image_to_text] [--instances ROLE=N,...] [--max-queue-delay-us 0] [--bls all] \
+        [--routes text_to_image,image_to_text] [--instances ROLE=N,...] [--max-queue-delay-us 0] [--bls auto] \
         [--url HOST:PORT] [--json benchmarks/results/triton_load.json]
 
 The load generator is a closed loop in Python, perf_analyzer's concurrency mode: N clients each
@@ -38,7 +38,7 @@ from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train.demo import write_sample_inputs
-from triton_repo.build_repo import BLS, build_repo, parse_instances
+from triton_repo.build_repo import BLS_CHOICES, build_repo, parse_instances, resolve_bls
 from triton_repo.client import Any2AnyClient
 from triton_repo.demo import route_request
 from triton_repo.serve import TritonServer
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=120.0, help="time limit per concurrency level")
     p.add_argument("--instances", help="ROLE=N,... for build_repo.py (default: its defaults)")
     p.add_argument("--max-queue-delay-us", type=int, default=0)
-    p.add_argument("--bls", choices=tuple(BLS), default="all", help="build_repo.py --bls")
+    p.add_argument("--bls", choices=BLS_CHOICES, default="auto", help="build_repo.py --bls")
     p.add_argument("--url", help="a running server's gRPC address (default: start one here)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/triton_load.json"))
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_generator": "closed-loop Python gRPC clients (tritonclient), perf_analyzer concurrency-mode semantics",
             "instances": instances if args.url is None else None,  # a server started elsewhere
             "max_queue_delay_us": args.max_queue_delay_us,
-            "bls": args.bls,
+            "bls": resolve_bls(args.bls, build, "cpu") if args.url is None else "as served",
             "routes": {},
         }
         for route in args.routes.split(","):

@@ -20,7 +20,7 @@ from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train.demo import ROUTES
 from triton_repo import client as client_cli
-from triton_repo.build_repo import build_repo, parse_instances
+from triton_repo.build_repo import build_repo, parse_instances, resolve_bls
 from triton_repo.client import Any2AnyClient
 from triton_repo.demo import route_request
 from triton_repo.serve import ROOT, ServerError, TritonServer
@@ -31,9 +31,10 @@ START_TIMEOUT_S = 150  # 18 models on 2 busy cores
 
 @pytest.fixture(scope="module")
 def repo(tiny_build, tmp_path_factory):
-    # Two media instances, so that concurrent denoising loops can share UNet batches.
+    # Two media instances calling every engine model (not the CPU default), so that concurrent
+    # denoising loops can share UNet batches.
     out = tmp_path_factory.mktemp("triton") / "repo"
-    build_repo(tiny_build[0], out, parse_instances("llm=1,media=2"), delay_us=2000)
+    build_repo(tiny_build[0], out, parse_instances("llm=1,media=2"), delay_us=2000, bls="all")
     return out
 
 
@@ -208,6 +209,13 @@ def test_generated_configs_come_from_the_manifest(repo, tiny_build, tmp_path):
     build_repo(tiny_build[0], tmp_path / "unets", bls="unets")
     assert sorted(json.loads((tmp_path / "unets" / "repo.json").read_text())["bls"]) == ["audioldm_unet", "sd_unet", "zeroscope_unet"]
     assert "sd_vae_decoder" in (tmp_path / "unets" / "media" / "config.pbtxt").read_text()  # run in process
+    build_repo(tiny_build[0], tmp_path / "auto")  # a CPU build: every engine in process, still served on its own
+    record = json.loads((tmp_path / "auto" / "repo.json").read_text())
+    assert (record["bls_policy"], record["bls"]) == ("none", []) and "sd_unet" in record["models"]
+    assert resolve_bls("auto", build, "cuda") == "all" and resolve_bls("unets", build, "cpu") == "unets"
+    with pytest.raises(ValueError, match="bls must be one of"):
+        build_repo(tiny_build[0], tmp_path / "bad", bls="some")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.staging").exists()
 
 
 def _small_repo(repo, tmp_path, broken=False):

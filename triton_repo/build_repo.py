@@ -1,7 +1,7 @@
 """Write a Triton model repository for a build of engines.
 
     python triton_repo/build_repo.py --engines engines/tiny --out triton_models \
-        [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls all|unets|none] [--threads 0] \
+        [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls auto|all|unets|none] [--threads 0] \
         [--device cpu|cuda] [--native]
 
 Models (every config is generated from the manifest's IO and `triton_repo/protocol.py`; the
@@ -25,7 +25,9 @@ share UNet batches. `--max-queue-delay-us` is how long an engine model waits to 
 `all` batches every engine across requests; each call is a round trip between processes (about
 1 ms on 2 CPU cores), which a small model's request feels. `unets` keeps the batching where a
 request calls an engine once per denoising step; `none` has the least latency and no batching
-across requests.
+across requests. `auto` (the default) is `all` where the engines run on a GPU, where shared
+batches raise throughput, and `none` on CPU, where the cores are busy either way and measured
+`none` gave both the lower latency and the higher throughput (benchmarks/results/triton_load*.md).
 The repository is written beside OUT and moved in whole; OUT is only ever replaced if it is a
 repository this script wrote.
 """
@@ -51,6 +53,7 @@ from triton_repo.protocol import (
 ROLES = ("preprocess", "encode", "llm", "media")  # the ensemble's steps, in order
 DEFAULT_INSTANCES = {"preprocess": 1, "encode": 1, "llm": 2, "media": 4, STREAM: 1, "engines": 1}
 BLS = {"all": lambda name: True, "unets": lambda name: name.endswith("_unet"), "none": lambda name: False}
+BLS_CHOICES = ("auto", *BLS)
 NATIVE_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 MODEL_SOURCES = Path(__file__).resolve().parent / "models"
 MARKER = "repo.json"  # what this script generated; its presence makes OUT replaceable
@@ -125,9 +128,19 @@ def _instances(count: int, kind: str = "KIND_CPU") -> list[dict[str, Any]]:
     return [{"count": count, "kind": Enum(kind)}]
 
 
+def resolve_bls(bls: str, build: Build, device: str) -> str:
+    """`auto` -> `all` when the engines run on a GPU (a TensorRT build, or `--device cuda`), else `none`."""
+    if bls not in BLS_CHOICES:
+        raise ValueError(f"bls must be one of {', '.join(BLS_CHOICES)}, got {bls!r}")
+    if bls != "auto":
+        return bls
+    gpu = device != "cpu" or any(c["backend"] == "tensorrt" for c in build.components.values())
+    return "all" if gpu else "none"
+
+
 class RepoWriter:
     """Writes the models of one build into `root`; `served` are the engines with models of their
-    own, `bls` those of them the pipeline models call."""
+    own, `bls` those of them the pipeline models call (by a policy of `BLS`)."""
 
     def __init__(
         self, build: Build, root: Path, instances: dict[str, int], delay_us: int, bls: str, threads: int, device: str
@@ -136,6 +149,7 @@ class RepoWriter:
         backend = {c["backend"] for c in build.components.values()}.pop()  # one backend per build (runtime.backends.Engines)
         self.runtime = {"engines": str(build.root.resolve()), "backend": backend, "device": device, "threads": str(threads)}
         self.served = [n for n, c in build.components.items() if batchable(c)]
+        self.policy = bls
         self.bls = [n for n in self.served if BLS[bls](n)]
 
     def write(self, name: str, config: dict[str, Any], source: str | None = None, version: Path | None = None) -> None:
@@ -232,7 +246,7 @@ def build_repo(
     out: Path,
     instances: dict[str, int] | None = None,
     delay_us: int = 0,
-    bls: str = "all",
+    bls: str = "auto",
     threads: int = 0,
     device: str = "cpu",
     native: bool = False,
@@ -240,20 +254,22 @@ def build_repo(
     """Write the repository; returns its model names."""
     build = read_manifest(Path(engines))
     build.verify_files()
+    policy = resolve_bls(bls, build, device)
     out = Path(out)
     if out.exists() and not (out / MARKER).is_file():
         raise ValueError(f"{out} exists and was not written by build_repo.py; not replacing it")
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    if bls not in BLS:
-        raise ValueError(f"bls must be one of {', '.join(BLS)}, got {bls!r}")
-    writer = RepoWriter(build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, bls, threads, device)
+    writer = RepoWriter(build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, device)
     for name in writer.served:
         (writer.native_engine if native else writer.engine)(name)
     writer.pipeline()
     models = sorted(p.name for p in staging.iterdir())
-    record = {"engines": writer.runtime["engines"], "models": models, "batched": writer.served, "bls": writer.bls, "native": native}
+    record = {
+        "engines": writer.runtime["engines"], "models": models, "batched": writer.served,
+        "bls_policy": writer.policy, "bls": writer.bls, "native": native,
+    }
     (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -269,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         "--max-queue-delay-us", type=int, default=0,
         help="engine models: wait this long to fill a batch (0: batch what queued while the model was busy)",
     )
-    p.add_argument("--bls", choices=tuple(BLS), default="all", help="engine models the pipeline models call (the rest run in process)")
+    p.add_argument(
+        "--bls", choices=BLS_CHOICES, default="auto",
+        help="engine models the pipeline models call, the rest run in process (auto: all on a GPU, none on CPU)",
+    )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per engine (0: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
     p.add_argument("--native", action="store_true", help="engine models as onnxruntime/tensorrt configs for NVIDIA's container")
