@@ -7,8 +7,11 @@ in-process runtime.
 
 The load generator is a closed loop in Python, perf_analyzer's concurrency mode: N clients each
 keep one gRPC request in flight, sending the next as soon as an answer comes back, for a bounded
-number of requests per level (and at most --max-seconds). perf_analyzer itself (the
-`perf-analyzer` wheels on PyPI) needs glibc 2.38, which this Debian 12 machine does not have.
+number of requests per level (and at most --max-seconds). perf_analyzer itself cannot drive this
+deployment from here: the `perf-analyzer` wheels on PyPI need glibc 2.38 (this Debian 12 machine
+has 2.36), and the binary in tritonclient 2.41's wheel, which does run, cannot send an input file:
+that is a BYTES tensor of two elements (name, raw bytes), while its `--input-data` JSON gives a
+base64 value as one element and its directory mode splits BYTES data at newlines.
 Per level: count, throughput (requests/s over the level's wall time), mean/p50/p95/p99 latency,
 and how many UNet samples each UNet execution held (the dynamic batches Triton formed).
 
@@ -128,7 +131,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Triton load ({m['cpu']}, {m['cores']} cores)",
         "",
-        f"Closed-loop gRPC load generator in Python (perf_analyzer's concurrency mode; perf_analyzer needs glibc 2.38). "
+        f"Closed-loop gRPC load generator in Python with perf_analyzer's concurrency-mode semantics (see its docstring "
+        f"for why not perf_analyzer itself). "
         f"Instances: {', '.join(f'{k}={v}' for k, v in result['instances'].items()) if result['instances'] else 'as served'}; "
         f"max_queue_delay_microseconds={result['max_queue_delay_us']}; --bls {result['bls']}.",
     ]
