@@ -28,7 +28,7 @@ from benchmarks.compare_latency import interleaved
 from benchmarks.machine import describe_machine
 from export.specs import component_specs
 from runtime.backends import Engines, OrtEngine
-from runtime.manifest import read_manifest
+from runtime.manifest import Build, read_manifest
 
 ATTENTION = "attention"
 ORT_ATTENTION = {"MultiHeadAttention", "Attention", "GroupQueryAttention"}
@@ -68,8 +68,7 @@ def ort_ops(path: Path, io: dict[str, Any], threads: int, feeds: dict[str, np.nd
     return ops
 
 
-def profile(engines_dir: Path, component: str, runs: int, threads: int) -> dict[str, Any]:
-    build = read_manifest(engines_dir)
+def profile(build: Build, component: str, runs: int, threads: int) -> dict[str, Any]:
     spec = component_specs(build.config)[component]
     dims = spec.point("opt")
     feeds = spec.sample(dims, seed=0)
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = profile(args.engines, args.component, args.runs, args.threads)
+    result = profile(build, args.component, args.runs, args.threads)
     md = markdown(result, args.top)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

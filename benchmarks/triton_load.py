@@ -41,7 +41,7 @@ from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train.demo import write_sample_inputs
-from triton_repo.build_repo import BLS_CHOICES, build_repo, parse_instances, resolve_bls
+from triton_repo.build_repo import BLS_CHOICES, MARKER, build_repo, parse_instances
 from triton_repo.client import Any2AnyClient
 from triton_repo.demo import route_request
 from triton_repo.serve import TritonServer
@@ -180,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     build = read_manifest(args.engines)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="triton-load-")))
-        url = args.url
+        url, policy = args.url, "as served"  # a server started elsewhere
         if url is None:
             build_repo(args.engines, tmp / "repo", instances, args.max_queue_delay_us, args.bls)
+            policy = json.loads((tmp / "repo" / MARKER).read_text())["bls_policy"]
             url = stack.enter_context(TritonServer(tmp / "repo", timeout_s=300)).grpc_url
         files = write_sample_inputs(tmp / "inputs", build.config["imagebind"]["audio"]["sample_rate"])
         pipeline = Any2AnyPipeline(args.engines)
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_generator": "closed-loop Python gRPC clients (tritonclient), perf_analyzer concurrency-mode semantics",
             "instances": instances if args.url is None else None,  # a server started elsewhere
             "max_queue_delay_us": args.max_queue_delay_us,
-            "bls": resolve_bls(args.bls, build, "cpu") if args.url is None else "as served",
+            "bls": policy,
             "routes": {},
         }
         for route in args.routes.split(","):

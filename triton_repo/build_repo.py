@@ -140,7 +140,7 @@ def resolve_bls(bls: str, build: Build, device: str) -> str:
 
 class RepoWriter:
     """Writes the models of one build into `root`; `served` are the engines with models of their
-    own, `bls` those of them the pipeline models call (by a policy of `BLS`)."""
+    own, `bls` those of them the pipeline models call (`bls`: a policy of `BLS`)."""
 
     def __init__(
         self, build: Build, root: Path, instances: dict[str, int], delay_us: int, bls: str, threads: int, device: str
@@ -149,7 +149,6 @@ class RepoWriter:
         backend = {c["backend"] for c in build.components.values()}.pop()  # one backend per build (runtime.backends.Engines)
         self.runtime = {"engines": str(build.root.resolve()), "backend": backend, "device": device, "threads": str(threads)}
         self.served = [n for n, c in build.components.items() if batchable(c)]
-        self.policy = bls
         self.bls = [n for n in self.served if BLS[bls](n)]
 
     def write(self, name: str, config: dict[str, Any], source: str | None = None, version: Path | None = None) -> None:
@@ -268,7 +267,7 @@ def build_repo(
     models = sorted(p.name for p in staging.iterdir())
     record = {
         "engines": writer.runtime["engines"], "models": models, "batched": writer.served,
-        "bls_policy": writer.policy, "bls": writer.bls, "native": native,
+        "bls_policy": policy, "bls": writer.bls, "native": native,
     }
     (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
