@@ -1,0 +1,1 @@
+"""Training data: the unified record format, dataset readers, the synthetic world, caption embeddings."""
