@@ -8,7 +8,8 @@
  "outputs": {},                       media the answer stands for (text→X targets), likewise
  "caption": "a dog on a beach",       caption of the record's media, or null
  "turns": [{"human": "...", "assistant": "..."}],  the dialogue; signal-token runs written out
- "target": "text"}                    modality of the answer: text, image, audio or video
+ "target": "text",                    modality of the answer: text, image, audio or video
+ "attributes": {"shape": "circle"}}   optional labels of the media (the synthetic world's ground truth)
 ```
 An assistant turn that answers with media carries the run literally, e.g. `[IMG0][IMG1][IMG2][IMG3]`.
 """
@@ -40,6 +41,7 @@ class Record:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     caption: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -88,6 +90,10 @@ def validate(record: Record) -> None:
             raise RecordError(f"turns[{i}]: texts must be strings and the answer non-empty")
     _check_media("inputs", record.inputs)
     _check_media("outputs", record.outputs)
+    if not isinstance(record.attributes, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in record.attributes.items()
+    ):
+        raise RecordError("attributes must be an object of string → string")
     if record.caption is not None and (not isinstance(record.caption, str) or not record.caption.strip()):
         raise RecordError("caption must be a non-empty string or null")
 
