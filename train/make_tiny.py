@@ -2,7 +2,9 @@
 
     python train/make_tiny.py --out train/checkpoints/tiny [--seed 0]
 
-The same seed gives the same files. A later training stage replaces the random weights.
+The same seed gives the same files. A later training stage replaces the random weights. Each
+decoder keeps its random text encoder and gets a caption tokenizer trained on the synthetic world's
+captions, for the caption embeddings of training.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from train import synthetic
 from train.checkpoint import make_config
+from train.decoders import caption_tokenizer
 from train.llm import add_nextgpt_tokens, train_tiny_tokenizer
 from train.model import NextGPT, save_checkpoint
 from train.presets import PROMPT, get_preset
@@ -48,6 +52,10 @@ def make_tiny(out: Path, seed: int = 0) -> NextGPT:
     torch.manual_seed(seed)
     model = NextGPT(config, tokenizer)
     randomise_lora(model, std=0.02)
+    for modality, section in config["decoders"].items():
+        model.decoders[modality]["tokenizer"] = caption_tokenizer(
+            synthetic.caption_corpus(), section, synthetic.attribute_words()
+        )
     save_checkpoint(model, out)
     return model
 

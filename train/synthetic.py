@@ -217,6 +217,13 @@ def combinations(modality: str) -> list[dict[str, str]]:
     ]
 
 
+def attribute_words() -> list[str]:
+    """Every attribute value a caption names ("red", "moving up", "c sharp", ...): the pieces the
+    decoders' tiny caption tokenizers keep whole. The pitch "a" is left out: it is the article too."""
+    values = {v for m in CAPTION for a in combinations(m) for v in a.values()}
+    return sorted((values | set(POSITION_WORDS.values())) - {"a"})
+
+
 def caption_corpus() -> list[str]:
     """The caption of every combination of every modality: the words the decoders' tiny text
     encoders are trained to read."""
