@@ -285,7 +285,8 @@ def encode_captions(
         embedding = embedding.unsqueeze(1)
     expected = (section["embed_tokens"], section["embed_dim"])
     if tuple(embedding.shape[1:]) != expected:
-        raise ValueError(f"{section['name']}: captions encode to {tuple(embedding.shape[1:])}, section wants {expected}")
+        got = tuple(embedding.shape[1:])
+        raise ValueError(f"{section['name']}: captions encode to {got}, section wants {expected}")
     return embedding.cpu()
 
 

@@ -10,6 +10,7 @@ an uninterrupted run's. Bad input prints one `error: ...` line and exits with st
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,9 +61,8 @@ def embed_captions(
         digest = tree_digest([folder / part for part in TEXT_PARTS])
         plan: Plan = plan_shards(Path(data), name, captions, shard_size, digest, dtype)
         shape = (section["embed_tokens"], section["embed_dim"])
-        done[name] = precompute(
-            plan, lambda texts: encode_captions(encoder, tokenizer, texts, section), shape, batch, dtype, on_shard, progress
-        )
+        encode = functools.partial(encode_captions, encoder, tokenizer, section=section)
+        done[name] = precompute(plan, encode, shape, batch, dtype, on_shard, progress)
     return done
 
 

@@ -140,7 +140,9 @@ class Plan:
     shards: list[tuple[str, list[Caption], str]]
 
 
-def plan_shards(root: Path, decoder: str, captions: list[Caption], shard_size: int, encoder_digest: str, dtype: str) -> Plan:
+def plan_shards(
+    root: Path, decoder: str, captions: list[Caption], shard_size: int, encoder_digest: str, dtype: str
+) -> Plan:
     if shard_size < 1:
         raise ValueError(f"shard size must be at least 1, got {shard_size}")
     chunks = [captions[i : i + shard_size] for i in range(0, len(captions), shard_size)]
@@ -170,7 +172,8 @@ def precompute(
         for chunk in _batches(captions, batch):
             out = encode([c.text for c in chunk]).to(DTYPES[dtype])
             if tuple(out.shape[1:]) != tuple(shape):
-                raise EmbeddingError(f"{plan.folder.name}: the encoder gave {tuple(out.shape[1:])}, expected {tuple(shape)}")
+                got = tuple(out.shape[1:])
+                raise EmbeddingError(f"{plan.folder.name}: the encoder gave {got}, expected {tuple(shape)}")
             tensors.update({c.id: out[i].contiguous() for i, c in enumerate(chunk)})
             bar.update(len(chunk))
         tmp = plan.folder / f"{name}.tmp"

@@ -132,7 +132,8 @@ def prepare(
     records: dict[str, Record] = {}
     stem = Path(input_path).stem
     entries = list(read_entries(Path(input_path)))
-    for index, (line, entry) in enumerate(tqdm(entries, desc=f"{fmt}: {input_path}", unit="entry", disable=not progress)):
+    bar = tqdm(entries, desc=f"{fmt}: {input_path}", unit="entry", disable=not progress)
+    for index, (line, entry) in enumerate(bar):
         where = f"{input_path}:{line} (entry {index})"
         try:
             if isinstance(entry, EntryError):

@@ -95,7 +95,8 @@ def _pair(modality: str, id_field: str) -> Callable[[str], Reader]:
             caption = process_caption(_field(entry, "caption"))
             if not caption:
                 raise EntryError("caption is empty after clean-up")
-            return [Draft(rid, [{"human": DESCRIBE[modality], "assistant": caption}], caption=caption, media={modality: name})]
+            turns = [{"human": DESCRIBE[modality], "assistant": caption}]
+            return [Draft(rid, turns, caption=caption, media={modality: name})]
 
         return convert
 
@@ -192,34 +193,43 @@ def _named_media(entry: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return named
 
 
-def _answer(text: str, turn: dict[str, Any], index: int, entry: dict[str, Any], pending: dict[str, list[str]], named: dict[str, tuple[str, str]], outputs: list[_Output]) -> str:
-    """The answer with each output reference replaced by its signal-token run; outputs are appended."""
-    found: list[tuple[str, str | None, str | None]] = []  # modality, media name, caption
+class _Outputs:
+    """The media a dialogue's answers stand for, collected answer by answer, with their captions."""
 
-    def reference(match: re.Match[str]) -> str:
-        if match.group(3):  # a placeholder
-            found.append((match.group(3), None, None))
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.pending = _captions_by_modality(entry)
+        self.named = _named_media(entry)
+        self.files = {m: entry.get(f"output_{m}") for m in MODALITY_KEYS}  # `*_generation.json`'s target file
+        self.found: list[_Output] = []
+
+    def _refs(self, text: str) -> tuple[str, list[tuple[str, str | None, str | None]]]:
+        """The text with each output reference marked by NUL, and (modality, file, caption) per mark."""
+        refs: list[tuple[str, str | None, str | None]] = []
+
+        def mark(match: re.Match[str]) -> str:
+            if match.group(3):  # a placeholder
+                refs.append((match.group(3), None, None))
+                return " \0 "
+            name = match.group(2).strip()
+            if name not in self.named:  # a reference to nothing listed: the reference drops it
+                return " "
+            refs.append((self.named[name][0], name, self.named[name][1]))
             return " \0 "
-        name = match.group(2).strip()
-        if name not in named:  # a reference to nothing listed: the reference drops it
-            return " "
-        found.append((*named[name][:1], name, named[name][1]))
-        return " \0 "
 
-    text = _OUTPUT.sub(reference, _DESCRIBED.sub(" ", text))
-    own = {m: entry.get(f"output_{m}") for m in MODALITY_KEYS}
-    for modality, media, caption in found:
-        if caption is None:
-            if isinstance(turn.get("caption"), str) and turn["caption"].strip() and len(found) == 1:
-                caption = turn["caption"]
-            elif pending[modality]:
-                caption = pending[modality].pop(0)
-            else:
+        return _OUTPUT.sub(mark, _DESCRIBED.sub(" ", text)), refs
+
+    def answer(self, turn: dict[str, Any], index: int) -> str:
+        """The answer with each output reference replaced by its modality's signal-token run."""
+        text, refs = self._refs(turn["value"])
+        own_caption = turn.get("caption") if isinstance(turn.get("caption"), str) and len(refs) == 1 else None
+        for modality, media, caption in refs:
+            caption = caption or own_caption or (self.pending[modality].pop(0) if self.pending[modality] else None)
+            if not caption or not caption.strip():
                 raise EntryError(f"answer {index} asks for {modality} but no caption is given for it")
-        media = media or (own[modality] if isinstance(own[modality], str) else None)
-        outputs.append(_Output(index, modality, caption.strip(), media))
-    pieces = iter("".join(signal_tokens(m)) for m, _, _ in found)
-    return re.sub(r"[ \t]{2,}", " ", re.sub(r"\0", lambda _: next(pieces), text)).strip()
+            file = self.files[modality] if isinstance(self.files[modality], str) else None
+            self.found.append(_Output(index, modality, caption.strip(), media or file))
+        runs = iter("".join(signal_tokens(m)) for m, _, _ in refs)
+        return re.sub(r"[ \t]{2,}", " ", re.sub("\0", lambda _: next(runs), text)).strip()
 
 
 def _dialogue(source: str) -> Reader:
@@ -227,26 +237,25 @@ def _dialogue(source: str) -> Reader:
 
     def convert(entry: Any, fallback: str) -> list[Draft]:
         pairs = _conversation(entry)
-        pending, named = _captions_by_modality(entry), _named_media(entry)
-        outputs: list[_Output] = []
+        outputs = _Outputs(entry)
         turns = []
         for i, (human, gpt) in enumerate(pairs):
-            answer = _answer(gpt["value"], gpt, i, entry, pending, named, outputs)
+            answer = outputs.answer(gpt, i)
             if not answer:
                 raise EntryError(f"answer {i} is empty")
             turns.append({"human": _strip_inputs(human["value"]), "assistant": answer})
-        if not outputs:
+        if not outputs.found:
             return [Draft(fallback, turns)]
         return [
             Draft(
-                fallback if len(outputs) == 1 else f"{fallback}-{k}",
+                fallback if len(outputs.found) == 1 else f"{fallback}-{k}",
                 turns[: out.turn + 1],
                 target=out.modality,
                 caption=out.caption,
                 media={out.modality: out.media} if out.media else {},
                 media_role="outputs",
             )
-            for k, out in enumerate(outputs)
+            for k, out in enumerate(outputs.found)
         ]
 
     return convert
@@ -295,7 +304,8 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         if text[i : i + 1] == "]":
             return
         if text[i : i + 1] != ",":
-            raise InputError(f"{path}:{text.count(chr(10), 0, i) + 1}: expected ',' or ']' after an entry; nothing converted")
+            where = f"{path}:{text.count(chr(10), 0, i) + 1}"
+            raise InputError(f"{where}: expected ',' or ']' after an entry; nothing converted")
         i = _skip_ws(text, i + 1)
 
 
