@@ -1,0 +1,326 @@
+"""Train one NExT-GPT stage and write a checkpoint in which only the trained parts differ.
+
+    python train/train.py --config train/configs/stage_N.yaml --checkpoint IN --out OUT \
+        [--data DIR] [--max-steps K] [--resume] [--deepspeed train/configs/deepspeed_zero2.json]
+    python -m torch.distributed.run --nproc_per_node N train/train.py ...   # data-parallel
+
+OUT gets `checkpoint/` (the project's format: untouched parts copied byte for byte from IN),
+`state/` (the resumable save: trained weights, optimizer, scheduler, RNG, position), `log.jsonl`
+(loss terms, learning rate, samples/s per optimizer step) and `config.json` (the resolved stage
+config). HF Accelerate does device placement, DDP (gloo on CPU, NCCL on GPU), DeepSpeed, mixed
+precision, gradient accumulation and the resumable state; the loop below is the whole of training.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root, not train/ (whose train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from train import checkpoint as ckpt
+from train.batches import RecordDataset, Tokens, collate
+from train.data.records import RecordError, read_records
+from train.model import NextGPT, load_checkpoint
+from train.stages import StageModel, merge_signal_rows, set_trainable
+from train.train_config import ConfigError, load_config
+
+DEEPSPEED_PACKAGE = "deepspeed==0.19.8"
+TRAINABLE_FILE = "trainable.safetensors"
+PROGRESS_FILE = "progress.json"
+
+
+class TrainError(RuntimeError):
+    """Bad input to a training run; the message is the one line printed."""
+
+
+def read_data(root: Path) -> list:
+    files = sorted((root / "records").glob("*.jsonl"))
+    if not files:
+        raise TrainError(f"{root}: no records/*.jsonl (see README, Training: data root layout)")
+    try:
+        return [record for path in files for record in read_records(path)]
+    except RecordError as e:
+        raise TrainError(str(e)) from None
+
+
+def open_embeddings(root: Path, config: dict[str, Any]) -> dict[str, Mapping[str, Tensor]]:
+    """Each output modality's caption embeddings, by its decoder's name, where they were computed."""
+    from train.data.embeddings import CaptionEmbeddings
+
+    tables = {}
+    for modality, section in config["decoders"].items():
+        if (root / "embeddings" / section["name"]).is_dir():
+            tables[modality] = CaptionEmbeddings(root, section["name"])
+    return tables
+
+
+def default_data(checkpoint: Path, needs_embeddings: bool) -> Path:
+    """The synthetic world at seed 0, written into a git-ignored cache on first use."""
+    from train.synthetic import write_world
+
+    root = Path("outputs/cache/world-seed0")
+    if not (root / "records").is_dir():
+        write_world(root, seed=0)
+    if needs_embeddings:
+        from train.embed_captions import embed_captions
+
+        embed_captions(checkpoint, root)  # resumable: a finished run is a no-op
+    return root
+
+
+def make_accelerator(train_config: dict[str, Any], deepspeed: Path | None) -> Accelerator:
+    plugin = None
+    if deepspeed is not None:
+        try:
+            import deepspeed as _  # noqa: F401  (Accelerate imports it late, with a longer message)
+        except ImportError:
+            raise TrainError(f"--deepspeed needs the deepspeed package: pip install {DEEPSPEED_PACKAGE}") from None
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=str(deepspeed),
+            gradient_accumulation_steps=train_config["grad_accum"],
+            gradient_clipping=train_config["clip_grad_norm"],
+        )
+    return Accelerator(
+        mixed_precision=train_config["mixed_precision"],
+        gradient_accumulation_steps=train_config["grad_accum"],
+        # the config's batch is the global one, split over processes: the same samples per step for any N
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+        # a batch may hold no sample for one of the projectors
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        deepspeed_plugin=plugin,
+    )
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def register_state_hooks(accelerator: Accelerator) -> None:
+    """Resumable saves hold the trained weights only, not the frozen model (13 GB at 7B)."""
+
+    def save_hook(models: list, weights: list, folder: str) -> None:
+        for model in models if accelerator.is_main_process else []:
+            ckpt.save_state(trainable_state(model), Path(folder) / TRAINABLE_FILE)
+        weights.clear()  # Accelerate writes what is left in `weights`: nothing
+
+    def load_hook(models: list, folder: str) -> None:
+        state = ckpt.read_part(Path(folder) / TRAINABLE_FILE)
+        for model in models:
+            ckpt.check_state(trainable_state(model), state, Path(folder) / TRAINABLE_FILE)
+            model.load_state_dict(state, strict=False)
+        models.clear()  # loaded here; Accelerate must not look for its own model file
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def write_checkpoint(model: NextGPT, source: Path, out: Path, parts: list[str]) -> None:
+    """Copy `source` byte for byte, then rewrite the trained parts; staged, then renamed into place."""
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    for part in parts:
+        path = ckpt.part_path(staging, part)
+        if part == "llm":
+            ckpt.save_state(model.base_llm_state(), path)
+        elif part == "lora":
+            from train.llm import lora_state_dict
+
+            ckpt.save_state(lora_state_dict(model.llm), path)
+        else:
+            ckpt.save_state(model.module_parts()[part].state_dict(), path)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
+class JsonlLog:
+    """One JSON object per optimizer step; TensorBoard too where it is installed."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "log.jsonl"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.board = None
+
+    def write(self, row: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(key, value, row["step"])
+
+
+def run(
+    config_path: Path,
+    checkpoint: Path,
+    out: Path,
+    data: Path | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    deepspeed: Path | None = None,
+    embeddings: Mapping[str, Mapping[str, Tensor]] | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train; returns the logged rows of this run. `embeddings` (modality -> id -> tensor) replaces
+    the ones under the data root, for callers that hold them in memory."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    model = load_checkpoint(checkpoint)
+    train_config = load_config(config_path, model.config["preset"])
+    state_dir = out / "state"
+    if resume and not (state_dir / PROGRESS_FILE).is_file():
+        raise TrainError(f"{out}: nothing to resume (no {state_dir / PROGRESS_FILE})")
+    if not resume and state_dir.exists():
+        raise TrainError(f"{out}: holds an earlier run; pass --resume to continue it or choose another --out")
+    needs_embeddings = train_config["task"] != "caption"
+    root = data or default_data(checkpoint, needs_embeddings)
+    if embeddings is None:
+        embeddings = open_embeddings(root, model.config) if needs_embeddings else {}
+
+    accelerator = make_accelerator(train_config, deepspeed)
+    set_seed(train_config["seed"])
+    dataset = RecordDataset(
+        read_data(root), root, train_config["task"], Tokens(model.tokenizer, model.config),
+        model.config, train_config, embeddings,
+    )
+    if accelerator.is_main_process and dataset.dropped:
+        print("left out: " + ", ".join(f"{n} {why}" for why, n in sorted(dataset.dropped.items())))
+    if len(dataset) < train_config["batch_size"]:
+        raise TrainError(f"{root}: {len(dataset)} usable samples for task {train_config['task']!r}, fewer than one batch")
+    parts = set_trainable(model, train_config["train"])
+    stage = StageModel(model, train_config)
+    loader = DataLoader(
+        dataset, batch_size=train_config["batch_size"], shuffle=True, drop_last=True,
+        collate_fn=partial(collate, pad_id=model.tokenizer.unk_token_id),
+        generator=torch.Generator().manual_seed(train_config["seed"]),
+    )
+    opt = train_config["optimizer"]
+    optimizer = torch.optim.AdamW(
+        [p for p in stage.parameters() if p.requires_grad],
+        lr=opt["lr"], betas=tuple(opt["betas"]), weight_decay=opt["weight_decay"], eps=opt["eps"],
+    )
+    steps_per_epoch = len(loader) // train_config["grad_accum"]
+    total = train_config["epochs"] * steps_per_epoch  # the schedule's length, whatever --max-steps stops at
+    scheduler = get_scheduler(
+        train_config["schedule"]["name"], optimizer,
+        num_warmup_steps=int(train_config["schedule"]["warmup_ratio"] * total), num_training_steps=total,
+    )
+    stage, optimizer, loader, scheduler = accelerator.prepare(stage, optimizer, loader, scheduler)
+    register_state_hooks(accelerator)
+
+    step = 0
+    if resume:
+        accelerator.load_state(str(state_dir))
+        step = json.loads((state_dir / PROGRESS_FILE).read_text())["step"]
+    stop = min(total, max_steps) if max_steps else total
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    log = JsonlLog(out) if accelerator.is_main_process else None
+    rows = []
+
+    def save() -> None:
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            (state_dir / PROGRESS_FILE).write_text(json.dumps({"step": step}) + "\n")
+
+    bar = tqdm(total=stop, initial=step, desc=f"stage {train_config['task']}", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    micro_per_epoch = steps_per_epoch * train_config["grad_accum"]
+    while step < stop:
+        epoch, done_in_epoch = divmod(step * train_config["grad_accum"], micro_per_epoch)
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch else loader
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        for micro, batch in enumerate(batches, done_in_epoch + 1):
+            if micro > micro_per_epoch:
+                break
+            with accelerator.accumulate(stage):
+                losses = stage(batch)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(stage.parameters(), train_config["clip_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + accelerator.reduce(value.detach(), "mean").item()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            seconds = time.perf_counter() - started
+            row = {"step": step, "lr": scheduler.get_last_lr()[0],
+                   **{k: v / train_config["grad_accum"] for k, v in sums.items()},
+                   "samples_per_s": train_config["batch_size"] * train_config["grad_accum"] / seconds}
+            rows.append(row)
+            if log:
+                log.write(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if step % train_config["save_every"] == 0 or step == stop:
+                save()
+            sums, started = {}, time.perf_counter()
+            if step >= stop:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(stage).model
+        merge_signal_rows(trained)
+        write_checkpoint(trained, checkpoint, out / "checkpoint", parts)
+    accelerator.end_training()
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True, help="train/configs/stage_N.yaml")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint to start from")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, state/, log.jsonl")
+    p.add_argument("--data", type=Path, help="data root (records/*.jsonl, media, embeddings/); default: the synthetic world")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule keeps its length)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
+    p.add_argument("--deepspeed", type=Path, help="a DeepSpeed config, e.g. train/configs/deepspeed_zero2.json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        print("error: --max-steps must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        run(args.config, args.checkpoint, args.out, args.data, args.max_steps, args.resume, args.deepspeed)
+    except (TrainError, ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
