@@ -360,3 +360,22 @@ def signal_tokens(modality: str, counts: dict[str, int] = SIGNAL_TOKEN_COUNTS) -
 def added_tokens() -> list[str]:
     """The 38 tokens NExT-GPT adds to the LLaMA vocabulary, in the reference's order."""
     return [*MEDIA_TAGS, *(t for m in SIGNAL_TOKEN_COUNTS for t in signal_tokens(m))]
+
+
+# The synthetic world (train/synthetic.py): media sizes and how many records of each kind it writes.
+# Counts are per split; every record renders its own attribute combination, so a count above the
+# number of combinations the split holds is refused.
+WORLD: dict[str, Any] = {
+    "image_size": 64,
+    "video_size": 64,
+    "video_frames": 8,
+    "fps": 8.0,
+    "sample_rate": 16000,
+    "audio_seconds": 1.0,
+    "heldout_fraction": 0.2,  # of every modality's attribute combinations, never rendered for train
+    "multi_turn_fraction": 0.25,
+    "counts": {
+        "train": {"image": 160, "video": 64, "audio": 48, "text_to_image": 160, "text_to_video": 64, "text_to_audio": 48},
+        "heldout": {"image": 32, "video": 16, "audio": 12, "text_to_image": 32, "text_to_video": 16, "text_to_audio": 12},
+    },
+}

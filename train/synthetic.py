@@ -1,20 +1,128 @@
-"""The project's synthetic multimodal world: coloured shapes, tones and moving shapes.
+"""The project's synthetic multimodal world: shapes, moving shapes and sounds, with captions and dialogues.
 
-It gives the embedded model its sample inputs (and, later, its training data) without any
-download.
+It gives the embedded model its sample inputs and its training data without any download.
+`write_world(root, seed)` writes a data root in the unified format (train/data/records.py):
+`records/synthetic.jsonl` plus `image/<id>.png`, `video/<id>.mp4`, `audio/<id>.wav`.
+
+- images: a shape (kind × colour × background × position);
+- videos: a shape moving left, right, up or down, growing or shrinking;
+- audio: a tone, a rising or falling chirp, or a rhythm, by pitch class and register.
+
+Every medium comes from one attribute combination, stored as the record's `attributes` (the ground
+truth for judges) and told by its caption. Each modality's combinations are shuffled by the seed
+and split once: the held-out ones are never rendered for train, and no combination is rendered
+twice, so the splits share no sample and no combination. Records are X→text (describe the medium,
+some with follow-up questions) and text→X (a request answered with a short text and the signal-token
+run, the medium being the target), some multi-turn. Sizes and counts live in `presets.WORLD`.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+from tqdm import tqdm
+
+from runtime import media
+from train.data.records import Record, write_records
+from train.presets import WORLD, signal_tokens
 
 RGB = {
     "red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (240, 220, 40),
     "white": (245, 245, 245), "black": (10, 10, 10), "purple": (140, 40, 170), "orange": (250, 140, 20),
 }
+COLOURS = tuple(RGB)
+SHAPES = ("circle", "square", "triangle", "stripe", "dot", "ring")
+POSITIONS = {"centre": (0.0, 0.0), "left": (0.0, -0.25), "right": (0.0, 0.25), "top": (-0.25, 0.0), "bottom": (0.25, 0.0)}
+POSITION_WORDS = {
+    "centre": "in the centre", "left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+}
+VOWELS = tuple("aeiou")
+# centre offset (fraction of the frame) at the start and end, and the size factor at the start and end
+MOTIONS = {
+    "moving left": ((0.0, 0.25), (0.0, -0.25), 1.0, 1.0),
+    "moving right": ((0.0, -0.25), (0.0, 0.25), 1.0, 1.0),
+    "moving up": ((0.25, 0.0), (-0.25, 0.0), 1.0, 1.0),
+    "moving down": ((-0.25, 0.0), (0.25, 0.0), 1.0, 1.0),
+    "growing": ((0.0, 0.0), (0.0, 0.0), 0.4, 1.4),
+    "shrinking": ((0.0, 0.0), (0.0, 0.0), 1.4, 0.4),
+}
+SOUNDS = ("tone", "rising chirp", "falling chirp", "rhythm")
+PITCHES = ("c", "c sharp", "d", "d sharp", "e", "f", "f sharp", "g", "g sharp", "a", "a sharp", "b")
+REGISTERS = {"low": 3, "middle": 4, "high": 5}  # the octave of the pitch
+SOURCE = "synthetic"
+RECORDS_FILE = Path("records") / f"{SOURCE}.jsonl"
+# bump when the world's content changes for the same seed and sizes, so caches are rebuilt
+WORLD_VERSION = 1
+
+DESCRIBE = {
+    "image": ("describe this image", "what is in the picture?", "what do you see?"),
+    "video": ("describe this video", "what happens in the video?", "what do you see?"),
+    "audio": ("describe this sound", "what do you hear?", "what is this sound?"),
+}
+REQUEST = {
+    "image": ("show me {}", "draw {}", "make a picture of {}", "{}"),
+    "video": ("show me {}", "make {}", "generate {}", "{}"),
+    "audio": ("let me hear {}", "make {}", "play {}", "{}"),
+}
+ASK_FOR = {"image": "i would like a picture", "video": "i would like a video", "audio": "i would like a sound"}
+ASK_BACK = "what should it be?"
+HERE = {"image": "here is the picture", "video": "here is the video", "audio": "here is the sound"}
+EXT = {"image": ".png", "video": ".mp4", "audio": ".wav"}
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _shape_mask(kind: str, size: int, centre: tuple[float, float], scale: float) -> np.ndarray:
+    """Boolean (size, size) mask of one shape; `centre` in pixels, `scale` times a fifth of the frame."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    dy, dx = yy - centre[0], xx - centre[1]
+    r = scale * size / 5
+    dist = np.hypot(dy, dx)
+    if kind == "circle":
+        return dist <= r
+    if kind == "dot":
+        return dist <= r / 2.5
+    if kind == "ring":
+        return (dist <= r) & (dist >= 0.6 * r)
+    if kind == "square":
+        return (np.abs(dy) <= 0.85 * r) & (np.abs(dx) <= 0.85 * r)
+    if kind == "stripe":
+        return (np.abs(dy) <= 0.3 * r) & (np.abs(dx) <= 1.6 * r)
+    if kind == "triangle":  # apex up; the half-width grows from 0 at the apex to r at the base
+        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
+
+
+def draw_shape(kind: str, colour: str, background: str, size: int, offset: tuple[float, float], scale: float = 1.0) -> np.ndarray:
+    """One shape on a plain background, uint8 (size, size, 3); `offset` is a fraction of the frame."""
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = RGB[background]
+    centre = ((0.5 + offset[0]) * size, (0.5 + offset[1]) * size)
+    img[_shape_mask(kind, size, centre, scale)] = RGB[colour]
+    return img
+
+
+def shape_video(kind: str, colour: str, background: str, motion: str, size: int, frames: int) -> np.ndarray:
+    """A shape following one of MOTIONS, uint8 (frames, size, size, 3)."""
+    start, end, s0, s1 = MOTIONS[motion]
+    out = []
+    for t in np.linspace(0.0, 1.0, frames):
+        offset = (start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))
+        out.append(draw_shape(kind, colour, background, size, offset, s0 + t * (s1 - s0)))
+    return np.stack(out)
 
 
 def shape_image(colour: str, background: str, size: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """A filled disc of `colour` on `background`, uint8 (size, size, 3)."""
+    """A filled disc of `colour` on `background`, uint8 (size, size, 3); the demo's sample image."""
     img = np.empty((size, size, 3), np.uint8)
     img[:] = RGB[background]
     yy, xx = np.mgrid[:size, :size]
@@ -23,12 +131,283 @@ def shape_image(colour: str, background: str, size: int, offset: tuple[int, int]
     return img
 
 
+def moving_shape_video(colour: str, background: str, size: int, frames: int) -> np.ndarray:
+    """A disc sliding left to right, uint8 (frames, size, size, 3); the demo's sample video."""
+    steps = np.linspace(-size // 4, size // 4, frames).astype(int)
+    return np.stack([shape_image(colour, background, size, (0, int(dx))) for dx in steps])
+
+
+# ---------------------------------------------------------------- sound
+
+
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def moving_shape_video(colour: str, background: str, size: int, frames: int) -> np.ndarray:
-    """A disc sliding left to right, uint8 (frames, size, size, 3)."""
-    steps = np.linspace(-size // 4, size // 4, frames).astype(int)
-    return np.stack([shape_image(colour, background, size, (0, int(dx))) for dx in steps])
+def pitch_hz(pitch: str, register: str) -> float:
+    """Equal temperament, A4 = 440 Hz."""
+    midi = 12 * (REGISTERS[register] + 1) + PITCHES.index(pitch)
+    return 440.0 * 2 ** ((midi - 69) / 12)
+
+
+def _fade(wave: np.ndarray, rate: int) -> np.ndarray:
+    # 10 ms ramps: a hard start or stop is a click, a broadband sound no caption mentions
+    n = min(int(0.01 * rate), wave.size // 2)
+    ramp = np.linspace(0.0, 1.0, n)
+    wave[:n] *= ramp
+    wave[wave.size - n :] *= ramp[::-1]
+    return wave
+
+
+def sound(kind: str, pitch: str, register: str, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+    """A float32 waveform: a tone at the pitch, an octave chirp from (rising) or down to (falling) it,
+    or a rhythm of four short beeps at it."""
+    f = pitch_hz(pitch, register)
+    t = np.arange(int(seconds * rate)) / rate
+    if kind == "tone":
+        wave = np.sin(2 * np.pi * f * t)
+    elif kind in ("rising chirp", "falling chirp"):
+        # exponential sweep over one octave: the phase is the integral of f·2^(±t/T)
+        sign = 1.0 if kind == "rising chirp" else -1.0
+        f0 = f if sign > 0 else 2 * f
+        k = sign * np.log(2) / seconds
+        wave = np.sin(2 * np.pi * f0 * np.expm1(k * t) / k)
+    elif kind == "rhythm":
+        beat = (t * 4 / seconds) % 1.0 < 0.4
+        wave = np.sin(2 * np.pi * f * t) * beat
+    else:
+        raise ValueError(f"unknown sound {kind!r}; known: {', '.join(SOUNDS)}")
+    return _fade(amplitude * wave, rate).astype(np.float32)
+
+
+# ---------------------------------------------------------------- captions and combinations
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word.startswith(VOWELS) else 'a'} {word}"
+
+
+def image_caption(a: dict[str, str]) -> str:
+    return f"{_a(a['colour'])} {a['shape']} {POSITION_WORDS[a['position']]} of {_a(a['background'])} background"
+
+
+def video_caption(a: dict[str, str]) -> str:
+    return f"a video of {_a(a['colour'])} {a['shape']} {a['motion']} on {_a(a['background'])} background"
+
+
+def audio_caption(a: dict[str, str]) -> str:
+    return f"the sound of {_a(a['register'])} {a['sound']} at {a['pitch']}"
+
+
+CAPTION: dict[str, Callable[[dict[str, str]], str]] = {"image": image_caption, "video": video_caption, "audio": audio_caption}
+
+
+def combinations(modality: str) -> list[dict[str, str]]:
+    """Every attribute combination of one modality, in a fixed order (a shape never matches its background)."""
+    if modality == "audio":
+        return [
+            {"sound": s, "pitch": p, "register": r} for s, p, r in itertools.product(SOUNDS, PITCHES, REGISTERS)
+        ]
+    last = ("position", POSITIONS) if modality == "image" else ("motion", MOTIONS)
+    return [
+        {"shape": k, "colour": c, "background": b, last[0]: x}
+        for k, c, b, x in itertools.product(SHAPES, COLOURS, COLOURS, last[1])
+        if c != b
+    ]
+
+
+def caption_corpus() -> list[str]:
+    """The caption of every combination of every modality: the words the decoders' tiny text
+    encoders are trained to read."""
+    return [CAPTION[m](a) for m in CAPTION for a in combinations(m)]
+
+
+# ---------------------------------------------------------------- records
+
+
+def _follow_ups(modality: str, a: dict[str, str]) -> list[tuple[str, str]]:
+    """Questions about one attribute each, with their answers."""
+    if modality == "audio":
+        return [
+            ("what kind of sound is it?", f"it is {_a(a['sound'])}"),
+            ("what note is it?", f"it is {a['pitch']}"),
+            ("is it high or low?", f"it is {_a(a['register'])} sound"),
+        ]
+    shape = a["shape"]
+    qa = [
+        ("what shape is it?", f"it is {_a(shape)}"),
+        (f"what colour is the {shape}?", f"it is {a['colour']}"),
+        ("what colour is the background?", f"the background is {a['background']}"),
+    ]
+    if modality == "image":
+        qa.append((f"where is the {shape}?", f"it is {POSITION_WORDS[a['position']]}"))
+    else:
+        qa.append((f"what does the {shape} do?", f"it is {a['motion']}"))
+    return qa
+
+
+def _turn(human: str, assistant: str) -> dict[str, str]:
+    return {"human": human, "assistant": assistant}
+
+
+def _x_to_text_turns(modality: str, a: dict[str, str], rng: np.random.Generator, multi: bool) -> list[dict[str, str]]:
+    turns = [_turn(str(rng.choice(DESCRIBE[modality])), CAPTION[modality](a))]
+    if multi:
+        qa = _follow_ups(modality, a)
+        for i in rng.choice(len(qa), size=2, replace=False):
+            turns.append(_turn(*qa[int(i)]))
+    return turns
+
+
+def _text_to_x_turns(modality: str, a: dict[str, str], rng: np.random.Generator, multi: bool) -> list[dict[str, str]]:
+    answer = f"{HERE[modality]} {''.join(signal_tokens(modality))}"
+    caption = CAPTION[modality](a)
+    if multi:
+        return [_turn(ASK_FOR[modality], ASK_BACK), _turn(caption, answer)]
+    return [_turn(str(rng.choice(REQUEST[modality])).format(caption), answer)]
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One record to write and the medium it needs."""
+
+    record: Record
+    modality: str
+    attributes: dict[str, str]
+
+
+def _items(kind: str, split: str, combos: list[dict[str, str]], rng: np.random.Generator, multi_fraction: float) -> list[_Item]:
+    modality = kind.removeprefix("text_to_")
+    to_text = kind == modality
+    items = []
+    for i, a in enumerate(combos):
+        rid = f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}"
+        path = f"{modality}/{rid}{EXT[modality]}"
+        multi = bool(rng.random() < multi_fraction)
+        turns = (_x_to_text_turns if to_text else _text_to_x_turns)(modality, a, rng, multi)
+        record = Record(
+            id=rid,
+            source=SOURCE,
+            split=split,
+            turns=turns,
+            target="text" if to_text else modality,
+            inputs={modality: path} if to_text else {},
+            outputs={} if to_text else {modality: path},
+            caption=CAPTION[modality](a),
+            attributes=dict(a),
+        )
+        items.append(_Item(record, modality, a))
+    return items
+
+
+def _split_combinations(rng: np.random.Generator, heldout_fraction: float) -> dict[str, dict[str, list[dict[str, str]]]]:
+    """Per modality, its combinations shuffled and cut into heldout and train."""
+    out = {}
+    for modality in CAPTION:
+        combos = combinations(modality)
+        order = rng.permutation(len(combos))
+        n_held = int(np.ceil(heldout_fraction * len(combos)))
+        out[modality] = {
+            "heldout": [combos[i] for i in order[:n_held]],
+            "train": [combos[i] for i in order[n_held:]],
+        }
+    return out
+
+
+def plan_world(seed: int = 0, counts: dict[str, dict[str, int]] | None = None, world: dict[str, Any] = WORLD) -> list[Record]:
+    """The records of the world for a seed, without writing anything."""
+    return [item.record for item in _plan(seed, counts, world)]
+
+
+def _plan(seed: int, counts: dict[str, dict[str, int]] | None, world: dict[str, Any]) -> list[_Item]:
+    counts = world["counts"] if counts is None else counts
+    rng = np.random.default_rng(seed)
+    pools = _split_combinations(rng, world["heldout_fraction"])
+    items: list[_Item] = []
+    for split in ("train", "heldout"):
+        taken = {m: 0 for m in pools}  # X→text and text→X of a modality draw from one pool, never twice
+        for kind, n in sorted(counts.get(split, {}).items()):
+            modality = kind.removeprefix("text_to_")
+            if modality not in pools:
+                raise ValueError(f"unknown record kind {kind!r}; known: image, video, audio and text_to_ each")
+            pool = pools[modality][split]
+            if taken[modality] + n > len(pool):
+                raise ValueError(
+                    f"{split}: {kind} asks for {n} combinations, {len(pool) - taken[modality]} of {modality} are left"
+                )
+            combos = pool[taken[modality] : taken[modality] + n]
+            taken[modality] += n
+            items += _items(kind, split, combos, rng, world["multi_turn_fraction"])
+    return items
+
+
+def render(modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> np.ndarray:
+    """The medium of one combination: an image, a video, or a waveform at world['sample_rate']."""
+    if modality == "image":
+        return draw_shape(a["shape"], a["colour"], a["background"], world["image_size"], POSITIONS[a["position"]])
+    if modality == "video":
+        return shape_video(a["shape"], a["colour"], a["background"], a["motion"], world["video_size"], world["video_frames"])
+    return sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], world["sample_rate"])
+
+
+def _write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, Any]) -> None:
+    data = render(modality, a, world)
+    if modality == "image":
+        media.write_png(path, data)
+    elif modality == "video":
+        media.write_video(path, data, fps=world["fps"])
+    else:
+        media.write_wav(path, data, world["sample_rate"])
+
+
+def write_world(
+    root: Path, seed: int = 0, counts: dict[str, dict[str, int]] | None = None, world: dict[str, Any] = WORLD, progress: bool = True
+) -> Path:
+    """Write the world for `seed` into `root` (records/synthetic.jsonl and the media); returns root.
+
+    The same seed, counts and sizes give byte-identical files. `counts` is {split: {kind: n}} with
+    kinds image, video, audio (X→text) and text_to_image, text_to_video, text_to_audio; by default
+    `presets.WORLD["counts"]`.
+    """
+    root = Path(root)
+    items = _plan(seed, counts, world)
+    for item in tqdm(items, desc=f"synthetic world (seed {seed})", unit="medium", disable=not progress):
+        path = root / next(iter({**item.record.inputs, **item.record.outputs}.values()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_medium(path, item.modality, item.attributes, world)
+    write_records(root / RECORDS_FILE, (item.record for item in items))
+    return root
+
+
+def world_fingerprint(seed: int, counts: dict[str, dict[str, int]] | None = None, world: dict[str, Any] = WORLD) -> str:
+    """Names a world's content: its seed, sizes, counts and WORLD_VERSION."""
+    blob = json.dumps({"seed": seed, "counts": counts, "world": world, "version": WORLD_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_world_dir(seed: int = 0, cache: Path | None = None, counts: dict[str, dict[str, int]] | None = None) -> Path:
+    """Where `ensure_world` keeps the world of a seed: $ANY2ANY_CACHE (default ~/.cache/any2any)/world/."""
+    base = cache or Path(os.environ.get("ANY2ANY_CACHE", Path.home() / ".cache" / "any2any"))
+    return base / "world" / f"seed{seed}-{world_fingerprint(seed, counts)}"
+
+
+def ensure_world(
+    seed: int = 0, cache: Path | None = None, counts: dict[str, dict[str, int]] | None = None, progress: bool = True
+) -> Path:
+    """The default world of a seed, generated into the cache on first use.
+
+    It is written into a staging folder and renamed into place when complete, so an interrupted
+    generation is started again rather than used half-written.
+    """
+    target = default_world_dir(seed, cache, counts)
+    if (target / RECORDS_FILE).is_file():
+        return target
+    staging = target.with_name(target.name + f".staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_world(staging, seed, counts, progress=progress)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first; its world is the same
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
