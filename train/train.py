@@ -101,6 +101,7 @@ def make_accelerator(train_config: dict[str, Any], deepspeed: Path | None) -> Ac
             gradient_clipping=train_config["clip_grad_norm"],
         )
     return Accelerator(
+        cpu=not torch.cuda.is_available(),  # Accelerate takes a torchrun launch as gloo DDP only when told CPU
         mixed_precision=train_config["mixed_precision"],
         gradient_accumulation_steps=train_config["grad_accum"],
         # the config's batch is the global one, split over processes: the same samples per step for any N
@@ -260,6 +261,7 @@ def run(
         for micro, batch in enumerate(batches, done_in_epoch + 1):
             if micro > micro_per_epoch:
                 break
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
             with accelerator.accumulate(stage):
                 losses = stage(batch)
                 accelerator.backward(losses["loss"])
@@ -274,7 +276,7 @@ def run(
                 continue
             step += 1
             seconds = time.perf_counter() - started
-            row = {"step": step, "lr": scheduler.get_last_lr()[0],
+            row = {"step": step, "lr": lr,
                    **{k: v / train_config["grad_accum"] for k, v in sums.items()},
                    "samples_per_s": train_config["batch_size"] * train_config["grad_accum"] / seconds}
             rows.append(row)
