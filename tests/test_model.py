@@ -52,6 +52,12 @@ def test_embedded_checkpoint_is_small_and_reproducible(tmp_path, tiny_dir):
     files = sorted(p.relative_to(tiny_dir) for p in tiny_dir.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "tiny") for p in (tmp_path / "tiny").rglob("*") if p.is_file())
     for rel in files:
+        if rel.name == "uncond_embedding.safetensors":
+            # a forward pass of the text encoder, whose last bits depend on the CPU's kernels (the
+            # committed ones differ by up to 6e-7 from this machine's); its weights are compared bytewise
+            want, got = load_file(str(tiny_dir / rel)), load_file(str(tmp_path / "tiny" / rel))
+            torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+            continue
         assert (tiny_dir / rel).read_bytes() == (tmp_path / "tiny" / rel).read_bytes(), rel
     assert sum((tiny_dir / f).stat().st_size for f in files) < 30 * 2**20
 

@@ -2,7 +2,9 @@
 
     python train/make_tiny.py --out train/checkpoints/tiny [--seed 0]
 
-The same seed gives the same files. A later training stage replaces the random weights.
+The same seed gives the same files. A later training stage replaces the random weights. Each
+decoder keeps its random text encoder and gets a caption tokenizer trained on the synthetic world's
+captions, for the caption embeddings of training.
 """
 from __future__ import annotations
 
@@ -12,21 +14,24 @@ from pathlib import Path
 
 import torch
 
+from train import synthetic
 from train.checkpoint import make_config
+from train.decoders import caption_tokenizer
 from train.llm import add_nextgpt_tokens, train_tiny_tokenizer
 from train.model import NextGPT, save_checkpoint
 from train.presets import PROMPT, get_preset
 
-COLOURS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange"]
-SHAPES = ["circle", "square", "triangle", "stripe", "dot", "ring"]
+# The committed LLM tokenizer was trained on exactly these lines: change none of them. The colour and
+# shape words are the world's own; the sounds and motions are older than the world's.
 SOUNDS = ["a beep", "a low hum", "a chirp", "a drum", "a whistle", "noise", "a bell", "silence"]
 MOTIONS = ["moving left", "moving right", "growing", "shrinking", "spinning", "still"]
 
 
 def synthetic_corpus() -> list[str]:
     """Captions of the project's synthetic world, plus the prompt template's own strings."""
-    lines = [f"a {c} {s} on a {b} background" for c, s, b in itertools.product(COLOURS, SHAPES, COLOURS)]
-    lines += [f"a video of a {c} {s} {m}" for c, s, m in itertools.product(COLOURS, SHAPES, MOTIONS)]
+    colours, shapes = synthetic.COLOURS, synthetic.SHAPES
+    lines = [f"a {c} {s} on a {b} background" for c, s, b in itertools.product(colours, shapes, colours)]
+    lines += [f"a video of a {c} {s} {m}" for c, s, m in itertools.product(colours, shapes, MOTIONS)]
     lines += [f"the sound of {s}" for s in SOUNDS]
     lines += [PROMPT["human"] + "describe this" + PROMPT["assistant"] + " it is a picture"] * 10
     lines += ["show me an image", "make a sound", "generate a video", "what is in the picture?"] * 10
@@ -48,6 +53,10 @@ def make_tiny(out: Path, seed: int = 0) -> NextGPT:
     torch.manual_seed(seed)
     model = NextGPT(config, tokenizer)
     randomise_lora(model, std=0.02)
+    for modality, section in config["decoders"].items():
+        model.decoders[modality]["tokenizer"] = caption_tokenizer(
+            synthetic.caption_corpus(), section, synthetic.attribute_words()
+        )
     save_checkpoint(model, out)
     return model
 
