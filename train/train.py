@@ -23,7 +23,6 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -37,9 +36,12 @@ from transformers import get_scheduler
 
 from train import checkpoint as ckpt
 from train.batches import RecordDataset, Tokens, collate
+from train.data.embeddings import INDEX, CaptionEmbeddings, EmbeddingError, embeddings_dir
 from train.data.records import RecordError, read_records
+from train.embed_captions import embed_captions
 from train.model import NextGPT, load_checkpoint
 from train.stages import StageModel, merge_signal_rows, set_trainable
+from train.synthetic import ensure_world
 from train.train_config import ConfigError, load_config
 
 DEEPSPEED_PACKAGE = "deepspeed==0.19.8"
@@ -61,28 +63,21 @@ def read_data(root: Path) -> list:
         raise TrainError(str(e)) from None
 
 
-def open_embeddings(root: Path, config: dict[str, Any]) -> dict[str, Mapping[str, Tensor]]:
-    """Each output modality's caption embeddings, by its decoder's name, where they were computed."""
-    from train.data.embeddings import CaptionEmbeddings
-
-    tables = {}
-    for modality, section in config["decoders"].items():
-        if (root / "embeddings" / section["name"]).is_dir():
-            tables[modality] = CaptionEmbeddings(root, section["name"])
-    return tables
+def open_embeddings(root: Path, config: dict[str, Any]) -> dict[str, CaptionEmbeddings]:
+    """Each output modality's caption embeddings (DATA/embeddings/<decoder>/), where computed."""
+    return {
+        modality: CaptionEmbeddings(root, section["name"])
+        for modality, section in config["decoders"].items()
+        if (embeddings_dir(root, section["name"]) / INDEX).is_file()
+    }
 
 
-def default_data(checkpoint: Path, needs_embeddings: bool) -> Path:
-    """The synthetic world at seed 0, written into a git-ignored cache on first use."""
-    from train.synthetic import write_world
-
-    root = Path("outputs/cache/world-seed0")
-    if not (root / "records").is_dir():
-        write_world(root, seed=0)
+def default_data(checkpoint: Path, needs_embeddings: bool, progress: bool) -> Path:
+    """The synthetic world at seed 0, generated into its cache on first use (train/synthetic.py), with
+    the caption embeddings of `checkpoint`'s text encoders (a no-op when they are there already)."""
+    root = ensure_world(seed=0, progress=progress)
     if needs_embeddings:
-        from train.embed_captions import embed_captions
-
-        embed_captions(checkpoint, root)  # resumable: a finished run is a no-op
+        embed_captions(checkpoint, root, progress=progress)
     return root
 
 
@@ -184,11 +179,9 @@ def run(
     max_steps: int | None = None,
     resume: bool = False,
     deepspeed: Path | None = None,
-    embeddings: Mapping[str, Mapping[str, Tensor]] | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train; returns the logged rows of this run. `embeddings` (modality -> id -> tensor) replaces
-    the ones under the data root, for callers that hold them in memory."""
+    """Train one stage; returns the rows this run logged."""
     checkpoint, out = Path(checkpoint), Path(out)
     model = load_checkpoint(checkpoint)
     train_config = load_config(config_path, model.config["preset"])
@@ -198,9 +191,8 @@ def run(
     if not resume and state_dir.exists():
         raise TrainError(f"{out}: holds an earlier run; pass --resume to continue it or choose another --out")
     needs_embeddings = train_config["task"] != "caption"
-    root = data or default_data(checkpoint, needs_embeddings)
-    if embeddings is None:
-        embeddings = open_embeddings(root, model.config) if needs_embeddings else {}
+    root = data or default_data(checkpoint, needs_embeddings, progress)
+    embeddings = open_embeddings(root, model.config) if needs_embeddings else {}
 
     accelerator = make_accelerator(train_config, deepspeed)
     set_seed(train_config["seed"])
@@ -318,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args.config, args.checkpoint, args.out, args.data, args.max_steps, args.resume, args.deepspeed)
-    except (TrainError, ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
+    except (TrainError, ConfigError, ckpt.CheckpointError, EmbeddingError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
