@@ -20,9 +20,10 @@ if __package__ in (None, ""):  # run as a script: the repository root, not train
 
 import argparse
 import json
-import math
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -171,6 +172,104 @@ class JsonlLog:
                     self.board.add_scalar(key, value, row["step"])
 
 
+def check_out(out: Path, resume: bool) -> None:
+    state = out / "state" / PROGRESS_FILE
+    if resume and not state.is_file():
+        raise TrainError(f"{out}: nothing to resume (no {state})")
+    if not resume and (out / "state").exists():
+        raise TrainError(f"{out}: holds an earlier run; pass --resume to continue it or choose another --out")
+
+
+def make_dataset(model: NextGPT, train_config: dict[str, Any], root: Path, report: bool) -> RecordDataset:
+    embeddings = open_embeddings(root, model.config) if train_config["task"] != "caption" else {}
+    tokens = Tokens(model.tokenizer, model.config)
+    dataset = RecordDataset(read_data(root), root, train_config["task"], tokens, model.config, train_config, embeddings)
+    if report and dataset.dropped:
+        print("left out: " + ", ".join(f"{n} {why}" for why, n in sorted(dataset.dropped.items())))
+    if len(dataset) < train_config["batch_size"]:
+        raise TrainError(f"{root}: {len(dataset)} usable samples for task {train_config['task']!r}, fewer than one batch")
+    return dataset
+
+
+def make_optimizer(stage: StageModel, train_config: dict[str, Any], total: int) -> tuple[torch.optim.Optimizer, Any]:
+    opt, schedule = train_config["optimizer"], train_config["schedule"]
+    optimizer = torch.optim.AdamW(
+        [p for p in stage.parameters() if p.requires_grad],
+        lr=opt["lr"], betas=tuple(opt["betas"]), weight_decay=opt["weight_decay"], eps=opt["eps"],
+    )
+    warmup = int(schedule["warmup_ratio"] * total)
+    return optimizer, get_scheduler(schedule["name"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+@dataclass
+class Session:
+    """The prepared pieces of one run and the few things done with them."""
+
+    accelerator: Accelerator
+    stage: StageModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    config: dict[str, Any]
+    state_dir: Path
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return len(self.loader) // self.config["grad_accum"] * self.config["grad_accum"]
+
+    def batches(self, step: int) -> Iterator[dict[str, Any]]:
+        """Micro-batches from optimizer step `step` on, across epochs; the order is the seed's and
+        the epoch's, so a resumed run sees what an uninterrupted one would have."""
+        epoch, skip = divmod(step * self.config["grad_accum"], self.micro_per_epoch)
+        while True:
+            self.loader.set_epoch(epoch)
+            loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            for micro, batch in enumerate(loader, skip):
+                if micro == self.micro_per_epoch:
+                    break
+                yield batch
+            epoch, skip = epoch + 1, 0
+
+    def micro_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Forward and backward; on the last micro-step of an accumulation, clip and step."""
+        with self.accelerator.accumulate(self.stage):
+            losses = self.stage(batch)
+            self.accelerator.backward(losses["loss"])
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.stage.parameters(), self.config["clip_grad_norm"])
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return {k: self.accelerator.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+
+    def save(self, step: int) -> None:
+        self.accelerator.save_state(str(self.state_dir))
+        if self.accelerator.is_main_process:
+            (self.state_dir / PROGRESS_FILE).write_text(json.dumps({"step": step}) + "\n")
+
+    def restore(self) -> int:
+        self.accelerator.load_state(str(self.state_dir))
+        return json.loads((self.state_dir / PROGRESS_FILE).read_text())["step"]
+
+
+def prepare(model: NextGPT, train_config: dict[str, Any], root: Path, out: Path, deepspeed: Path | None) -> tuple[Session, int]:
+    """Accelerate around the stage's model, optimizer, schedule and data; returns the schedule's length."""
+    accelerator = make_accelerator(train_config, deepspeed)
+    set_seed(train_config["seed"])
+    dataset = make_dataset(model, train_config, root, accelerator.is_main_process)
+    stage = StageModel(model, train_config)
+    loader = DataLoader(
+        dataset, batch_size=train_config["batch_size"], shuffle=True, drop_last=True,
+        collate_fn=partial(collate, pad_id=model.tokenizer.unk_token_id),
+        generator=torch.Generator().manual_seed(train_config["seed"]),
+    )
+    total = train_config["epochs"] * (len(loader) // train_config["grad_accum"])
+    optimizer, scheduler = make_optimizer(stage, train_config, total)
+    prepared = accelerator.prepare(stage, optimizer, scheduler, loader)
+    register_state_hooks(accelerator)
+    return Session(accelerator, *prepared, train_config, out / "state"), total
+
+
 def run(
     config_path: Path,
     checkpoint: Path,
@@ -183,112 +282,53 @@ def run(
 ) -> list[dict[str, float]]:
     """Train one stage; returns the rows this run logged."""
     checkpoint, out = Path(checkpoint), Path(out)
+    check_out(out, resume)
     model = load_checkpoint(checkpoint)
     train_config = load_config(config_path, model.config["preset"])
-    state_dir = out / "state"
-    if resume and not (state_dir / PROGRESS_FILE).is_file():
-        raise TrainError(f"{out}: nothing to resume (no {state_dir / PROGRESS_FILE})")
-    if not resume and state_dir.exists():
-        raise TrainError(f"{out}: holds an earlier run; pass --resume to continue it or choose another --out")
-    needs_embeddings = train_config["task"] != "caption"
-    root = data or default_data(checkpoint, needs_embeddings, progress)
-    embeddings = open_embeddings(root, model.config) if needs_embeddings else {}
-
-    accelerator = make_accelerator(train_config, deepspeed)
-    set_seed(train_config["seed"])
-    dataset = RecordDataset(
-        read_data(root), root, train_config["task"], Tokens(model.tokenizer, model.config),
-        model.config, train_config, embeddings,
-    )
-    if accelerator.is_main_process and dataset.dropped:
-        print("left out: " + ", ".join(f"{n} {why}" for why, n in sorted(dataset.dropped.items())))
-    if len(dataset) < train_config["batch_size"]:
-        raise TrainError(f"{root}: {len(dataset)} usable samples for task {train_config['task']!r}, fewer than one batch")
+    root = data or default_data(checkpoint, train_config["task"] != "caption", progress)
     parts = set_trainable(model, train_config["train"])
-    stage = StageModel(model, train_config)
-    loader = DataLoader(
-        dataset, batch_size=train_config["batch_size"], shuffle=True, drop_last=True,
-        collate_fn=partial(collate, pad_id=model.tokenizer.unk_token_id),
-        generator=torch.Generator().manual_seed(train_config["seed"]),
-    )
-    opt = train_config["optimizer"]
-    optimizer = torch.optim.AdamW(
-        [p for p in stage.parameters() if p.requires_grad],
-        lr=opt["lr"], betas=tuple(opt["betas"]), weight_decay=opt["weight_decay"], eps=opt["eps"],
-    )
-    steps_per_epoch = len(loader) // train_config["grad_accum"]
-    total = train_config["epochs"] * steps_per_epoch  # the schedule's length, whatever --max-steps stops at
-    scheduler = get_scheduler(
-        train_config["schedule"]["name"], optimizer,
-        num_warmup_steps=int(train_config["schedule"]["warmup_ratio"] * total), num_training_steps=total,
-    )
-    stage, optimizer, loader, scheduler = accelerator.prepare(stage, optimizer, loader, scheduler)
-    register_state_hooks(accelerator)
-
-    step = 0
-    if resume:
-        accelerator.load_state(str(state_dir))
-        step = json.loads((state_dir / PROGRESS_FILE).read_text())["step"]
+    session, total = prepare(model, train_config, root, out, deepspeed)
+    main_process = session.accelerator.is_main_process
+    step = session.restore() if resume else 0
     stop = min(total, max_steps) if max_steps else total
-    if accelerator.is_main_process:
+    if main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(train_config, indent=2) + "\n")
-    log = JsonlLog(out) if accelerator.is_main_process else None
-    rows = []
-
-    def save() -> None:
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            (state_dir / PROGRESS_FILE).write_text(json.dumps({"step": step}) + "\n")
-
-    bar = tqdm(total=stop, initial=step, desc=f"stage {train_config['task']}", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    micro_per_epoch = steps_per_epoch * train_config["grad_accum"]
-    while step < stop:
-        epoch, done_in_epoch = divmod(step * train_config["grad_accum"], micro_per_epoch)
-        loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch else loader
-        sums: dict[str, float] = {}
-        started = time.perf_counter()
-        for micro, batch in enumerate(batches, done_in_epoch + 1):
-            if micro > micro_per_epoch:
-                break
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
-            with accelerator.accumulate(stage):
-                losses = stage(batch)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(stage.parameters(), train_config["clip_grad_norm"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + accelerator.reduce(value.detach(), "mean").item()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            seconds = time.perf_counter() - started
-            row = {"step": step, "lr": lr,
-                   **{k: v / train_config["grad_accum"] for k, v in sums.items()},
-                   "samples_per_s": train_config["batch_size"] * train_config["grad_accum"] / seconds}
-            rows.append(row)
-            if log:
-                log.write(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if step % train_config["save_every"] == 0 or step == stop:
-                save()
-            sums, started = {}, time.perf_counter()
-            if step >= stop:
-                break
+    log = JsonlLog(out) if main_process else None
+    bar = tqdm(total=stop, initial=step, desc=f"stage {train_config['task']}", unit="step", disable=not (progress and main_process))
+    rows: list[dict[str, float]] = []
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    for batch in session.batches(step) if step < stop else ():
+        lr = session.optimizer.param_groups[0]["lr"]  # the rate this step is taken with
+        for key, value in session.micro_step(batch).items():
+            sums[key] = sums.get(key, 0.0) + value / train_config["grad_accum"]
+        if not session.accelerator.sync_gradients:
+            continue
+        step += 1
+        samples = train_config["batch_size"] * train_config["grad_accum"]
+        rows.append({"step": step, "lr": lr, **sums, "samples_per_s": samples / (time.perf_counter() - started)})
+        if log:
+            log.write(rows[-1])
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}")
+        if step % train_config["save_every"] == 0 or step == stop:
+            session.save(step)
+        if step >= stop:
+            break
+        sums, started = {}, time.perf_counter()
     bar.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(stage).model
-        merge_signal_rows(trained)
-        write_checkpoint(trained, checkpoint, out / "checkpoint", parts)
-    accelerator.end_training()
+    finish(session, checkpoint, out / "checkpoint", parts)
     return rows
+
+
+def finish(session: Session, checkpoint: Path, out: Path, parts: list[str]) -> None:
+    session.accelerator.wait_for_everyone()
+    if session.accelerator.is_main_process:
+        trained = session.accelerator.unwrap_model(session.stage).model
+        merge_signal_rows(trained)
+        write_checkpoint(trained, checkpoint, out, parts)
+    session.accelerator.end_training()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
