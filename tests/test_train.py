@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from train.model import load_checkpoint
 from train.stages import signal_ids
 from train.train import TrainError, main, run
 from train.train_config import ConfigError, load_config
@@ -85,6 +86,7 @@ def test_stage_lowers_loss_on_a_fixed_batch(trained, stage):
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_only_trained_parts_change(trained, tiny_dir, tiny_model, stage):
     out = trained[stage][0] / "checkpoint"
+    load_checkpoint(out)  # every part still matches config.json
     before, after = file_hashes(tiny_dir), file_hashes(out)
     assert before.keys() == after.keys()
     changed = {name for name in before if before[name] != after[name]}
@@ -109,7 +111,6 @@ def test_trained_checkpoint_builds_engines_and_answers(trained, tiny_build, tmp_
     from runtime.pipeline import Any2AnyPipeline
     from runtime.request import Request
     from train.demo import write_sample_inputs
-    from train.model import load_checkpoint
     from train.reference import ReferencePipeline
 
     checkpoint = trained[3][0] / "checkpoint"

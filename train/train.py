@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_scheduler
 
+from runtime.media import MediaError
 from train import checkpoint as ckpt
 from train.batches import RecordDataset, Tokens, collate
 from train.data.embeddings import INDEX, CaptionEmbeddings, EmbeddingError, embeddings_dir
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args.config, args.checkpoint, args.out, args.data, args.max_steps, args.resume, args.deepspeed)
-    except (TrainError, ConfigError, ckpt.CheckpointError, EmbeddingError, FileNotFoundError) as e:
+    except (TrainError, ConfigError, ckpt.CheckpointError, EmbeddingError, MediaError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
