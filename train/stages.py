@@ -134,6 +134,7 @@ class StageModel(nn.Module):
         self.model = model
         loss = train_config["loss"]
         self.cap_scale = loss["cap_scale"]
+        self.cap_modalities = [] if train_config["task"] == "caption" else list(model.config["decoders"])
         self.gen_modalities = list(loss["gen_modalities"]) if loss["gen_loss"] else []
         self.snr_gamma = loss["snr_gamma"]
         # registered as modules so that device placement moves them; frozen, so DDP ignores them
@@ -170,14 +171,22 @@ class StageModel(nn.Module):
         losses = {"lm": per_sample_ce(out.logits, batch["labels"]).mean()}
         total = losses["lm"]
         hidden = out.hidden_states[-1]  # last layer after the final norm, as the pipelines read it
-        for modality, target in batch["targets"].items():
-            conditions = self.project(modality, hidden, target)
-            distance = (conditions.float() - target["embeds"]).norm(dim=-1).mean(-1)
-            losses[f"cap_{modality}"] = distance.sum() / batch_size
-            total = total + self.cap_scale[modality] * losses[f"cap_{modality}"]
+        # every process reports the same terms (zero where its share of the batch has no such target),
+        # so that the loss reductions across processes line up
+        for modality in self.cap_modalities:
+            cap = gen = hidden.new_zeros(())
+            if modality in batch["targets"]:
+                target = batch["targets"][modality]
+                conditions = self.project(modality, hidden, target)
+                cap = (conditions.float() - target["embeds"]).norm(dim=-1).mean(-1).sum() / batch_size
+                have = [i for i, pixels in enumerate(target["gen"]) if pixels is not None]  # a target medium exists
+                if modality in self.gen_modalities and have:
+                    gen = self.gen_loss(modality, conditions[have], [target["gen"][i] for i in have]) / batch_size
+            losses[f"cap_{modality}"] = cap
+            total = total + self.cap_scale[modality] * cap
             if modality in self.gen_modalities:
-                losses[f"gen_{modality}"] = self.gen_loss(modality, conditions, target["gen"]) / batch_size
-                total = total + losses[f"gen_{modality}"]
+                losses[f"gen_{modality}"] = gen
+                total = total + gen
         losses["loss"] = total
         return losses
 
