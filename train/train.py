@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: the repository root, not train
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import importlib.util
 import json
 import shutil
 import time
@@ -39,8 +40,9 @@ from runtime.media import MediaError
 from train import checkpoint as ckpt
 from train.batches import RecordDataset, Tokens, collate
 from train.data.embeddings import INDEX, CaptionEmbeddings, EmbeddingError, embeddings_dir
-from train.data.records import RecordError, read_records
+from train.data.records import Record, RecordError, read_records
 from train.embed_captions import embed_captions
+from train.llm import lora_state_dict
 from train.model import NextGPT, load_checkpoint
 from train.stages import StageModel, merge_signal_rows, set_trainable
 from train.synthetic import ensure_world
@@ -55,7 +57,7 @@ class TrainError(RuntimeError):
     """Bad input to a training run; the message is the one line printed."""
 
 
-def read_data(root: Path) -> list:
+def read_data(root: Path) -> list[Record]:
     files = sorted((root / "records").glob("*.jsonl"))
     if not files:
         raise TrainError(f"{root}: no records/*.jsonl (see README, Training: data root layout)")
@@ -86,10 +88,8 @@ def default_data(checkpoint: Path, needs_embeddings: bool, progress: bool) -> Pa
 def make_accelerator(train_config: dict[str, Any], deepspeed: Path | None) -> Accelerator:
     plugin = None
     if deepspeed is not None:
-        try:
-            import deepspeed as _  # noqa: F401  (Accelerate imports it late, with a longer message)
-        except ImportError:
-            raise TrainError(f"--deepspeed needs the deepspeed package: pip install {DEEPSPEED_PACKAGE}") from None
+        if importlib.util.find_spec("deepspeed") is None:  # Accelerate would fail later, at prepare
+            raise TrainError(f"--deepspeed needs the deepspeed package: pip install {DEEPSPEED_PACKAGE}")
         from accelerate.utils import DeepSpeedPlugin
 
         plugin = DeepSpeedPlugin(
@@ -143,8 +143,6 @@ def write_checkpoint(model: NextGPT, source: Path, out: Path, parts: list[str]) 
         if part == "llm":
             ckpt.save_state(model.base_llm_state(), path)
         elif part == "lora":
-            from train.llm import lora_state_dict
-
             ckpt.save_state(lora_state_dict(model.llm), path)
         else:
             ckpt.save_state(model.module_parts()[part].state_dict(), path)
