@@ -191,3 +191,19 @@ def test_bad_runs_stop_with_one_line(tmp_path, tiny_dir, capsys):
     shutil.rmtree(tmp_path / "data" / "embeddings" / "sd")  # the image records lose their targets
     with pytest.raises(TrainError, match="fewer than one batch"):
         run(CONFIGS / "stage_2.yaml", tiny_dir, tmp_path / "e", tmp_path / "data")
+
+
+def test_without_data_uses_the_cached_world(tmp_path, tiny_dir, monkeypatch):
+    """No --data: the world of seed 0 from its cache ($ANY2ANY_CACHE), caption embeddings computed for
+    the checkpoint on first use. A small world stands in the cache's place, so the test stays fast."""
+    from train.synthetic import default_world_dir
+
+    monkeypatch.setenv("ANY2ANY_CACHE", str(tmp_path / "cache"))
+    world = small_world(tmp_path / "small", 2, tiny_dir)
+    shutil.copytree(world, default_world_dir(0))
+    shutil.rmtree(default_world_dir(0) / "embeddings")
+    assert main(["--config", str(CONFIGS / "stage_2.yaml"), "--checkpoint", str(tiny_dir),
+                 "--out", str(tmp_path / "out"), "--max-steps", "1"]) == 0
+    assert (default_world_dir(0) / "embeddings" / "sd" / "index.json").is_file()
+    assert (tmp_path / "out" / "log.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "out" / "checkpoint" / "config.json").is_file()
