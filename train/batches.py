@@ -37,7 +37,6 @@ IGNORE = -100  # label of a position that carries no loss (prompt, padding), as 
 
 @dataclass
 class Example:
-    id: str
     ids: list[int]
     labels: list[int]
     media_position: int | None
@@ -156,7 +155,7 @@ class RecordDataset(Dataset):
             return "no caption"
         turn = {"human": self.train_config["caption_prompt"], "assistant": record.caption}
         ids, labels, pos = self.tokens.dialogue([turn], True)
-        return Example(record.id, ids, labels, pos, self._inputs(record))
+        return Example(ids, labels, pos, self._inputs(record))
 
     def _signal(self, record: Record) -> Example | str:
         modality = _media_of(record)
@@ -167,11 +166,11 @@ class RecordDataset(Dataset):
         target = self._target(record, modality, ids)
         if isinstance(target, str):
             return target
-        return Example(record.id, ids, labels, None, {}, target, self._gen(record, modality))
+        return Example(ids, labels, None, {}, target, self._gen(record, modality))
 
     def _dialogue(self, record: Record) -> Example | str:
         ids, labels, pos = self.tokens.dialogue(record.turns, bool(record.inputs))
-        example = Example(record.id, ids, labels, pos, self._inputs(record))
+        example = Example(ids, labels, pos, self._inputs(record))
         if record.target in MODALITIES:
             if not record.caption:
                 return "media answer without caption"
