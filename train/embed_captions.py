@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from train import checkpoint as ckpt
 from train.data.embeddings import DTYPES, EmbeddingError, Plan, plan_shards, precompute, read_captions, tree_digest
 from train.data.records import RecordError

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from runtime.request import add_request_args, request_from_args
 from runtime.response import media_meta, write_response
 from train.model import load_checkpoint

@@ -14,6 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from train.data.prepare import prepare
 from train.data.readers import READERS, InputError
 from train.data.records import SPLITS
