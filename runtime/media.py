@@ -44,10 +44,12 @@ _PIL_ERRORS = (
 # ffmpeg's errors (InvalidDataError is also a ValueError, its EOFError an EOFError) and what PyAV
 # raises around them on damaged input.
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError, ValueError, IndexError, RuntimeError)
-# A stream that decodes to less than its header declares was cut short. The slack: an audio
-# decoder may trim up to two codec frames of priming and padding (MP3 1152 samples, AAC 1024,
-# Opus 960; PCM none), and a video header's duration may be rounded to a frame or a few percent.
+# A stream that decodes to less than its header declares was cut short. The slack: a decoder may
+# trim two codec frames of priming and padding (MP3 1152 samples, AAC 1024, Opus 960, Vorbis up to
+# 2048; PCM and Vorbis report none, and RIFF and Ogg files are checked by their structure instead),
+# and a video header's duration may be rounded to a frame or a few percent.
 _CODEC_FRAMES_SLACK = 2
+_MIN_CODEC_FRAME = 2048
 _VIDEO_SLACK_FRACTION = 0.02
 # GIF delays are whole centiseconds; browsers play delays of one tick or less at the default delay,
 # so the writer never goes below two ticks and the reader reads short delays as browsers do.
@@ -86,6 +88,8 @@ def read_image(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarr
             _check_pixels(p, *im.size, limits)
             im.load()  # Pillow decodes lazily: decode all of it inside the try, so damage is a MediaError
             return np.array(im.convert("RGB"))
+    except Image.DecompressionBombError as err:  # Pillow's own bound, checked as it opens: above any limit
+        raise MediaError(p, f"{err} (limit max_image_pixels={limits.max_image_pixels})") from err
     except _PIL_ERRORS as err:
         raise MediaError(p, f"cannot decode image: {err}") from err
 
@@ -122,7 +126,7 @@ def read_audio(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[np
             _check_seconds(p, samples / rate, limits.max_audio_seconds, "max_audio_seconds")
     if samples == 0:
         raise MediaError(p, "no audio frames")
-    slack = _CODEC_FRAMES_SLACK * stream.codec_context.frame_size + 1  # + 1: a declared duration's rounding
+    slack = _CODEC_FRAMES_SLACK * max(stream.codec_context.frame_size, _MIN_CODEC_FRAME)
     _check_complete(p, samples, None if declared is None else declared * rate, slack, "samples")
     _check_container_end(p)
     return np.concatenate(chunks), rate
