@@ -59,7 +59,9 @@ _GIF_DEFAULT_DELAY_MS = 100
 _GIF_TRAILER = b";"
 _RIFF = b"RIFF"
 _RIFF_HEADER_BYTES = 12  # "RIFF", the size, "WAVE"
-_RIFF_UNKNOWN_SIZE = 0xFFFFFFFF
+# A WAV written to a pipe cannot seek back to fill in its sizes: writers leave a placeholder that
+# means "to the end of the file" (ffmpeg 0xFFFFFFFF, espeak-ng --stdout 0x7FFFF000).
+_RIFF_STREAMED_SIZE = 0x7FFFF000
 _OGG_PAGE = b"OggS"
 _OGG_HEADER_BYTES = 27
 _OGG_END_OF_STREAM = 0x04
@@ -319,7 +321,7 @@ def _check_riff_chunks(path: Path) -> None:
             f.seek(offset)
             head = f.read(8)
             length = int.from_bytes(head[4:], "little")
-            if length == _RIFF_UNKNOWN_SIZE:  # written by a stream that could not seek back: to the end
+            if length >= _RIFF_STREAMED_SIZE:
                 return
             if offset + 8 + length > size:
                 problem = f"chunk {head[:4]!r} at byte {offset} claims {length} bytes of a {size}-byte file"

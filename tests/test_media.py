@@ -144,6 +144,17 @@ def test_read_audio_failures(tmp_path):
     _raises_naming(tmp_path / "no.wav", media.read_audio, tmp_path / "no.wav")
 
 
+@pytest.mark.parametrize("placeholder", [0xFFFFFFFF, 0x7FFFF000])
+def test_wav_written_to_a_pipe_is_read_to_its_end(tmp_path, placeholder):
+    """ffmpeg and espeak-ng --stdout cannot seek back to write the sizes; a placeholder stands for them."""
+    media.write_wav(tmp_path / "a.wav", _tone(440.0, RATE, 0.1), RATE)
+    data = bytearray((tmp_path / "a.wav").read_bytes())
+    at = data.index(b"data") + 4
+    data[4:8] = data[at : at + 4] = placeholder.to_bytes(4, "little")
+    (tmp_path / "piped.wav").write_bytes(bytes(data))
+    np.testing.assert_array_equal(media.read_audio(tmp_path / "piped.wav")[0], media.read_audio(tmp_path / "a.wav")[0])
+
+
 def test_write_wav_rejects_bad_input(tmp_path):
     path = tmp_path / "a.wav"
     _raises_naming(path, media.write_wav, path, np.array([0.1, np.nan]), RATE)
