@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(not args.quiet)
     try:
         req = request_from_args(args)
-        limits = Limits.for_config(read_manifest(args.engines).config).override(args.limits)
+        limits = Limits.for_build(read_manifest(args.engines)).override(args.limits)
         req.check(limits)  # before any engine is opened
         pipeline = Any2AnyPipeline(args.engines, args.backend, args.device, args.threads, limits=limits)
         resp = pipeline(req, on_text=lambda piece: print(piece, end="", flush=True), on_step=progress)

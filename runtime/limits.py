@@ -1,7 +1,7 @@
 """The limits on what one request may ask for, owned here and nowhere else.
 
-`Limits.for_config(config)` derives the defaults from a build's config (the context, the signal
-runs, the schedulers); the rest are the policy values below. A deployment overrides any of them
+`Limits.for_build(build)` derives the defaults from a build (the context its LLM engine holds, the
+signal runs, the schedulers); the rest are the policy values below. A deployment overrides any of them
 when it is set up (`build_repo.py --limits`, `python -m runtime --limits`), as `NAME=VALUE,...`.
 Every check runs before the work it guards and refuses with a `LimitError` (a ValueError, so
 Triton answers INVALID_ARGUMENT) whose one line names the limit and its value.
@@ -38,13 +38,21 @@ class Limits:
     max_temperature: float = 10.0  # from 0 (greedy)
 
     @classmethod
-    def for_config(cls, config: dict[str, Any]) -> Limits:
-        """The defaults for a build: no more steps than the schedulers were trained with (diffusers
-        refuses more), no more new tokens or prompt than the context holds beside the signal runs."""
-        context = config["llm"]["max_position_embeddings"]
+    def for_config(cls, config: dict[str, Any], context: int | None = None) -> Limits:
+        """The defaults for a model: no more steps than the schedulers were trained with (diffusers
+        refuses more), no more new tokens or prompt than the context (the model's, or the shorter
+        one given) holds beside the signal runs."""
+        context = min(config["llm"]["max_position_embeddings"], context or math.inf)
         runs = sum(len(ids) for ids in config["tokens"]["signal_ids"].values())
         steps = min(d["scheduler"]["num_train_timesteps"] for d in config["decoders"].values())
         return cls(max_steps=steps, max_new_tokens=context - runs - 1, max_prompt_bytes=context * PROMPT_BYTES_PER_TOKEN)
+
+    @classmethod
+    def for_build(cls, build: Any) -> Limits:
+        """The defaults for a build (a `runtime.manifest.Build`): its llm engine holds fewer tokens
+        than the model's context when its cache range is shorter (the prompt, then one token per
+        decode step on a cache of at most `past` tokens)."""
+        return cls.for_config(build.config, build.component("llm")["dims"]["past"][-1] + 1)
 
     def override(self, text: str | None) -> Limits:
         """These limits with `NAME=VALUE,...` applied; an unknown name or a value that is not a
@@ -70,7 +78,7 @@ class Limits:
         """A request's prompt and settings (a `runtime.request.Request`; None means the default)."""
         size = len(req.prompt.encode("utf-8"))
         if size > self.max_prompt_bytes:
-            raise LimitError(f"prompt of {size} bytes exceeds the limit max_prompt_bytes={self.max_prompt_bytes}")
+            raise LimitError(f"prompt too long: {size} bytes exceed the limit max_prompt_bytes={self.max_prompt_bytes}")
         self.check_count("steps", req.steps, "max_steps")
         self.check_count("max_new_tokens", req.max_new_tokens, "max_new_tokens")
         self.check_range("guidance", req.guidance, (0.0, self.max_guidance), "max_guidance")
@@ -81,7 +89,7 @@ class Limits:
         if value is None:
             return
         if value < 1:
-            raise LimitError(f"{what} must be at least 1, got {value}")
+            raise LimitError(f"--{what.replace('_', '-')} must be at least 1, got {value}")
         if value > getattr(self, limit):
             raise LimitError(f"{what} {value} exceeds the limit {limit}={getattr(self, limit)}")
 

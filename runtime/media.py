@@ -115,6 +115,7 @@ def read_audio(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[np
     decodes to less than its header declares (a cut file).
     """
     p = _existing(path, limits)
+    _check_container_end(p)
     with _decoding(p, "audio"), av.open(str(p)) as container:
         stream = _first_stream(p, container.streams.audio, "audio")
         rate = stream.codec_context.sample_rate
@@ -130,7 +131,6 @@ def read_audio(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[np
         raise MediaError(p, "no audio frames")
     slack = _CODEC_FRAMES_SLACK * max(stream.codec_context.frame_size, _MIN_CODEC_FRAME)
     _check_complete(p, samples, None if declared is None else declared * rate, slack, "samples")
-    _check_container_end(p)
     return np.concatenate(chunks), rate
 
 

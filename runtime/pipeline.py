@@ -36,10 +36,10 @@ class Any2AnyPipeline:
         limits: Limits | None = None,
     ) -> None:
         """`wrap` lets a caller interpose on every engine call (timing, remote execution);
-        `limits` default to the build's (`Limits.for_config`)."""
+        `limits` default to the build's (`Limits.for_build`)."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
-        self.limits = limits or Limits.for_config(self.config)
+        self.limits = limits or Limits.for_build(self.build)
         engines = Engines(self.build, backend, device, threads)
         self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)

@@ -43,11 +43,11 @@ def test_override_and_its_refusals():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"prompt": "é" * 6}, "prompt of 12 bytes exceeds the limit max_prompt_bytes=10"),
+        ({"prompt": "é" * 6}, "prompt too long: 12 bytes exceed the limit max_prompt_bytes=10"),
         ({"steps": 21}, "steps 21 exceeds the limit max_steps=20"),
-        ({"steps": 0}, "steps must be at least 1, got 0"),
+        ({"steps": 0}, "--steps must be at least 1, got 0"),
         ({"max_new_tokens": 17}, "max_new_tokens 17 exceeds the limit max_new_tokens=16"),
-        ({"max_new_tokens": -1}, "max_new_tokens must be at least 1"),
+        ({"max_new_tokens": -1}, "--max-new-tokens must be at least 1"),
         ({"temperature": math.nan}, r"temperature nan is not a finite number in \[0, 2\] \(limit max_temperature=2\)"),
         ({"temperature": math.inf}, "temperature inf is not a finite number"),
         ({"temperature": -0.1}, "temperature -0.1 is not a finite number"),

@@ -256,11 +256,11 @@ def build_repo(
     limits: str | None = None,
 ) -> list[str]:
     """Write the repository; returns its model names. `limits`: NAME=VALUE,... replacing the
-    build's limits (`runtime.limits.Limits.for_config`)."""
+    build's limits (`runtime.limits.Limits.for_build`)."""
     build = read_manifest(Path(engines))
     build.verify_files()
     policy = resolve_bls(bls, build, device)
-    checked = Limits.for_config(build.config).override(limits)
+    checked = Limits.for_build(build).override(limits)
     out = Path(out)
     if out.exists() and not (out / MARKER).is_file():
         raise ValueError(f"{out} exists and was not written by build_repo.py; not replacing it")
