@@ -64,7 +64,8 @@ def files(tmp_path_factory):
 def _refused(client, req, message: str, stream: bool = False) -> None:
     with pytest.raises(InferenceServerException) as refused:
         client.stream(req) if stream else client.infer(req)
-    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value
+    # A gRPC stream carries a response's error as its message alone, without a status code.
+    assert stream or refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value
     assert message in refused.value.message()
 
 
@@ -111,6 +112,21 @@ def test_a_file_name_over_255_bytes_is_invalid_argument(client, files):
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "file name of 256 bytes exceeds the limit of 255 bytes" in refused.value.message()
     assert client.infer(Request("hi", max_new_tokens=4)).token_ids
+
+
+def test_the_llm_step_called_on_its_own_checks_the_request_too(client):
+    import tritonclient.grpc as grpcclient
+
+    values = {"PROMPT": (np.array([b"hi"], dtype=object), "BYTES"), "MAX_NEW_TOKENS": (np.array([17], np.int64), "INT64"),
+              "MEDIA_TOKEN": (np.zeros((0, 64), np.float32), "FP32")}
+    inputs = []
+    for name, (value, dtype) in values.items():
+        inputs.append(grpcclient.InferInput(name, list(value.shape), dtype))
+        inputs[-1].set_data_from_numpy(value)
+    with pytest.raises(InferenceServerException) as refused:
+        client.client.infer("llm", inputs)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "max_new_tokens 17 exceeds the limit max_new_tokens=16" in refused.value.message()
 
 
 def test_at_the_limits_requests_are_served(client, files):
