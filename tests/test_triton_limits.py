@@ -56,6 +56,7 @@ def files(tmp_path_factory):
     frames = np.zeros((25, 32, 32, 3), np.uint8)
     frames[:, 8:24, 8:24] = np.arange(25)[:, None, None, None] * 10
     media.write_video(d / "many.gif", frames, 8.0)
+    media.write_video(d / "slow.gif", frames[:12], 1.0)  # 12 s
     ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "32x32"]
     subprocess.run([*ffmpeg, "-r", "8", "-i", "-", "-c:v", "libvpx-vp9", str(d / "clip.webm")], input=frames[:16].tobytes(), check=True)
     return d
@@ -82,6 +83,7 @@ CASES = [
     (lambda d: Request("x", {"image": d / "heavy.png"}), "heavy.png: 200001 bytes exceeds the limit max_file_bytes=200000"),
     (lambda d: Request("x", {"audio": d / "long.flac"}), "long.flac: 5.0 s exceeds the limit max_audio_seconds=4"),
     (lambda d: Request("x", {"video": d / "many.gif"}), "many.gif: more than 24 frames exceeds the limit max_video_frames"),
+    (lambda d: Request("x", {"video": d / "slow.gif"}), "slow.gif: 11.0 s exceeds the limit max_video_seconds=10"),
 ]
 
 
