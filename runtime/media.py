@@ -135,7 +135,7 @@ def read_audio_spans(
         total += len(mono)
     ranges = spans(total, rate)
     kept: list[list[np.ndarray]] = [[] for _ in ranges]
-    at, end = 0, max(stop for _, stop in ranges)
+    at, end = 0, max((stop for _, stop in ranges), default=0)
     for mono, _ in _mono_frames(p, limits):
         for pieces, (start, stop) in zip(kept, ranges):
             low, high = max(start, at), min(stop, at + len(mono))
