@@ -218,3 +218,16 @@ def test_audio_input_keeps_only_its_clips_and_equals_the_whole_waveform_path(tmp
     parts, total, got = media.read_audio_spans(tmp_path / "a.flac", spans)
     assert (total, got) == (len(whole), rate) and [len(p) for p in parts] == [10, 5]
     np.testing.assert_array_equal(np.concatenate(parts), np.concatenate([whole[:10], whole[-5:]]))
+
+
+@pytest.mark.parametrize("name,fps,count", [("a.mp4", 4.0, 16), ("a.gif", 10.0, 7), ("b.mp4", 30.0, 90)])
+def test_video_input_decodes_its_picked_frames_and_equals_the_every_frame_path(tmp_path, imagebind, name, fps, count):
+    frames = np.zeros((count, 40, 56, 3), np.uint8)
+    for i in range(count):
+        frames[i, :, : 2 + (i * 50) // count] = (200, 30 + i, 90)
+    media.write_video(tmp_path / name, frames, fps)
+    vision = imagebind["vision"]
+    every, got_fps = media.read_video(tmp_path / name)
+    keys = (vision["image_size"], vision["video_clips"], vision["num_frames"], vision["clip_duration"])
+    expected = pp.video_to_clips(every, got_fps, *keys)
+    np.testing.assert_array_equal(prepare_inputs(imagebind, {"video": tmp_path / name})["video"][0], expected)
