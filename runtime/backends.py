@@ -28,8 +28,12 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], where: str) -> None:
-    """Names, ranks, fixed sizes and dtypes as the manifest declares them; a clear error otherwise."""
+def check_feeds(
+    feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], dims: dict[str, list[int]], where: str
+) -> None:
+    """Names, ranks, fixed sizes and dtypes as the manifest declares them, and every dynamic axis
+    within the (min, opt, max) range `dims` gives it (what the engine was built and verified
+    for; a TensorRT profile refuses anything else); a clear error otherwise."""
     missing = [t["name"] for t in inputs if t["name"] not in feeds]
     if missing:
         raise ValueError(f"{where}: missing input {missing[0]!r}")
@@ -41,6 +45,10 @@ def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], wher
         if value.ndim != len(fixed) or any(f is not None and f != s for f, s in zip(fixed, value.shape)):
             shown = tuple(d if isinstance(d, int) else str(d) for d in t["shape"])
             raise ValueError(f"{where}: input {t['name']!r} has shape {value.shape}, expected {shown}")
+        for axis, size in zip(t["shape"], value.shape):
+            if isinstance(axis, str) and not dims[axis][0] <= size <= dims[axis][-1]:
+                low, high = dims[axis][0], dims[axis][-1]
+                raise ValueError(f"{where}: input {t['name']!r} axis {axis!r} is {size}, outside the engine's range {low}..{high}")
 
 
 class OrtEngine:
@@ -73,7 +81,7 @@ class OrtEngine:
         return Path(self.session.end_profiling())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         outputs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
         return dict(zip(self.output_names, outputs))
 
@@ -119,7 +127,7 @@ class TrtEngine:
         return buf
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         with self.torch.cuda.stream(self.stream):
             for t in self.io["inputs"]:
                 value = feeds[t["name"]]
@@ -146,7 +154,7 @@ class TorchEngine:
         self.output_names = [t["name"] for t in io["outputs"]]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         with self.torch.no_grad():
             out = self.module(*(self.torch.from_numpy(feeds[n]) for n in self.input_names))
         out = out if isinstance(out, tuple) else (out,)

@@ -16,6 +16,7 @@ from runtime.backends import Engines
 from runtime.diffusion import Decoder
 from runtime.generation import LlmGenerator
 from runtime.inputs import prepare_inputs
+from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.request import OUTPUT_MODALITIES, Request, Response
 from runtime.stop import ShouldStop, check
@@ -33,10 +34,13 @@ class Any2AnyPipeline:
         device: str = "cpu",
         threads: int = 0,
         wrap: Callable[[Engines], Engines] | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        """`wrap` lets a caller interpose on every engine call (timing, remote execution)."""
+        """`wrap` lets a caller interpose on every engine call (timing, remote execution);
+        `limits` default to the build's (`Limits.for_build`)."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
+        self.limits = limits or Limits.for_build(self.build)
         engines = Engines(self.build, backend, device, threads)
         self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)
@@ -69,8 +73,8 @@ class Any2AnyPipeline:
     ) -> Response:
         """`should_stop` is asked between the stages and at every token and denoising step; a
         reason it names raises `runtime.stop.Stopped`."""
-        req.check()
-        inputs = prepare_inputs(self.config["imagebind"], req.files)
+        req.check(self.limits)
+        inputs = prepare_inputs(self.config["imagebind"], req.files, limits=self.limits)
         check(should_stop)
         prompt = self.llm.build_prompt(req.prompt, bool(inputs))
         gen = self.llm.generate(

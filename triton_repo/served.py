@@ -27,6 +27,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from runtime.backends import Engine, Engines, check_feeds
+from runtime.limits import Limits
 from runtime.stop import ShouldStop, Stopped, deadline, first_of
 from triton_repo.protocol import Getter, has_files, save_files
 
@@ -111,10 +112,11 @@ class UploadError(OSError):
 
 
 @contextmanager
-def request_files(get: Getter, upload_dir: str = "") -> Iterator[dict[str, Path | None]]:
+def request_files(get: Getter, limits: Limits, upload_dir: str = "") -> Iterator[dict[str, Path | None]]:
     """The request's input files saved where the runtime can read them, for the duration: in a
     fresh folder inside `upload_dir` (empty: the system's temporary folder); no folder when the
-    request has no files.
+    request has no files. Each file's name and size are checked against `limits` before any is
+    written.
 
     An error that names a saved file names it as the client sent it, without the temporary folder.
     A folder that cannot be made or written is an `UploadError` naming it.
@@ -124,7 +126,7 @@ def request_files(get: Getter, upload_dir: str = "") -> Iterator[dict[str, Path 
         return
     with _upload_folder(upload_dir or None) as folder:
         try:
-            files = save_files(get, folder)
+            files = save_files(get, folder, limits)
         except OSError as e:
             raise UploadError(f"the server cannot save uploaded files in {folder.parent}: {e.strerror or e}") from None
         try:
@@ -162,7 +164,7 @@ class BlsEngine:
         self.scalar = {t["name"] for t in io["inputs"] + io["outputs"] if len(t["shape"]) == 1}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.name)
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
         inputs = [pb_utils.Tensor(n, feeds[n].reshape(-1, 1) if n in self.scalar else feeds[n]) for n in self.input_names]
         response = pb_utils.InferenceRequest(
             model_name=self.name, inputs=inputs, requested_output_names=self.output_names
@@ -216,7 +218,7 @@ def pipeline_from_parameters(params: dict[str, str]) -> Any2AnyPipeline:
     served = set(filter(None, params["bls"].split(",")))
     pipeline = Any2AnyPipeline(
         Path(params["engines"]), params["backend"], params["device"], int(params["threads"]),
-        wrap=lambda engines: ServedEngines(engines, served),
+        wrap=lambda engines: ServedEngines(engines, served), limits=Limits.from_json(params["limits"]),
     )
     for name in filter(None, params["preload"].split(",")):
         pipeline.engines[name].load()

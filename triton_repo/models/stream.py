@@ -41,7 +41,8 @@ class TritonPythonModel:
             get = getter(request)
             try:
                 should_stop = request_should_stop(request, self.deadline_s)
-                with request_files(get, self.upload_dir) as files:
+                decode_request(get).check(self.pipeline.limits)  # before any file is written
+                with request_files(get, self.pipeline.limits, self.upload_dir) as files:
                     resp = self.pipeline(decode_request(get, files), send_text, send_step, should_stop)
                 final = answer({**self.empty, **encode_answer(resp.text, resp.token_ids, resp.media)})
             except Exception as e:  # noqa: BLE001 - every failure is answered, the instance lives on
