@@ -137,6 +137,19 @@ def test_requests_beyond_the_queue_bound_are_refused_at_once(server):
     assert not isinstance(timed(server.grpc_url, SHORT)[1], Exception)
 
 
+def test_a_short_soak_loses_nothing_and_refuses_each_abuse_with_its_code(server, sample_inputs):
+    """benchmarks/soak.py for a few seconds, every other request abusive: the well-formed ones are
+    all answered and each abuse case sent got the status it names (the full run: benchmarks/results/soak.md)."""
+    from benchmarks.soak import run
+
+    result = run(server.grpc_url, server.process.pid, sample_inputs, seconds=15, concurrency=2, abuse_every=1)
+    assert result["well_formed"]["sent"] > 0 and not result["well_formed"]["lost"], result["well_formed"]
+    sent = {name: a for name, a in result["abuse"].items() if a["got"]}
+    assert len(sent) >= 4
+    assert all(a["ok"] for a in sent.values()), {name: (a["expected"], a["got"]) for name, a in sent.items()}
+    assert result["rss_samples_mib"]
+
+
 def test_a_killed_stub_fails_its_request_and_the_model_comes_back(server):
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(result=timed(server.grpc_url, LONG, 60.0)))
