@@ -21,7 +21,8 @@ def prepare_inputs(
     imagebind: dict[str, Any], files: dict[str, Path | None], *, limits: Limits = media.DEFAULT_LIMITS
 ) -> dict[str, np.ndarray]:
     """Read and preprocess each given file within `limits`; raises MediaError naming the file on
-    bad media. A video is decoded only up to the last frame its clips use."""
+    bad media. A video is decoded only up to the last frame its clips use, and of an audio file
+    only the samples its clips are made from are kept."""
     unknown = set(files) - set(INPUT_MODALITIES)
     if unknown:
         raise media.MediaError(f"unknown input modality {sorted(unknown)[0]!r}; known: {', '.join(INPUT_MODALITIES)}")
@@ -39,9 +40,26 @@ def prepare_inputs(
         picked = frames.reshape(clips, frames_per_clip, *frames.shape[1:])
         out["video"] = preprocess.picked_to_clips(picked, vision["image_size"])[None]
     if files.get("audio"):
-        wave, rate = media.read_audio(files["audio"], limits=limits)
-        out["audio"] = preprocess.waveform_to_fbank_clips(
-            wave, rate, audio["sample_rate"], audio["clips"], audio["clip_duration"],
-            audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"],
+        clips = _audio_clips(files["audio"], audio, limits)
+        out["audio"] = preprocess.fbank_clips(
+            clips, audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"]
         )[None]
     return out
+
+
+def _audio_clips(path: Path, audio: dict[str, Any], limits: Limits) -> list[np.ndarray]:
+    """ImageBind's audio clips at its sample rate, bit for bit those `waveform_to_fbank_clips` cuts
+    from the whole resampled waveform, with only the samples they are made from kept in memory."""
+    rate_out = audio["sample_rate"]
+
+    def spans(total: int, rate: int) -> list[tuple[int, int]]:
+        return preprocess.audio_clip_spans(total, rate, rate_out, audio["clips"], audio["clip_duration"])
+
+    def sources(total: int, rate: int) -> list[tuple[int, int]]:
+        return [media.source_span(start, stop, total, rate, rate_out) for start, stop in spans(total, rate)]
+
+    parts, total, rate = media.read_audio_spans(path, sources, limits=limits)
+    return [
+        media.resample_span(part, first, total, rate, rate_out, start, stop)
+        for part, (first, _), (start, stop) in zip(parts, sources(total, rate), spans(total, rate))
+    ]

@@ -36,6 +36,7 @@ VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi")  # what read_
 WRITTEN_VIDEO_SUFFIXES = (".gif", ".mp4")  # what write_video makes
 DEFAULT_LIMITS = Limits()
 FramePicker = Callable[[int, float], np.ndarray]  # (frames in the video, fps) -> indices of the frames to decode
+SpanPicker = Callable[[int, int], list[tuple[int, int]]]  # (samples in the stream, rate) -> [start, stop) to keep
 
 # Pillow reports damaged data through any of these, depending on the plugin and where it breaks.
 _PIL_ERRORS = (
@@ -115,23 +116,57 @@ def read_audio(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[np
     decodes to less than its header declares (a cut file).
     """
     p = _existing(path, limits)
-    _check_container_end(p)
-    with _decoding(p, "audio"), av.open(str(p)) as container:
-        stream = _first_stream(p, container.streams.audio, "audio")
-        rate = stream.codec_context.sample_rate
-        _check_rate(p, rate)
-        declared = _declared_seconds(stream, container)
-        _check_seconds(p, declared or 0.0, limits.max_audio_seconds, "max_audio_seconds")
-        chunks, samples = [], 0
-        for frame in container.decode(stream):
-            chunks.append(_mono(frame))
-            samples += len(chunks[-1])
-            _check_seconds(p, samples / rate, limits.max_audio_seconds, "max_audio_seconds")
-    if samples == 0:
-        raise MediaError(p, "no audio frames")
-    slack = _CODEC_FRAMES_SLACK * max(stream.codec_context.frame_size, _MIN_CODEC_FRAME)
-    _check_complete(p, samples, None if declared is None else declared * rate, slack, "samples")
+    chunks, rate = [], 0
+    for mono, rate in _mono_frames(p, limits):
+        chunks.append(mono)
     return np.concatenate(chunks), rate
+
+
+def read_audio_spans(
+    path: str | Path, spans: SpanPicker, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[np.ndarray], int, int]:
+    """Only the samples [start, stop) of each span `spans(samples in the stream, rate)` asks for,
+    as `read_audio` would give them, with the stream's length and rate. The stream is decoded
+    twice: once to count (and check) its samples, once up to the end of the last span, keeping
+    only the spans."""
+    p = _existing(path, limits)
+    total, rate = 0, 0
+    for mono, rate in _mono_frames(p, limits):
+        total += len(mono)
+    ranges = spans(total, rate)
+    kept: list[list[np.ndarray]] = [[] for _ in ranges]
+    at, end = 0, max(stop for _, stop in ranges)
+    for mono, _ in _mono_frames(p, limits):
+        for pieces, (start, stop) in zip(kept, ranges):
+            low, high = max(start, at), min(stop, at + len(mono))
+            if low < high:
+                pieces.append(mono[low - at : high - at])
+        at += len(mono)
+        if at >= end:
+            break
+    return [np.concatenate(pieces) if pieces else np.zeros(0, np.float32) for pieces in kept], total, rate
+
+
+def _mono_frames(path: Path, limits: Limits) -> Iterator[tuple[np.ndarray, int]]:
+    """(float32 mono samples, rate) of each decoded frame, the limits checked as they come; a
+    stream with no samples or fewer than its header declares is refused at its end."""
+    _check_container_end(path)
+    with _decoding(path, "audio"), av.open(str(path)) as container:
+        stream = _first_stream(path, container.streams.audio, "audio")
+        rate = stream.codec_context.sample_rate
+        _check_rate(path, rate)
+        declared = _declared_seconds(stream, container)
+        _check_seconds(path, declared or 0.0, limits.max_audio_seconds, "max_audio_seconds")
+        samples = 0
+        for frame in container.decode(stream):
+            mono = _mono(frame)
+            samples += len(mono)
+            _check_seconds(path, samples / rate, limits.max_audio_seconds, "max_audio_seconds")
+            yield mono, rate
+        if samples == 0:
+            raise MediaError(path, "no audio frames")
+        slack = _CODEC_FRAMES_SLACK * max(stream.codec_context.frame_size, _MIN_CODEC_FRAME)
+        _check_complete(path, samples, None if declared is None else declared * rate, slack, "samples")
 
 
 def write_wav(path: str | Path, wave: np.ndarray, rate: int) -> None:
@@ -161,27 +196,60 @@ def resample(wave: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     rather than as torchaudio's polyphase table, whose size grows with the reduced rates (a
     16000×44100 table for 44101 Hz → 16 kHz); the taps are the same.
     """
-    if src_rate <= 0 or dst_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {src_rate} and {dst_rate}")
     x = np.asarray(wave, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"expected a 1-D waveform, got shape {x.shape}")
-    if src_rate == dst_rate:
-        return x.astype(np.float32)
-    gcd = math.gcd(src_rate, dst_rate)
-    down, up = src_rate // gcd, dst_rate // gcd
+    return resample_span(x, 0, x.size, src_rate, dst_rate, 0, resampled_length(x.size, src_rate, dst_rate))
+
+
+def resampled_length(samples: int, src_rate: int, dst_rate: int) -> int:
+    down, up = _rates(src_rate, dst_rate)
+    return -(-up * samples // down)
+
+
+def source_span(start: int, stop: int, total: int, src_rate: int, dst_rate: int) -> tuple[int, int]:
+    """The input samples [first, last) of a `total`-sample waveform that output samples
+    [start, stop) of `resample` are made from."""
+    down, up = _rates(src_rate, dst_rate)
+    width = _filter_width(down, up)
+    first, last = start * down // up - width, (stop - 1) * down // up + width + 1
+    return (start, stop) if down == up else (max(first, 0), min(last, total))
+
+
+def resample_span(
+    part: np.ndarray, first: int, total: int, src_rate: int, dst_rate: int, start: int, stop: int
+) -> np.ndarray:
+    """Output samples [start, stop) of `resample(whole, src_rate, dst_rate)`, bit for bit, from
+    `part` = whole[first : last] (`source_span`) of a `total`-sample waveform: the same taps
+    over the same samples, zeros only beyond the whole waveform's ends."""
+    down, up = _rates(src_rate, dst_rate)
+    x = np.asarray(part, dtype=np.float64)
+    if down == up:
+        return x[start - first : stop - first].astype(np.float32)
     cutoff = min(down, up) * _ROLLOFF
-    width = math.ceil(_LOWPASS_ZEROS * down / cutoff)
+    width = _filter_width(down, up)
     padded = np.pad(x, width)
     taps = np.arange(-width, width + 1)
-    out = np.empty(-(-up * x.size // down))
-    for start in range(0, out.size, _RESAMPLE_CHUNK):
-        j = np.arange(start, min(start + _RESAMPLE_CHUNK, out.size))[:, None]
+    out = np.empty(stop - start)
+    for begin in range(start, stop, _RESAMPLE_CHUNK):
+        j = np.arange(begin, min(begin + _RESAMPLE_CHUNK, stop))[:, None]
         i = j * down // up + taps  # input samples around output time j / dst_rate
         t = np.clip((i * up - j * down) * (cutoff / (up * down)), -_LOWPASS_ZEROS, _LOWPASS_ZEROS)
         kernel = np.sinc(t) * np.cos(t * np.pi / (2 * _LOWPASS_ZEROS)) ** 2 * (cutoff / down)
-        out[start : start + len(j)] = (padded[i + width] * kernel).sum(axis=1)
+        out[begin - start : begin - start + len(j)] = (padded[i - first + width] * kernel).sum(axis=1)
     return out.astype(np.float32)
+
+
+def _rates(src_rate: int, dst_rate: int) -> tuple[int, int]:
+    """(down, up): the two rates reduced by their common divisor."""
+    if src_rate <= 0 or dst_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {src_rate} and {dst_rate}")
+    gcd = math.gcd(src_rate, dst_rate)
+    return src_rate // gcd, dst_rate // gcd
+
+
+def _filter_width(down: int, up: int) -> int:
+    return math.ceil(_LOWPASS_ZEROS * down / (min(down, up) * _ROLLOFF))
 
 
 def read_video(

@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from runtime.media import resample
+from runtime.media import resample, resampled_length
 
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
@@ -138,25 +138,40 @@ def waveform_to_fbank_clips(
     std: float,
 ) -> np.ndarray:
     """Mono waveform → float32 (clips, 1, num_mel_bins, target_length), as ImageBind's
-    `load_and_transform_audio_data` and `waveform2melspec` compute it.
+    `load_and_transform_audio_data` and `waveform2melspec` compute it: resample the whole waveform
+    to `sample_rate`, cut the clips at `audio_clip_spans`, then `fbank_clips`."""
+    x = resample(wave, rate, sample_rate)
+    if x.size == 0:
+        raise ValueError("empty waveform")
+    spans = audio_clip_spans(len(wave), rate, sample_rate, clips, clip_duration)
+    return fbank_clips([x[start:stop] for start, stop in spans], sample_rate, num_mel_bins, target_length, mean, std)
 
-    Resample the whole waveform to `sample_rate`, cut `clips` clips at `clip_timepoints` (samples
-    int(start * sample_rate) .. int(end * sample_rate), fewer where the audio ends), subtract each
-    clip's mean, take `kaldi_fbank`, transpose to (mel, frames), zero-pad on the right or crop to
-    `target_length` frames (the padding is in the log domain, before normalising, as in the
-    reference), then (x - mean) / std.
+
+def audio_clip_spans(samples: int, rate: int, sample_rate: int, clips: int, clip_duration: float) -> list[tuple[int, int]]:
+    """Each clip's samples [start, stop) in a `samples`-long waveform at `rate` once resampled to
+    `sample_rate`: int(start * sample_rate) .. int(end * sample_rate) of `clip_timepoints`, fewer
+    where the audio ends."""
+    length = resampled_length(samples, rate, sample_rate)
+    times = clip_timepoints(length / sample_rate, clip_duration, clips)
+    return [(int(start * sample_rate), min(int(end * sample_rate), length)) for start, end in times]
+
+
+def fbank_clips(
+    clips: list[np.ndarray], sample_rate: int, num_mel_bins: int, target_length: int, mean: float, std: float
+) -> np.ndarray:
+    """Clips at `sample_rate` → float32 (clips, 1, num_mel_bins, target_length).
+
+    Subtract each clip's mean, take `kaldi_fbank`, transpose to (mel, frames), zero-pad on the
+    right or crop to `target_length` frames (the padding is in the log domain, before normalising,
+    as in the reference), then (x - mean) / std.
 
     The reference subtracts the mean in place on a view of the shared waveform, so where clips
     overlap (audio shorter than clips × clip_duration) a later clip sees samples an earlier clip
     already shifted. We subtract from a copy; the difference is a constant step that the per-frame
     DC removal cancels except in the frames straddling it.
     """
-    x = resample(wave, rate, sample_rate)
-    if x.size == 0:
-        raise ValueError("empty waveform")
     mels = []
-    for start, end in clip_timepoints(x.size / sample_rate, clip_duration, clips):
-        clip = x[int(start * sample_rate) : int(end * sample_rate)]
+    for clip in clips:
         fbank = kaldi_fbank(clip - clip.mean(), sample_rate, num_mel_bins).T[:, :target_length]
         fbank = np.pad(fbank, ((0, 0), (0, target_length - fbank.shape[1])))
         mels.append((fbank - np.float32(mean)) / np.float32(std))

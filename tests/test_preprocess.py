@@ -6,9 +6,12 @@ from fractions import Fraction
 import kaldi_native_fbank as knf
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
+from runtime import media
 from runtime import preprocess as pp
+from runtime.inputs import prepare_inputs
 from train.presets import get_preset
 
 RATE = 16000
@@ -197,3 +200,21 @@ def test_short_audio_repeats_the_same_clip(imagebind):
     np.testing.assert_allclose(out[..., frames:], -audio["mean"] / audio["std"], rtol=1e-6)
     with pytest.raises(ValueError):
         _audio_clips(np.zeros(0, np.float32), RATE, audio)
+
+
+@pytest.mark.parametrize("rate,seconds", [(44100, 0.7), (22050, 3.0), (16000, 12.5), (8000, 30.0), (48000, 20.0)])
+def test_audio_input_keeps_only_its_clips_and_equals_the_whole_waveform_path(tmp_path, imagebind, rate, seconds):
+    """prepare_inputs decodes only the samples the clips are made from, and gives bit for bit what
+    resampling the whole waveform and cutting it gives."""
+    rng = np.random.default_rng(1)
+    wave = (0.4 * _tone(523.0, seconds, rate) + 0.05 * rng.standard_normal(int(rate * seconds))).astype(np.float32)
+    soundfile.write(tmp_path / "a.flac", wave, rate)
+    audio = imagebind["audio"]
+    whole, got_rate = media.read_audio(tmp_path / "a.flac")
+    keys = ("sample_rate", "clips", "clip_duration", "num_mel_bins", "target_length", "mean", "std")
+    expected = pp.waveform_to_fbank_clips(whole, got_rate, *(audio[k] for k in keys))
+    np.testing.assert_array_equal(prepare_inputs(imagebind, {"audio": tmp_path / "a.flac"})["audio"][0], expected)
+    spans = lambda total, r: [(0, 10), (total - 5, total)]  # noqa: E731
+    parts, total, got = media.read_audio_spans(tmp_path / "a.flac", spans)
+    assert (total, got) == (len(whole), rate) and [len(p) for p in parts] == [10, 5]
+    np.testing.assert_array_equal(np.concatenate(parts), np.concatenate([whole[:10], whole[-5:]]))

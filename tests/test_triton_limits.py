@@ -56,6 +56,7 @@ def files(tmp_path_factory):
     frames = np.zeros((25, 32, 32, 3), np.uint8)
     frames[:, 8:24, 8:24] = np.arange(25)[:, None, None, None] * 10
     media.write_video(d / "many.gif", frames, 8.0)
+    media.write_video(d / "slow.gif", frames[:12], 1.0)  # 12 s
     ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "32x32"]
     subprocess.run([*ffmpeg, "-r", "8", "-i", "-", "-c:v", "libvpx-vp9", str(d / "clip.webm")], input=frames[:16].tobytes(), check=True)
     return d
@@ -64,7 +65,8 @@ def files(tmp_path_factory):
 def _refused(client, req, message: str, stream: bool = False) -> None:
     with pytest.raises(InferenceServerException) as refused:
         client.stream(req) if stream else client.infer(req)
-    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value
+    # A gRPC stream carries a response's error as its message alone, without a status code.
+    assert stream or refused.value.status() == "StatusCode.INVALID_ARGUMENT", refused.value
     assert message in refused.value.message()
 
 
@@ -81,6 +83,7 @@ CASES = [
     (lambda d: Request("x", {"image": d / "heavy.png"}), "heavy.png: 200001 bytes exceeds the limit max_file_bytes=200000"),
     (lambda d: Request("x", {"audio": d / "long.flac"}), "long.flac: 5.0 s exceeds the limit max_audio_seconds=4"),
     (lambda d: Request("x", {"video": d / "many.gif"}), "many.gif: more than 24 frames exceeds the limit max_video_frames"),
+    (lambda d: Request("x", {"video": d / "slow.gif"}), "slow.gif: 11.0 s exceeds the limit max_video_seconds=10"),
 ]
 
 
@@ -111,6 +114,21 @@ def test_a_file_name_over_255_bytes_is_invalid_argument(client, files):
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "file name of 256 bytes exceeds the limit of 255 bytes" in refused.value.message()
     assert client.infer(Request("hi", max_new_tokens=4)).token_ids
+
+
+def test_the_llm_step_called_on_its_own_checks_the_request_too(client):
+    import tritonclient.grpc as grpcclient
+
+    values = {"PROMPT": (np.array([b"hi"], dtype=object), "BYTES"), "MAX_NEW_TOKENS": (np.array([17], np.int64), "INT64"),
+              "MEDIA_TOKEN": (np.zeros((0, 64), np.float32), "FP32")}
+    inputs = []
+    for name, (value, dtype) in values.items():
+        inputs.append(grpcclient.InferInput(name, list(value.shape), dtype))
+        inputs[-1].set_data_from_numpy(value)
+    with pytest.raises(InferenceServerException) as refused:
+        client.client.infer("llm", inputs)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "max_new_tokens 17 exceeds the limit max_new_tokens=16" in refused.value.message()
 
 
 def test_at_the_limits_requests_are_served(client, files):

@@ -235,6 +235,7 @@ class PipelineModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         self.params, self.empty = model_parameters(args), empty_outputs(args)
+        self.limits = Limits.from_json(self.params["limits"])  # each step that takes the request checks it
         self.deadline_s = float(self.params["deadline_s"])
         self.setup()
 

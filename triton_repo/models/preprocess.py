@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from runtime.inputs import prepare_inputs
-from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.stop import ShouldStop
 from triton_repo.protocol import Getter, clips_name, decode_request
@@ -18,7 +17,6 @@ from triton_repo.served import PipelineModel, request_files
 class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.imagebind = read_manifest(Path(self.params["engines"])).config["imagebind"]
-        self.limits = Limits.from_json(self.params["limits"])
 
     def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         decode_request(get).check(self.limits)  # before any file is written
