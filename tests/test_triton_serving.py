@@ -28,8 +28,9 @@ from triton_repo.serve import TritonServer
 SEED = 4
 DEADLINE_S = 60.0
 QUEUE = 2
-# A request that runs for many seconds here (the tiny ZeroScope UNet takes tens of ms a step).
-LONG = Request("generate a video of a blue dot moving right", output="video", steps=150)
+# A request that runs for many seconds, here tens (the tiny ZeroScope UNet takes tens of ms a step),
+# within the default limit on steps.
+LONG = Request("generate a video of a blue dot moving right", output="video", steps=600)
 SHORT = Request("show me a red circle", output="image", steps=5)
 
 
