@@ -93,7 +93,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['perf_analyzer_version']}, gRPC, concurrency mode, {result['requests']} requests per "
         "measurement window; beside it, benchmarks/results/triton_load.json (the Python closed loop, measured at "
-        "another time on the same kind of machine).",
+        "another time, on the machine that file names).",
         "",
         "| route | concurrency | perf_analyzer req/s | p50 ms | p95 ms | p99 ms | triton_load.py req/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
