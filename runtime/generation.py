@@ -23,6 +23,7 @@ from runtime.backends import Engine, Engines
 from runtime.manifest import Build
 from runtime.prompt import PromptIds, build_prompt, check_fits
 from runtime.signals import SignalVocab
+from runtime.stop import ShouldStop, check
 
 LLM_INPUTS = ("input_ids", "media_token", "media_position", "past_keys", "past_values")
 LLM_OUTPUTS = ("logits", "hidden", "present_keys", "present_values")
@@ -265,18 +266,21 @@ class LlmGenerator:
         seed: int = 0,
         required: Sequence[str] = (),
         on_text: Callable[[str], None] | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> Generation:
         """Generate as the reference does; `media_token` is the (1, H) summed input token, if any.
 
         Stops, as HF generate with the reference's criteria, after the token that reaches
         `max_new_tokens`, that is the EOS id (kept in `ids`, as HF returns it), or that makes the
         visible text contain the stop marker (dropped again with the reference's trimming loop).
+        `should_stop` is asked before every engine call; a reason it names raises `runtime.stop.Stopped`.
         """
         max_new, temperature, top_p = self._settings(max_new_tokens, temperature, top_p)
         self._check(prompt, media_token, max_new, required)
         rng = torch.Generator().manual_seed(seed)
         stream = TextStream(on_text, self.stop)
         token_in = None if media_token is None else np.asarray(media_token, np.float32)
+        check(should_stop)
         logits, _, cache = self.prefill(prompt.ids, token_in, prompt.media_position)
         ids: list[int] = []
         hidden: list[np.ndarray] = []  # hidden[i] is the state of ids[i], produced when ids[i] is fed
@@ -286,6 +290,7 @@ class LlmGenerator:
             if ids[-1] == self.tokenizer.eos_id or self.stop in text or len(ids) == max_new:
                 break
             stream.update(text)
+            check(should_stop)
             logits, h, cache = self.decode_one_token(ids[-1], cache)
             hidden.append(h[0])
         # The stop marker first shows with the last token, so this drops at most that unfed token:

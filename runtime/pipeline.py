@@ -19,6 +19,7 @@ from runtime.inputs import prepare_inputs
 from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.request import OUTPUT_MODALITIES, Request, Response
+from runtime.stop import ShouldStop, check
 
 ENCODERS = {"image": "imagebind_vision", "video": "imagebind_vision", "audio": "imagebind_audio"}
 TextCallback = Callable[[str], None]
@@ -64,10 +65,17 @@ class Any2AnyPipeline:
         return self.engines[f"projector_{modality}"].run({"hidden": hidden.astype(np.float32)})["embeds"]
 
     def __call__(
-        self, req: Request, on_text: TextCallback | None = None, on_step: StepCallback | None = None
+        self,
+        req: Request,
+        on_text: TextCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> Response:
+        """`should_stop` is asked between the stages and at every token and denoising step; a
+        reason it names raises `runtime.stop.Stopped`."""
         req.check(self.limits)
         inputs = prepare_inputs(self.config["imagebind"], req.files, limits=self.limits)
+        check(should_stop)
         prompt = self.llm.build_prompt(req.prompt, bool(inputs))
         gen = self.llm.generate(
             prompt,
@@ -78,11 +86,12 @@ class Any2AnyPipeline:
             seed=req.seed,
             required=[req.output] if req.output else [],
             on_text=on_text,
+            should_stop=should_stop,
         )
         media = {}
         for modality, hidden in gen.signal_hidden.items():
             report = None if on_step is None else (lambda done, total, m=modality: on_step(m, done, total))
             media[modality] = self.decoders[modality].generate(
-                self.project(modality, hidden), req.seed, req.steps, req.guidance, report
+                self.project(modality, hidden), req.seed, req.steps, req.guidance, report, should_stop
             )
         return Response(gen.text, gen.ids, media)

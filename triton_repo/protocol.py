@@ -124,6 +124,10 @@ def decode_request(get: Getter, files: dict[str, Path | None] | None = None) -> 
     return Request(files=files or {}, **fields)
 
 
+def has_files(get: Getter) -> bool:
+    return any(get(t.name) is not None for t in FILES)
+
+
 def save_files(get: Getter, folder: Path, limits: Limits) -> dict[str, Path | None]:
     """Each input file written to `folder` under its own name, as the runtime reads files from disk;
     its name and size are checked against `limits` before anything is written."""
