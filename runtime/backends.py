@@ -259,7 +259,7 @@ class TrtEngine:
             raise RuntimeError(f"{self.name}: TensorRT execute_async_v3 failed")
 
     def _upload(self, name: str, value: Any) -> None:
-        if isinstance(value, DeviceTensor) and value.owner is self and value.current:
+        if isinstance(value, DeviceTensor) and value.current and value.data.data_ptr() == self.buffers[name].data_ptr():
             return  # the cache this engine wrote on its last call, already in this input's buffer
         host = self.torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
         self._view(name, tuple(host.shape)).copy_(host, non_blocking=True)
@@ -374,6 +374,8 @@ class Engines:
         entry = self.build.component(name)
         if self.backend == "onnxruntime":
             # the CPU provider runs the CPU-fused file, the GPU providers the portable one
+            if "provider_files" not in entry:
+                raise BackendUnavailable(f"{self.build.root}: {name} predates per-provider files; rebuild it with export/build_engines.py")
             path = self.build.path(entry["provider_files"][self.device])
             cache = self.build.root / ORT_TRT_CACHE if self.device == "tensorrt" else None
             return OrtEngine(path, self.io(name), self.device, self.threads, precision=self.precision, cache_dir=cache)
