@@ -98,17 +98,14 @@ def onnx_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-class CastIO(nn.Module):
-    """A module computing in `dtype` behind float32 inputs and outputs: the manifest's IO stays float32
-    while the ONNX carries the precision."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.module, self.dtype = copy.deepcopy(module).to(dtype), dtype
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.module(*(a.to(self.dtype) if a.is_floating_point() else a for a in args))
-        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+def computing_in(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `module` computing in `dtype` behind float32 inputs and outputs: the manifest's IO
+    stays float32 while the ONNX carries the precision. Hooks cast, so the signature (which the
+    exporter's dynamic shapes follow) stays the module's own."""
+    inner = copy.deepcopy(module).to(dtype)
+    inner.register_forward_pre_hook(lambda _, args: tuple(a.to(dtype) if a.is_floating_point() else a for a in args))
+    inner.register_forward_hook(lambda _, __, out: tuple(o.float() for o in out) if isinstance(out, tuple) else out.float())
+    return inner
 
 
 @torch.no_grad()
@@ -173,7 +170,7 @@ def check_portable(model: onnx.ModelProto, where: str) -> None:
 def export_portable(spec: ComponentSpec, module: nn.Module, path: Path, precision: str = "fp32") -> Path:
     """Standard ops only, constants folded: what TensorRT, the GPU providers and polygraphy read."""
     if precision != "fp32":
-        module = CastIO(module, COMPUTE_DTYPES[precision])
+        module = computing_in(module, COMPUTE_DTYPES[precision])
     export_onnx(spec, module, path, fused_attention=False)
     external = onnx_bytes(path) > EXTERNAL_DATA_BYTES
     with _quiet_graph_tools():

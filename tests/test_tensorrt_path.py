@@ -3,21 +3,26 @@
 What needs TensorRT and a GPU (plans, CUDA graphs, the device-resident cache) is in
 tests/test_tensorrt_gpu.py, skipped here with the reason.
 """
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.onnx_export import TENSORRT_OPSETS
+from benchmarks.machine import backend_engines, open_pipeline, thread_budget
+from export.build_engines import verify
+from export.onnx_export import TENSORRT_OPSETS, export_portable, non_standard_ops
 from export.specs import component_specs
-from runtime.backends import OrtEngine, check_feeds, ort_providers
+from runtime.backends import BackendUnavailable, OrtEngine, check_feeds, ort_providers
 from runtime.generation import LlmGenerator, Tokenizer
 from runtime.manifest import read_manifest
 from runtime.prompt import PromptIds
+from train.components import build_component
 
 OPERATORS = Path(__file__).parent / "data" / "onnx_tensorrt_10.1_operators.md"
 
@@ -144,3 +149,45 @@ def test_llm_profile_covers_every_request_the_runtime_accepts(llm_under_test, da
     generation = generator.generate(PromptIds(ids, None), max_new_tokens=max_new, temperature=0.0, required=required)
     assert engine.calls[0] == (prompt_len, 0)
     assert len(generation.ids) >= min(max_new, 1)
+
+
+def test_benchmark_labels_reach_their_backend_and_device(tiny_build):
+    build = read_manifest(tiny_build[0])
+    labels = ["torch-cuda", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
+    engines, unavailable = backend_engines(build, labels, threads=1)
+    if engines:
+        pytest.skip(f"a GPU runs {sorted(engines)} here: the refusals do not apply")
+    assert sorted(unavailable) == sorted(labels)
+    for label in labels:  # a label is a backend and a device, never passed on as a backend name
+        with pytest.raises(BackendUnavailable, match="CUDA GPU|TensorRT|CUDAExecutionProvider|TensorrtExecutionProvider"):
+            open_pipeline(tiny_build[0], label, threads=1)
+
+
+def test_every_cpu_backend_gets_one_thread_budget():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert thread_budget(0) == os.cpu_count() == torch.get_num_threads()
+        assert thread_budget(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("name", "precision"), [("projector_image", "fp16"), ("projector_image", "bf16"), ("sd_unet", "fp16")])
+def test_reduced_precision_lives_in_the_portable_onnx(tiny_model, tmp_path, name, precision):
+    """What a strongly typed TensorRT network takes its precision from: weights in that type, float32
+    IO, standard ops only; fp16 runs on ONNX Runtime's CPU provider within the build's fp16 tolerance."""
+    spec = component_specs(tiny_model.config)[name]
+    module = build_component(tiny_model, name)
+    path = export_portable(spec, module, tmp_path / "model.onnx", precision)
+    model = onnx.load(str(path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    weighted = [n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and n.input[1] in initializers]
+    types = {onnx.TensorProto.DataType.Name(initializers[w].data_type) for w in weighted}
+    assert weighted and types == {"FLOAT16" if precision == "fp16" else "BFLOAT16"}, types
+    assert {onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]} <= {"FLOAT", "INT64"}
+    assert not non_standard_ops(model)
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # the checkpoint's module is left as it was
+    if precision == "fp16":  # raises, naming the output, beyond atol = rtol = TOLERANCE["fp16"]
+        verify(spec, module, OrtEngine(path, {"name": name, **spec.to_json()}), precision)
