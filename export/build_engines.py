@@ -5,8 +5,8 @@
 
 Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers) and, for
 onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one into a
-plan. Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`. A component whose checkpoint parts,
-spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
+plan. Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
+A component whose checkpoint parts, spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
 a failed build leaves the previous engines and manifest exactly as they were.
 """
 from __future__ import annotations
