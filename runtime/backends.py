@@ -32,8 +32,12 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], where: str) -> None:
-    """Names, ranks, fixed sizes and dtypes as the manifest declares them; a clear error otherwise."""
+def check_feeds(
+    feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], dims: dict[str, list[int]], where: str
+) -> None:
+    """Names, ranks, fixed sizes and dtypes as the manifest declares them, and every dynamic axis
+    within the (min, opt, max) range `dims` gives it (what the engine was built and verified
+    for; a TensorRT profile refuses anything else); a clear error otherwise."""
     missing = [t["name"] for t in inputs if t["name"] not in feeds]
     if missing:
         raise ValueError(f"{where}: missing input {missing[0]!r}")
@@ -45,6 +49,10 @@ def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], wher
         if value.ndim != len(fixed) or any(f is not None and f != s for f, s in zip(fixed, value.shape)):
             shown = tuple(d if isinstance(d, int) else str(d) for d in t["shape"])
             raise ValueError(f"{where}: input {t['name']!r} has shape {value.shape}, expected {shown}")
+        for axis, size in zip(t["shape"], value.shape):
+            if isinstance(axis, str) and not dims[axis][0] <= size <= dims[axis][-1]:
+                low, high = dims[axis][0], dims[axis][-1]
+                raise ValueError(f"{where}: input {t['name']!r} axis {axis!r} is {size}, outside the engine's range {low}..{high}")
 
 
 def _profile_option(io: dict[str, Any], point: str) -> str:
@@ -120,7 +128,7 @@ class OrtEngine:
         return Path(self.session.end_profiling())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         outputs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
         return dict(zip(self.output_names, outputs))
 
@@ -279,7 +287,7 @@ class TrtEngine:
             self.graph, self.graph_key = graph, key
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        check_feeds(feeds, self.io["inputs"], self.name)
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
         shapes = {n: tuple(feeds[n].shape) for n in self.input_names}
         if shapes != self.shapes:
             self.shapes = {}  # unknown until every input is set: a refusal half way leaves the context mixed
@@ -320,7 +328,7 @@ class TorchEngine:
         self.output_names = [t["name"] for t in io["outputs"]]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         args = [self.torch.from_numpy(np.asarray(feeds[n])).to(self.device) for n in self.input_names]
         with self.torch.no_grad(), (self.autocast or contextlib.nullcontext()):
             out = self.module(*args)

@@ -9,6 +9,7 @@ the answer go through the LLM once. Batch size is 1 throughout.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,13 +173,15 @@ class TextStream:
 class LlmGenerator:
     """The `llm` engine as a generator, configured by the build's config (sizes, defaults, template, tokens)."""
 
-    def __init__(self, engine: Engine, config: dict[str, Any], tokenizer: Tokenizer) -> None:
+    def __init__(self, engine: Engine, config: dict[str, Any], tokenizer: Tokenizer, context: int | None = None) -> None:
+        """`context`: the tokens the engine holds, when fewer than the model's context."""
         if tuple(engine.input_names) != LLM_INPUTS or tuple(engine.output_names) != LLM_OUTPUTS:
             raise ValueError(
                 f"llm engine has inputs {engine.input_names} and outputs {engine.output_names}; "
                 f"this runtime drives {list(LLM_INPUTS)} -> {list(LLM_OUTPUTS)}"
             )
         self.engine, self.config, self.tokenizer = engine, config, tokenizer
+        self.context = min(config["llm"]["max_position_embeddings"], context or math.inf)
         self.vocab = SignalVocab({m: list(ids) for m, ids in config["tokens"]["signal_ids"].items()})
         self.stop = config["prompt"]["stop"]
         llm = config["llm"]
@@ -188,8 +191,10 @@ class LlmGenerator:
 
     @classmethod
     def from_engines(cls, engines: Engines) -> LlmGenerator:
-        """From a `runtime.backends.Engines` set: its llm engine, its build's config and tokenizer."""
-        return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build))
+        """From a `runtime.backends.Engines` set: its llm engine, its build's config and tokenizer;
+        the context is what the engine's cache range holds (a prompt, then one token per step)."""
+        past = engines.build.component("llm")["dims"]["past"][-1]
+        return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build), past + 1)
 
     def build_prompt(self, text: str, has_media: bool) -> PromptIds:
         """The template around `text`, tokenised as the reference does (the unk id holds the media slot)."""
@@ -247,7 +252,7 @@ class LlmGenerator:
         if (media_token is None) != (prompt.media_position is None):
             raise ValueError("a media token needs a prompt with a media slot, and a media slot needs a token")
         reserved = max_new + sum(len(run) for run in self.vocab.runs.values())
-        check_fits(len(prompt.ids), reserved, self.config["llm"]["max_position_embeddings"])
+        check_fits(len(prompt.ids), reserved, self.context)
 
     def generate(
         self,

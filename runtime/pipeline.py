@@ -16,6 +16,7 @@ from runtime.backends import Engines
 from runtime.diffusion import Decoder
 from runtime.generation import LlmGenerator
 from runtime.inputs import prepare_inputs
+from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.request import OUTPUT_MODALITIES, Request, Response
 
@@ -32,10 +33,13 @@ class Any2AnyPipeline:
         device: str = "cpu",
         threads: int = 0,
         wrap: Callable[[Engines], Engines] | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        """`wrap` lets a caller interpose on every engine call (timing, remote execution)."""
+        """`wrap` lets a caller interpose on every engine call (timing, remote execution);
+        `limits` default to the build's (`Limits.for_build`)."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
+        self.limits = limits or Limits.for_build(self.build)
         engines = Engines(self.build, backend, device, threads)
         self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)
@@ -62,8 +66,8 @@ class Any2AnyPipeline:
     def __call__(
         self, req: Request, on_text: TextCallback | None = None, on_step: StepCallback | None = None
     ) -> Response:
-        req.check()
-        inputs = prepare_inputs(self.config["imagebind"], req.files)
+        req.check(self.limits)
+        inputs = prepare_inputs(self.config["imagebind"], req.files, limits=self.limits)
         prompt = self.llm.build_prompt(req.prompt, bool(inputs))
         gen = self.llm.generate(
             prompt,

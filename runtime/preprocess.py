@@ -80,19 +80,23 @@ def clip_frame_indices(
 def video_to_clips(
     frames: np.ndarray, fps: float, image_size: int, clips: int, frames_per_clip: int, clip_duration: float
 ) -> np.ndarray:
-    """uint8 T×H×W×3 frames → float32 (clips, 3, frames_per_clip, S, S).
+    """uint8 T×H×W×3 frames → float32 (clips, 3, frames_per_clip, S, S): the frames that
+    `clip_frame_indices` picks, through `picked_to_clips`."""
+    index = clip_frame_indices(len(frames), fps, clips, frames_per_clip, clip_duration)
+    return picked_to_clips(frames[index], image_size)
 
-    Frames are picked by `clip_frame_indices`, then each goes through `image_to_tensor`. Two
-    departures from the reference: it scales with pytorchvideo's ShortSideScale (bilinear, no
+
+def picked_to_clips(picked: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 (clips, frames_per_clip, H, W, 3), the frames `clip_frame_indices` picked, → float32
+    (clips, 3, frames_per_clip, S, S), each frame through `image_to_tensor`.
+
+    Two departures from the reference: it scales with pytorchvideo's ShortSideScale (bilinear, no
     antialiasing) and takes three spatial crops (left/centre/right, SpatialCrop) per clip; we resize
     as images are (bicubic, antialiased) and take the centre crop only, so a video gives `clips`
     clips, not 3 × `clips`.
     """
-    index = clip_frame_indices(len(frames), fps, clips, frames_per_clip, clip_duration)
-    unique, inverse = np.unique(index, return_inverse=True)  # short videos reuse frames: resize once
-    tensors = np.stack([image_to_tensor(frames[i], image_size) for i in unique])
-    picked = tensors[inverse.reshape(index.shape)]  # (clips, frames_per_clip, 3, S, S)
-    return np.ascontiguousarray(picked.transpose(0, 2, 1, 3, 4))
+    tensors = np.stack([[image_to_tensor(frame, image_size) for frame in clip] for clip in picked])
+    return np.ascontiguousarray(tensors.transpose(0, 2, 1, 3, 4))
 
 
 def kaldi_fbank(wave: np.ndarray, sample_rate: int, num_mel_bins: int) -> np.ndarray:

@@ -110,7 +110,7 @@ class ProfileCheckingLlm:
         self.input_names, self.output_names = spec.input_names, spec.output_names
 
     def run(self, feeds):
-        check_feeds(feeds, self.entry["inputs"], "llm")
+        check_feeds(feeds, self.entry["inputs"], self.entry["dims"], "llm")
         for name, shapes in self.profile.items():
             shape = feeds[name].shape
             assert all(lo <= s <= hi for s, lo, hi in zip(shape, shapes["min"], shapes["max"])), (name, shape)

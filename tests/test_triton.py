@@ -129,7 +129,7 @@ def _webm(d):
     "make_request, message",
     [
         (lambda d: Request("x", _corrupt_png(d)), "corrupt.png: cannot decode image"),
-        (lambda d: Request("x", _webm(d)), "clip.webm: unsupported extension"),
+        (lambda d: Request("x", _webm(d)), "clip.webm: cannot decode video"),
         (lambda d: Request(""), "empty prompt"),
         (lambda d: Request("word " * 600), "prompt too long"),
         (lambda d: Request("x", steps=0), "--steps must be at least 1"),

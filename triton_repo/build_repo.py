@@ -2,7 +2,7 @@
 
     python triton_repo/build_repo.py --engines engines/tiny --out triton_models \
         [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls auto|all|unets|none] [--threads 0] \
-        [--device cpu|cuda] [--native]
+        [--device cpu|cuda] [--native] [--limits NAME=VALUE,...]
 
 Models (every config is generated from the manifest's IO and `triton_repo/protocol.py`; the
 models read the build in place, by its absolute path):
@@ -28,6 +28,8 @@ request calls an engine once per denoising step; `none` has the least latency an
 across requests. `auto` (the default) is `all` where the engines run on a GPU, where shared
 batches raise throughput, and `none` on CPU, where the cores are busy either way and measured
 `none` gave both the lower latency and the higher throughput (benchmarks/results/triton_load*.md).
+`--limits` replaces any of the build's request limits (runtime/limits.py); the pipeline models
+refuse what exceeds them, and repo.json records the values in force.
 The repository is written beside OUT and moved in whole; OUT is only ever replaced if it is a
 repository this script wrote.
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.inputs import INPUT_MODALITIES
+from runtime.limits import Limits
 from runtime.manifest import Build, read_manifest
 from runtime.pipeline import ENCODERS
 from runtime.request import OUTPUT_MODALITIES
@@ -143,9 +146,10 @@ class RepoWriter:
     own, `bls` those of them the pipeline models call (`bls`: a policy of `BLS`)."""
 
     def __init__(
-        self, build: Build, root: Path, instances: dict[str, int], delay_us: int, bls: str, threads: int, device: str
+        self, build: Build, root: Path, instances: dict[str, int], delay_us: int, bls: str, threads: int, device: str,
+        limits: Limits,
     ) -> None:
-        self.build, self.root, self.instances, self.delay_us = build, root, instances, delay_us
+        self.build, self.root, self.instances, self.delay_us, self.limits = build, root, instances, delay_us, limits
         backend = {c["backend"] for c in build.components.values()}.pop()  # one backend per build (runtime.backends.Engines)
         self.runtime = {"engines": str(build.root.resolve()), "backend": backend, "device": device, "threads": str(threads)}
         self.served = [n for n, c in build.components.items() if batchable(c)]
@@ -197,7 +201,7 @@ class RepoWriter:
         encoders, everything = set(ENCODERS.values()), set(self.build.components)
         runs = {"preprocess": set(), "encode": encoders, "llm": {"llm"}, "media": everything - encoders - {"llm"}, STREAM: everything}
         local = sorted(runs[role] - set(self.bls))
-        return parameters(**self.runtime, bls=",".join(self.bls), preload=",".join(local))
+        return parameters(**self.runtime, bls=",".join(self.bls), preload=",".join(local), limits=self.limits.to_json())
 
     def pipeline(self) -> None:
         steps = step_io(self.build)
@@ -249,25 +253,28 @@ def build_repo(
     threads: int = 0,
     device: str = "cpu",
     native: bool = False,
+    limits: str | None = None,
 ) -> list[str]:
-    """Write the repository; returns its model names."""
+    """Write the repository; returns its model names. `limits`: NAME=VALUE,... replacing the
+    build's limits (`runtime.limits.Limits.for_build`)."""
     build = read_manifest(Path(engines))
     build.verify_files()
     policy = resolve_bls(bls, build, device)
+    checked = Limits.for_build(build).override(limits)
     out = Path(out)
     if out.exists() and not (out / MARKER).is_file():
         raise ValueError(f"{out} exists and was not written by build_repo.py; not replacing it")
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    writer = RepoWriter(build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, device)
+    writer = RepoWriter(build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, device, checked)
     for name in writer.served:
         (writer.native_engine if native else writer.engine)(name)
     writer.pipeline()
     models = sorted(p.name for p in staging.iterdir())
     record = {
         "engines": writer.runtime["engines"], "models": models, "batched": writer.served,
-        "bls_policy": policy, "bls": writer.bls, "native": native,
+        "bls_policy": policy, "bls": writer.bls, "native": native, "limits": json.loads(checked.to_json()),
     }
     (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -291,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per engine (0: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
     p.add_argument("--native", action="store_true", help="engine models as onnxruntime/tensorrt configs for NVIDIA's container")
+    p.add_argument("--limits", help="NAME=VALUE,... replacing the build's limits (runtime/limits.py), e.g. max_steps=100")
     args = p.parse_args(argv)
     try:
         models = build_repo(
-            args.engines, args.out, parse_instances(args.instances), args.max_queue_delay_us, args.bls, args.threads, args.device, args.native
+            args.engines, args.out, parse_instances(args.instances), args.max_queue_delay_us, args.bls, args.threads,
+            args.device, args.native, args.limits,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

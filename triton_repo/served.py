@@ -25,6 +25,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from runtime.backends import Engine, Engines, check_feeds
+from runtime.limits import Limits
 from triton_repo.protocol import Getter, save_files
 
 if TYPE_CHECKING:
@@ -68,13 +69,14 @@ def error_response(error: Exception) -> Any:
 
 
 @contextmanager
-def request_files(get: Getter) -> Iterator[dict[str, Path | None]]:
-    """The request's input files saved where the runtime can read them, for the duration.
+def request_files(get: Getter, limits: Limits) -> Iterator[dict[str, Path | None]]:
+    """The request's input files saved where the runtime can read them, for the duration; each
+    file's name and size are checked against `limits` before any is written.
 
     An error that names a saved file names it as the client sent it, without the temporary folder.
     """
     with tempfile.TemporaryDirectory(prefix="any2any-") as folder:
-        files = save_files(get, Path(folder))
+        files = save_files(get, Path(folder), limits)
         try:
             yield files
         except ValueError as e:
@@ -99,7 +101,7 @@ class BlsEngine:
         self.scalar = {t["name"] for t in io["inputs"] + io["outputs"] if len(t["shape"]) == 1}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.name)
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
         inputs = [pb_utils.Tensor(n, feeds[n].reshape(-1, 1) if n in self.scalar else feeds[n]) for n in self.input_names]
         response = pb_utils.InferenceRequest(
             model_name=self.name, inputs=inputs, requested_output_names=self.output_names
@@ -153,7 +155,7 @@ def pipeline_from_parameters(params: dict[str, str]) -> Any2AnyPipeline:
     served = set(filter(None, params["bls"].split(",")))
     pipeline = Any2AnyPipeline(
         Path(params["engines"]), params["backend"], params["device"], int(params["threads"]),
-        wrap=lambda engines: ServedEngines(engines, served),
+        wrap=lambda engines: ServedEngines(engines, served), limits=Limits.from_json(params["limits"]),
     )
     for name in filter(None, params["preload"].split(",")):
         pipeline.engines[name].load()
@@ -169,6 +171,7 @@ class PipelineModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         self.params, self.empty = model_parameters(args), empty_outputs(args)
+        self.limits = Limits.from_json(self.params["limits"])  # each step that takes the request checks it
         self.setup()
 
     def setup(self) -> None:

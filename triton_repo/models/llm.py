@@ -14,6 +14,7 @@ class TritonPythonModel(PipelineModel):
 
     def answer(self, get: Getter) -> dict[str, np.ndarray]:
         req = decode_request(get)
+        req.check(self.limits)  # also when called on its own, not through the ensemble
         token = get(MEDIA_TOKEN)
         token = token if token is not None and token.size else None
         gen = self.llm.generate(

@@ -16,6 +16,7 @@ class TritonPythonModel(PipelineModel):
 
     def answer(self, get: Getter) -> dict[str, np.ndarray]:
         req = decode_request(get)
+        req.check(self.limits)  # also when called on its own, not through the ensemble
         out = {}
         for modality in OUTPUT_MODALITIES:
             hidden = get(hidden_name(modality))

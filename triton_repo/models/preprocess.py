@@ -1,5 +1,6 @@
 """Ensemble step 1: the request's files -> ImageBind-ready clips (runtime.inputs), one tensor per
-input modality. The request's values are checked here, before any other step works on it."""
+input modality. The request's values are checked here against the repository's limits, before
+any other step works on it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ class TritonPythonModel(PipelineModel):
         self.imagebind = read_manifest(Path(self.params["engines"])).config["imagebind"]
 
     def answer(self, get: Getter) -> dict[str, np.ndarray]:
-        with request_files(get) as files:
-            decode_request(get, files).check()
-            inputs = prepare_inputs(self.imagebind, files)
+        decode_request(get).check(self.limits)  # before any file is written
+        with request_files(get, self.limits) as files:
+            inputs = prepare_inputs(self.imagebind, files, limits=self.limits)
         return {clips_name(m): clips for m, clips in inputs.items()}

@@ -36,7 +36,8 @@ class TritonPythonModel:
 
             get = getter(request)
             try:
-                with request_files(get) as files:
+                decode_request(get).check(self.pipeline.limits)  # before any file is written
+                with request_files(get, self.pipeline.limits) as files:
                     resp = self.pipeline(decode_request(get, files), on_text=send_text, on_step=send_step)
                 final = answer({**self.empty, **encode_answer(resp.text, resp.token_ids, resp.media)})
             except Exception as e:  # noqa: BLE001 - every failure is answered, the instance lives on
