@@ -106,7 +106,8 @@ def read_checked(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def load_module_part(module: nn.Module, path: Path) -> None:
-    module.load_state_dict(read_checked(path, module.state_dict()))
+    """Assigned, not copied: the module may be on the meta device, and the tensors stay mmap'd."""
+    module.load_state_dict(read_checked(path, module.state_dict()), assign=True)
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path) -> None:

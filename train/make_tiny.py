@@ -1,10 +1,11 @@
 """Create the embedded `tiny` checkpoint: every real architecture, random weights, one seed.
 
-    python train/make_tiny.py --out train/checkpoints/tiny [--seed 0]
+    python train/make_tiny.py --out train/checkpoints/tiny [--seed 0] [--preset tiny]
 
 The same seed gives the same files. A later training stage replaces the random weights. Each
 decoder keeps its random text encoder and gets a caption tokenizer trained on the synthetic world's
-captions, for the caption embeddings of training.
+captions, for the caption embeddings of training. Another preset (`nextgpt-7b-shallow`) gives a
+random checkpoint at its sizes, its tokenizer trained to the preset's vocabulary size.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,9 +51,19 @@ def randomise_lora(model: NextGPT, std: float) -> None:
             torch.nn.init.normal_(p, std=std)
 
 
-def make_tiny(out: Path, seed: int = 0) -> NextGPT:
-    preset = get_preset("tiny")
-    tokenizer = train_tiny_tokenizer(synthetic_corpus(), preset["llm"]["base_vocab_size"])
+def train_tokenizer(vocab_size: int) -> Any:
+    """BPE on the synthetic captions; for a vocabulary larger than they hold (a published size), on
+    runs of numbers too, which give BPE enough distinct words to learn that many tokens."""
+    tokenizer = train_tiny_tokenizer(synthetic_corpus(), vocab_size)
+    if len(tokenizer) < vocab_size:
+        numbers = [" ".join(str(j) for j in range(i, i + 8)) for i in range(0, 12 * vocab_size, 8)]
+        tokenizer = train_tiny_tokenizer(synthetic_corpus() + numbers, vocab_size)
+    return tokenizer
+
+
+def make_tiny(out: Path, seed: int = 0, preset_name: str = "tiny") -> NextGPT:
+    preset = get_preset(preset_name)
+    tokenizer = train_tokenizer(preset["llm"]["base_vocab_size"])
     token_ids = add_nextgpt_tokens(tokenizer)
     config = make_config(preset, token_ids, tokenizer.bos_token_id, len(tokenizer))
     torch.manual_seed(seed)
@@ -69,8 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("train/checkpoints/tiny"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="tiny")
     args = parser.parse_args()
-    make_tiny(args.out, args.seed)
+    make_tiny(args.out, args.seed, args.preset)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB)")
 
