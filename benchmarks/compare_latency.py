@@ -14,7 +14,6 @@ reason instead of failing the run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import backend_engines, describe_machine, open_pipeline, thread_budget
+from benchmarks.report import save_report
 from export.specs import component_specs
 from runtime.backends import Engines
 from runtime.manifest import read_manifest
@@ -244,10 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
             result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
     result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64, threads)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    args.json.with_suffix(".md").write_text(md)
+    save_report(args.json, result, md)
     charts(result, args.json.parent)
     print(md)
     return 0

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import describe_machine
+from benchmarks.report import save_report
 from runtime.manifest import read_manifest
 from train.demo import write_sample_inputs
 from triton_repo.build_repo import build_repo
@@ -149,10 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 levels.append({**level, "triton_load": theirs.get(c)})
                 print(f"{route} c={c}: {level['throughput_rps']:.2f} req/s, p50 {level['p50_ms']:.0f} ms", flush=True)
             result["routes"][route] = levels
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    args.json.with_suffix(".md").write_text(md)
+    save_report(args.json, result, md)
     print(md)
     return 0
 

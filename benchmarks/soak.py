@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.machine import describe_machine
+from benchmarks.report import save_report
 from runtime.manifest import read_manifest
 from runtime.request import Request
 from train.demo import ROUTES, write_sample_inputs
@@ -320,10 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             url, pid = server.grpc_url, server.process.pid
         files = write_sample_inputs(tmp / "inputs", build.config["imagebind"]["audio"]["sample_rate"])
         result = run(url, pid, files, args.seconds, args.concurrency, args.abuse_every, args.seed)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    args.json.with_suffix(".md").write_text(md)
+    save_report(args.json, result, md)
     print(md)
     return 0 if result["passed"] else 1
 

@@ -35,6 +35,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from benchmarks.machine import describe_machine
+from benchmarks.report import save_report
 from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
@@ -204,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(closed_loop(url, req, c, args.requests, args.max_seconds))
                 print(f"{route} c={c}: {runs[-1]['throughput_rps']:.2f} req/s, p50 {runs[-1]['p50_ms']:.1f} ms", flush=True)
             result["routes"][route] = {"concurrency_1": c1, "overhead": overhead, "levels": runs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    args.json.with_suffix(".md").write_text(md)
+    save_report(args.json, result, md)
     print(md)
     return 0
 
