@@ -14,7 +14,6 @@ reason instead of failing the run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.machine import backend_engines, describe_machine
+from benchmarks.machine import backend_engines, describe_machine, open_pipeline, thread_budget
+from benchmarks.report import save_report
 from export.specs import component_specs
 from runtime.backends import Engines
 from runtime.manifest import read_manifest
-from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train.demo import ROUTES, write_sample_inputs
 from train.model import load_checkpoint
@@ -122,11 +121,13 @@ def breakdown(log: CallLog, start: float, config: dict[str, Any]) -> dict[str, f
     return dict(stages)
 
 
-def bench_routes(engines_dir: Path, backends: list[str], runs: int, steps: int | None, inputs: dict[str, Path]) -> list[dict[str, Any]]:
+def bench_routes(
+    engines_dir: Path, backends: list[str], runs: int, steps: int | None, inputs: dict[str, Path], threads: int
+) -> list[dict[str, Any]]:
     build = read_manifest(engines_dir)
     reference = ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
     logs = {b: CallLog() for b in backends}
-    pipelines = {b: Any2AnyPipeline(engines_dir, b, wrap=lambda e, b=b: TimedEngines(e, logs[b])) for b in backends}
+    pipelines = {b: open_pipeline(engines_dir, b, threads, wrap=lambda e, b=b: TimedEngines(e, logs[b])) for b in backends}
     rows = []
     for route, (prompt, files, output) in ROUTES.items():
         req = Request(prompt, {m: inputs[m] for m in files}, output=output, seed=0, steps=steps)
@@ -149,7 +150,7 @@ def bench_routes(engines_dir: Path, backends: list[str], runs: int, steps: int |
     return rows
 
 
-def bench_decode(engines_dir: Path, backends: list[str], new_tokens: int) -> dict[str, Any]:
+def bench_decode(engines_dir: Path, backends: list[str], new_tokens: int, threads: int) -> dict[str, Any]:
     """Decode tokens/s: HF generate (the reference) vs each backend's step loop, same prompt."""
     build = read_manifest(engines_dir)
     reference = ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
@@ -162,7 +163,7 @@ def bench_decode(engines_dir: Path, backends: list[str], new_tokens: int) -> dic
     ids = reference.generate_ids(embeds, req)
     out["reference"] = {"tokens": len(ids), "tokens_per_s": len(ids) / (time.perf_counter() - start)}
     for b in backends:
-        p = Any2AnyPipeline(engines_dir, b)
+        p = open_pipeline(engines_dir, b, threads)
         start = time.perf_counter()
         gen = p.llm.generate(p.llm.build_prompt(req.prompt, False), None, max_new_tokens=new_tokens, temperature=1.0, seed=0)
         out[b] = {"tokens": len(gen.ids), "tokens_per_s": len(gen.ids) / (time.perf_counter() - start)}
@@ -225,29 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/latency.json"))
     p.add_argument("--runs", type=int, default=20, help="timed runs per component")
     p.add_argument("--route-runs", type=int, default=5, help="timed runs per route")
-    p.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="threads for every CPU backend, torch and ONNX Runtime alike (0: all cores)")
     p.add_argument("--quick", action="store_true", help="few runs and 2 denoising steps: a smoke test")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = thread_budget(args.threads)
     runs, route_runs, steps = (3, 1, 2) if args.quick else (args.runs, args.route_runs, None)
     build = read_manifest(args.engines)
-    engines, unavailable = backend_engines(build, args.backends.split(","), args.threads)
-    result: dict[str, Any] = {"machine": describe_machine(args.threads), "backends": list(engines), "unavailable": unavailable}
+    engines, unavailable = backend_engines(build, args.backends.split(","), threads)
+    result: dict[str, Any] = {"machine": describe_machine(threads), "backends": list(engines), "unavailable": unavailable}
     result["components"] = bench_components(build, engines, runs)
     runnable = [b for b in engines if b != "torch"]
     with tempfile.TemporaryDirectory() as tmp:
         inputs = write_sample_inputs(Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
-        result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs)
+        result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs, threads)
         if args.triton:
             from triton_repo.client import time_routes  # only with a server to talk to
 
             result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
-    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64, threads)
     md = markdown(result)
-    args.json.with_suffix(".md").write_text(md)
+    save_report(args.json, result, md)
     charts(result, args.json.parent)
     print(md)
     return 0

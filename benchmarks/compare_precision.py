@@ -21,7 +21,7 @@ not fail the run; an unavailable baseline does, and so does having no backend to
 - End to end: each route of train/demo.py on the demo's sample inputs, same seed: token agreement
   (equal ids position by position over the longer answer), same text, and PSNR of each medium
   (images, audio; video: its worst frame) against a 40 dB pass mark.
-- --bisect COMPONENT (instead of the above): the raw export (`model.onnx`) in ONNX Runtime on the
+- --bisect COMPONENT (instead of the above): the portable export (`model.onnx`) in ONNX Runtime on the
   CPU with graph optimisations off, against the engine file the second backend serves
   (`model.opt.onnx` on its execution provider, optimisations on), at the opt point, every float
   tensor exposed as an output and matched by name; names the first node, in topological order,
@@ -337,11 +337,11 @@ def run_exposed(
 
 
 def bisect(build: Build, component: str, candidate: str, seed: int, overrides: Overrides) -> dict[str, Any]:
-    """The first node, in the raw export's topological order, whose output leaves tolerance.
+    """The first node, in the portable export's topological order, whose output leaves tolerance.
 
-    What is compared, at the opt point: the raw export (`model.onnx`) in ONNX Runtime on the CPU
-    with every graph optimisation off, as the reference; against the engine file the candidate
-    serves (`model.opt.onnx`, already fused offline) on the candidate's execution provider at
+    What is compared, at the opt point: the portable export (`model.onnx`) in ONNX Runtime on the CPU
+    with every graph optimisation off, as the reference; against the file the candidate's provider
+    serves (on the CPU `model.opt.onnx`, already fused offline) on the candidate's execution provider at
     ONNX Runtime's default level, as OrtEngine runs it. Every float tensor with a known type is
     made a graph output in both, and tensors are matched by name: most names survive the offline
     fusions (a fused node keeps its last output's name); the others are skipped. Exposing a tensor
@@ -363,13 +363,14 @@ def bisect(build: Build, component: str, candidate: str, seed: int, overrides: O
     feeds = spec.sample(spec.point("opt"), seed)
     levels = ort.GraphOptimizationLevel
     expected, producers = run_exposed(build.path(entry["onnx"]), feeds, ORT_PROVIDERS["cpu"], levels.ORT_DISABLE_ALL)
-    got, served_by = run_exposed(build.path(entry["engine"]), feeds, ORT_PROVIDERS[device], levels.ORT_ENABLE_ALL)
-    shared = [n for n in producers if n in expected and n in got]  # producers: in the raw graph's node order
+    served = entry["provider_files"][device]
+    got, served_by = run_exposed(build.path(served), feeds, ORT_PROVIDERS[device], levels.ORT_ENABLE_ALL)
+    shared = [n for n in producers if n in expected and n in got]  # producers: in the portable graph's node order
     result: dict[str, Any] = {
         "component": component,
         "backend": candidate,
         "reference": f"{entry['onnx']} on CPUExecutionProvider, ORT_DISABLE_ALL",
-        "candidate": f"{entry['engine']} on {ORT_PROVIDERS[device][0]}, ORT_ENABLE_ALL",
+        "candidate": f"{served} on {ORT_PROVIDERS[device][0]}, ORT_ENABLE_ALL",
         "point": "opt",
         "tensors": len(expected),
         "compared": len(shared),

@@ -51,6 +51,23 @@ def describe_machine(threads: int) -> dict[str, Any]:
     }
 
 
+def thread_budget(threads: int) -> int:
+    """The one thread count every CPU backend gets (0: every core), applied to torch here."""
+    import torch
+
+    budget = threads or os.cpu_count() or 1
+    torch.set_num_threads(budget)
+    return budget
+
+
+def open_pipeline(build_dir: Any, label: str, threads: int, wrap: Any = None) -> Any:
+    """The engine pipeline of a benchmark backend label (`onnxruntime-cuda` and friends)."""
+    from runtime.pipeline import Any2AnyPipeline
+
+    backend, device = BACKENDS[label]
+    return Any2AnyPipeline(build_dir, backend, device, threads, wrap)
+
+
 def backend_engines(build: Any, names: list[str], threads: int = 0) -> tuple[dict[str, Engines], dict[str, str]]:
     """Engines for each backend that can run here, and the reason for each that cannot."""
     import torch
@@ -61,9 +78,6 @@ def backend_engines(build: Any, names: list[str], threads: int = 0) -> tuple[dic
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
         backend, device = BACKENDS[name]
-        if backend == "torch" and device == "cuda":
-            unavailable[name] = "the torch backend runs the modules on the CPU only"
-            continue
         if device != "cpu" and not torch.cuda.is_available():
             unavailable[name] = "no CUDA GPU on this machine"
             continue

@@ -26,6 +26,7 @@ import torch
 
 from benchmarks.compare_latency import interleaved
 from benchmarks.machine import describe_machine
+from benchmarks.report import save_report
 from export.specs import component_specs
 from runtime.backends import Engines, OrtEngine
 from runtime.manifest import Build, read_manifest
@@ -137,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     result = profile(build, args.component, args.runs, args.threads)
     md = markdown(result, args.top)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        args.json.with_suffix(".md").write_text(md)
+        save_report(args.json, result, md)
     print(md)
     return 0
 

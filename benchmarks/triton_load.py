@@ -7,11 +7,9 @@ in-process runtime.
 
 The load generator is a closed loop in Python, perf_analyzer's concurrency mode: N clients each
 keep one gRPC request in flight, sending the next as soon as an answer comes back, for a bounded
-number of requests per level (and at most --max-seconds). perf_analyzer itself cannot drive this
-deployment from here: the `perf-analyzer` wheels on PyPI need glibc 2.38 (this Debian 12 machine
-has 2.36), and the binary in tritonclient 2.41's wheel, which does run, cannot send an input file:
-that is a BYTES tensor of two elements (name, raw bytes), while its `--input-data` JSON gives a
-base64 value as one element and its directory mode splits BYTES data at newlines.
+number of requests per level (and at most --max-seconds). It also times the in-process runtime
+and counts the UNet batches, which perf_analyzer cannot; benchmarks/perf_analyzer.py runs
+perf_analyzer itself on the same routes and puts its figures beside these.
 Per level: count, throughput (requests/s over the level's wall time), mean/p50/p95/p99 latency,
 and how many UNet samples each UNet execution held (the dynamic batches Triton formed).
 
@@ -37,6 +35,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from benchmarks.machine import describe_machine
+from benchmarks.report import save_report
 from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
@@ -131,8 +130,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Triton load ({m['cpu']}, {m['cores']} cores)",
         "",
-        f"Closed-loop gRPC load generator in Python with perf_analyzer's concurrency-mode semantics (see its docstring "
-        f"for why not perf_analyzer itself). "
+        f"Closed-loop gRPC load generator in Python with perf_analyzer's concurrency-mode semantics "
+        f"(perf_analyzer's own figures: perf_analyzer.md). "
         f"Instances: {', '.join(f'{k}={v}' for k, v in result['instances'].items()) if result['instances'] else 'as served'}; "
         f"max_queue_delay_microseconds={result['max_queue_delay_us']}; --bls {result['bls']}.",
     ]
@@ -206,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(closed_loop(url, req, c, args.requests, args.max_seconds))
                 print(f"{route} c={c}: {runs[-1]['throughput_rps']:.2f} req/s, p50 {runs[-1]['p50_ms']:.1f} ms", flush=True)
             result["routes"][route] = {"concurrency_1": c1, "overhead": overhead, "levels": runs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    args.json.with_suffix(".md").write_text(md)
+    save_report(args.json, result, md)
     print(md)
     return 0
 

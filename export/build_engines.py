@@ -3,9 +3,10 @@
     python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \
         [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b]
 
-Each component is exported to ONNX, checked, optimised, turned into an engine, run once on sample
-inputs against PyTorch, and recorded in `OUT/manifest.json`. A component whose checkpoint parts,
-spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
+Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers) and, for
+onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one into a
+plan. Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
+A component whose checkpoint parts, spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
 a failed build leaves the previous engines and manifest exactly as they were.
 """
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from export.onnx_export import export_onnx, optimise_onnx
+from export.onnx_export import export_cpu, export_portable
 from export.specs import ComponentSpec, component_specs
-from export.tensorrt_build import PRECISIONS, build_plan, gpu_arch
+from export.tensorrt_build import PRECISIONS, TIMING_CACHE, build_plan, tensorrt_info
 from runtime.backends import OrtEngine, TrtEngine, require_tensorrt
 from runtime.manifest import ManifestError, read_manifest, sha256_tree, write_manifest
 from train.checkpoint import TOKENIZER, part_path
@@ -60,9 +61,10 @@ EXPORT_CODE = ("export/specs.py", "export/onnx_export.py", "export/tensorrt_buil
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions(backend: str = "onnxruntime") -> dict[str, str]:
     code = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in EXPORT_CODE)).hexdigest()
-    return {**{t: version(t) for t in TOOLS}, "export_code": code}
+    extra = {"tensorrt": tensorrt_info()["version"]} if backend == "tensorrt" else {}
+    return {**{t: version(t) for t in TOOLS}, **extra, "export_code": code}
 
 
 def checkpoint_part(checkpoint: Path, part: str) -> Path:
@@ -71,7 +73,7 @@ def checkpoint_part(checkpoint: Path, part: str) -> Path:
 
 def build_key(spec: ComponentSpec, part_hashes: dict[str, str], backend: str, precision: str) -> str:
     """Everything an engine depends on; equal keys mean the existing engine is still right."""
-    blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions()], sort_keys=True)
+    blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions(backend)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -98,18 +100,22 @@ def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, prec
     return worst
 
 
-def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, out: Path) -> tuple[dict[str, Any], float]:
+def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """The component's files (relative to the build) and each verified file's max abs error."""
     module = build_component(model, spec.name)
-    onnx_path = export_onnx(spec, module, stage / "model.onnx")
+    portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision)
     io = {"name": spec.name, **spec.to_json()}
+    rel = lambda path: f"{spec.name}/{path.name}"  # noqa: E731
     if backend == "onnxruntime":
-        engine_path = optimise_onnx(spec, onnx_path, stage / "model.opt.onnx")
-        error = verify(spec, module, OrtEngine(engine_path, io), precision)
-    else:
-        engine_path = build_plan(spec, onnx_path, stage / f"model.{gpu_arch()}.{precision}.plan", precision, out / "timing.cache")
-        error = verify(spec, module, TrtEngine(engine_path, io), precision)
-    entry = {"onnx": f"{spec.name}/{onnx_path.name}", "engine": f"{spec.name}/{engine_path.name}"}
-    return entry, error
+        cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
+        errors = {rel(f): verify(spec, module, OrtEngine(f, io), precision) for f in (cpu, portable)}
+        # which file each ONNX Runtime execution provider runs: the CPU fusions are the CPU provider's only
+        files = {"engine": rel(cpu), "provider_files": {"cpu": rel(cpu), "cuda": rel(portable), "tensorrt": rel(portable)}}
+        return {"onnx": rel(portable), **files}, errors
+    trt = tensorrt_info()
+    plan = build_plan(spec, portable, stage / spec.name / f"model.{trt['gpu_arch']}.{precision}.plan", stage / TIMING_CACHE)
+    errors = {rel(plan): verify(spec, module, TrtEngine(plan, io), precision)}
+    return {"onnx": rel(portable), "engine": rel(plan), "tensorrt": trt}, errors
 
 
 def _component_entry(spec: ComponentSpec, base: dict[str, Any], out: Path, **extra: Any) -> dict[str, Any]:
@@ -173,6 +179,9 @@ def build(
     entries = dict(old)
     stage_root = out / STAGING
     shutil.rmtree(stage_root, ignore_errors=True)
+    stage_root.mkdir()
+    if (out / TIMING_CACHE).exists():  # plans update a staged copy; it replaces the old one on success only
+        shutil.copy2(out / TIMING_CACHE, stage_root / TIMING_CACHE)
     outcomes: list[Outcome] = []
     try:
         for spec in tqdm(chosen, desc="components", unit="component", disable=not progress):
@@ -184,35 +193,39 @@ def build(
                 continue
             start = time.perf_counter()
             try:
-                files, error = _build_one(spec, model, stage_root / spec.name, backend, precision, out)
+                files, errors = _build_one(spec, model, stage_root, backend, precision)
             except BuildError:
                 raise
             except Exception as e:  # an exporter or builder failure: name the component, keep the cause
                 raise BuildError(f"{spec.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-            seconds = time.perf_counter() - start
+            seconds, error = time.perf_counter() - start, max(errors.values())
             entries[spec.name] = {
                 "backend": backend, "precision": precision, "parts": parts, "build_key": key, **files,
-                "verify": {"max_abs_error": error, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision]},
+                "verify": {"max_abs_error": error, "by_file": errors, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision]},
                 "build_seconds": round(seconds, 2),
             }
             outcomes.append(Outcome(spec.name, "built", seconds, _tree_bytes(stage_root / spec.name), error))
-        _commit(model, checkpoint, out, entries, [o.name for o in outcomes if o.status == "built"], specs)
+        _commit(model, checkpoint, out, entries, [o.name for o in outcomes if o.status == "built"], specs, backend)
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
     return outcomes
 
 
-def _commit(model: NextGPT, checkpoint: Path, out: Path, entries: dict[str, Any], built: list[str], specs: dict[str, ComponentSpec]) -> None:
-    """Move staged engines into place, then write the manifest last."""
+def _commit(
+    model: NextGPT, checkpoint: Path, out: Path, entries: dict[str, Any], built: list[str], specs: dict[str, ComponentSpec], backend: str
+) -> None:
+    """Move staged engines (and the updated timing cache) into place, then write the manifest last."""
     for name in built:
         shutil.rmtree(out / name, ignore_errors=True)
         shutil.move(str(out / STAGING / name), out / name)
         entries[name] = _component_entry(specs[name], entries[name], out)
+    if (out / STAGING / TIMING_CACHE).exists():
+        (out / STAGING / TIMING_CACHE).replace(out / TIMING_CACHE)
     write_manifest(
         out,
         {
             "checkpoint": {"path": str(checkpoint.resolve()), "config_sha256": sha256_tree(checkpoint / "config.json")},
-            "versions": tool_versions(),
+            "versions": tool_versions(backend),
             "config": model.config,
             "constants": _write_constants(model, checkpoint, out),
             "components": {n: entries[n] for n in specs if n in entries},

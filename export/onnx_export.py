@@ -1,8 +1,19 @@
-"""PyTorch module -> checked, optimised ONNX, driven by a component spec."""
+"""PyTorch module -> the two ONNX files of a component, driven by its spec.
+
+- the portable ONNX (`model.onnx`): standard `ai.onnx` ops only, constants folded with polygraphy as
+  NVIDIA's demo/Diffusion folds them, an opset TensorRT 10's parser takes. TensorRT, ONNX Runtime's
+  CUDA and TensorRT providers and polygraphy read it. For fp16/bf16 it computes in that type behind
+  float32 inputs and outputs, so a strongly typed TensorRT network takes the precision from it.
+- the CPU ONNX (`model.opt.onnx`): attention exported as ONNX Runtime's fused `MultiHeadAttention`,
+  then ONNX Runtime's offline CPU fusions. Only the CPU provider runs it.
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -12,11 +23,19 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import opset20 as op
 from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_attention
+from onnx_graphsurgeon.logger import G_LOGGER as GS_LOGGER
+from polygraphy.backend.onnx.loader import fold_constants
+from polygraphy.logger import G_LOGGER
 from torch import nn
 
 from export.specs import ComponentSpec
 
 EXTERNAL_DATA_BYTES = 1 << 30  # protobuf stops at 2 GiB; keep big weights beside the graph
+# TensorRT 10's ONNX parser: "supports operators in the inclusive range of opset 9 to opset 20"
+# (onnx-tensorrt docs/operators.md, 10.0 and 10.1 GA; kept in tests/data/).
+TENSORRT_OPSETS = (9, 20)
+STANDARD_DOMAINS = ("", "ai.onnx")
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 _P = OpSchema.FormalParameter
@@ -73,6 +92,22 @@ def _param_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
+def onnx_bytes(path: Path) -> int:
+    """The graph and its external data file, if any."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def computing_in(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `module` computing in `dtype` behind float32 inputs and outputs: the manifest's IO
+    stays float32 while the ONNX carries the precision. Hooks cast, so the signature (which the
+    exporter's dynamic shapes follow) stays the module's own."""
+    inner = copy.deepcopy(module).to(dtype)
+    inner.register_forward_pre_hook(lambda _, args: tuple(a.to(dtype) if a.is_floating_point() else a for a in args))
+    inner.register_forward_hook(lambda _, __, out: tuple(o.float() for o in out) if isinstance(out, tuple) else out.float())
+    return inner
+
+
 @torch.no_grad()
 def export_onnx(spec: ComponentSpec, module: nn.Module, path: Path, fused_attention: bool = True) -> Path:
     """Export with the dynamo exporter, every dynamic axis ranged as the spec says; then check it."""
@@ -81,7 +116,8 @@ def export_onnx(spec: ComponentSpec, module: nn.Module, path: Path, fused_attent
     args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        for name in ("torch.onnx", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         torch.onnx.export(
             module.eval(),
             args,
@@ -98,11 +134,69 @@ def export_onnx(spec: ComponentSpec, module: nn.Module, path: Path, fused_attent
     return path
 
 
+@contextlib.contextmanager
+def _quiet_graph_tools() -> Iterator[None]:
+    """polygraphy and onnx-graphsurgeon report every folding pass; keep their errors only."""
+    severity, GS_LOGGER.severity = GS_LOGGER.severity, GS_LOGGER.ERROR
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            yield
+    finally:
+        GS_LOGGER.severity = severity
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    """Over `path`; weights in `path.data` when `external` (onnx appends to that file, so it goes first)."""
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data.name)
+
+
+def non_standard_ops(model: onnx.ModelProto) -> list[str]:
+    """`domain::op` of every node outside the standard domains (ONNX Runtime's contrib ops and such)."""
+    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+
+
+def check_portable(model: onnx.ModelProto, where: str) -> None:
+    """What TensorRT's parser needs: standard ops only, at an opset it takes."""
+    foreign = non_standard_ops(model)
+    if foreign:
+        raise ValueError(f"{where}: the portable ONNX has non-standard ops: {', '.join(foreign)}")
+    opset = max(o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS)
+    if not TENSORRT_OPSETS[0] <= opset <= TENSORRT_OPSETS[1]:
+        raise ValueError(f"{where}: opset {opset} is outside TensorRT 10's {TENSORRT_OPSETS[0]}..{TENSORRT_OPSETS[1]}")
+
+
+def export_portable(spec: ComponentSpec, module: nn.Module, path: Path, precision: str = "fp32") -> Path:
+    """Standard ops only, constants folded: what TensorRT, the GPU providers and polygraphy read."""
+    if precision != "fp32":
+        module = computing_in(module, COMPUTE_DTYPES[precision])
+    export_onnx(spec, module, path, fused_attention=False)
+    external = onnx_bytes(path) > EXTERNAL_DATA_BYTES
+    with _quiet_graph_tools():
+        folded = fold_constants(onnx.load(str(path)), allow_onnxruntime_shape_inference=True)
+    check_portable(folded, spec.name)
+    save_onnx(folded, path, external)
+    return path
+
+
+def export_cpu(spec: ComponentSpec, module: nn.Module, path: Path) -> Path:
+    """Fused attention, then ONNX Runtime's CPU fusions: the CPU provider's model."""
+    fused = export_onnx(spec, module, path.with_name("fused.onnx"))
+    optimise_onnx(spec, fused, path)
+    fused.unlink()
+    fused.with_name(fused.name + ".data").unlink(missing_ok=True)
+    return path
+
+
 def optimise_onnx(spec: ComponentSpec, src: Path, dst: Path) -> Path:
-    """ONNX Runtime's offline graph optimisations, saved as a portable (provider-neutral) model."""
+    """ONNX Runtime's offline graph optimisations for its CPU provider; big weights as external data."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
+    if onnx_bytes(src) > EXTERNAL_DATA_BYTES:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     return dst

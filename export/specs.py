@@ -37,6 +37,12 @@ class ComponentSpec:
     outputs: tuple[TensorSpec, ...]
     dims: dict[str, tuple[int, int, int]]  # dynamic axis -> (min, opt, max)
     int_ranges: dict[str, tuple[int, int]] | None = None  # sample range per integer input
+    # output -> the input it becomes on the next call (the LLM's cache): a TensorRT engine keeps it on the device
+    state: dict[str, str] | None = None
+    # a dynamic axis that is the sum of others (the LLM's present = past + seq), capped by its own range
+    sums: dict[str, tuple[str, ...]] | None = None
+    # every call of a request has the same shapes (a denoising step, a VAE decode): TensorRT replays a CUDA graph
+    static_shapes: bool = False
 
     @property
     def input_names(self) -> list[str]:
@@ -46,13 +52,23 @@ class ComponentSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    def point(self, which: str) -> dict[str, int]:
-        """Every dynamic axis at its min, opt or max."""
+    def corner(self, which: str) -> dict[str, int]:
+        """Every dynamic axis at its own min, opt or max: a corner of the optimisation profile."""
         return {d: rng[PROFILE_POINTS.index(which)] for d, rng in self.dims.items()}
+
+    def point(self, which: str) -> dict[str, int]:
+        """Every dynamic axis at its min, opt or max; a sum's last term shrinks so the sum stays in range."""
+        sizes = self.corner(which)
+        for total, terms in (self.sums or {}).items():
+            *fixed, last = terms
+            cap = self.dims[total][2] - sum(sizes[t] for t in fixed)
+            sizes[last] = max(self.dims[last][0], min(sizes[last], cap))
+            sizes[total] = sum(sizes[t] for t in terms)
+        return sizes
 
     def profile(self) -> dict[str, dict[str, list[int]]]:
         """Input name -> {min, opt, max} shapes: what TensorRT optimisation profiles take."""
-        return {t.name: {p: list(t.resolve(self.point(p))) for p in PROFILE_POINTS} for t in self.inputs}
+        return {t.name: {p: list(t.resolve(self.corner(p))) for p in PROFILE_POINTS} for t in self.inputs}
 
     def sample(self, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         """Random inputs at the given axis sizes; integer inputs drawn from `int_ranges`."""
@@ -69,7 +85,15 @@ class ComponentSpec:
 
     def to_json(self) -> dict[str, Any]:
         io = lambda ts: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in ts]  # noqa: E731
-        return {"inputs": io(self.inputs), "outputs": io(self.outputs), "dims": self.dims, "parts": list(self.parts)}
+        return {
+            "inputs": io(self.inputs),
+            "outputs": io(self.outputs),
+            "dims": self.dims,
+            "parts": list(self.parts),
+            "state": dict(self.state or {}),
+            "sums": {k: list(v) for k, v in (self.sums or {}).items()},
+            "static_shapes": self.static_shapes,
+        }
 
 
 def f32(name: str, *shape: Dim) -> TensorSpec:
@@ -126,13 +150,18 @@ def _llm(config: dict[str, Any]) -> ComponentSpec:
             TensorSpec("present_keys", "float32", cache("present")),
             TensorSpec("present_values", "float32", cache("present")),
         ),
+        # The runtime accepts prompt + answer up to the whole context (runtime.prompt.check_fits), so a
+        # call's new tokens and its cache each range up to it; `present` (past + seq) never exceeds it.
         {
             "layers": (layers, layers, layers),
             "batch": (1, 1, MAX_BATCH),
-            "seq": (1, 64, context // 2),
-            "past": (0, 64, context // 2),
+            "seq": (1, 64, context),
+            "past": (0, 64, context - 1),
+            "present": (1, 128, context),
         },
         int_ranges={"input_ids": (0, llm["vocab_size"]), "media_position": (-1, 1)},
+        state={"present_keys": "past_keys", "present_values": "past_values"},
+        sums={"present": ("seq", "past")},
     )
 
 
@@ -188,6 +217,7 @@ def _diffusion(config: dict[str, Any], modality: str) -> list[ComponentSpec]:
             (f32("sample", *latent), f32("timestep", "batch"), cond),
             (f32("noise_pred", *latent),),
             unet_dims,
+            static_shapes=True,
         ),
         ComponentSpec(
             f"{name}_vae_decoder",
@@ -195,6 +225,7 @@ def _diffusion(config: dict[str, Any], modality: str) -> list[ComponentSpec]:
             (f32("latent", "batch", c, h, w),),
             (f32("pixels", "batch", *pixels),),
             {"batch": vae_batch},
+            static_shapes=True,
         ),
     ]
     if "vocoder" in dec:

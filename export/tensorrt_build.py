@@ -1,49 +1,56 @@
-"""ONNX -> TensorRT plan with the spec's optimisation profile, a precision and a timing cache.
+"""Portable ONNX -> TensorRT plan through polygraphy's TensorRT backend, as NVIDIA's demo/Diffusion builds.
 
-Written against TensorRT's documented Python API (10.x). On a machine without TensorRT or a GPU
-`require_tensorrt` stops the build before any work, naming what is missing.
+- The network is strongly typed: the ONNX carries the precision (`export.onnx_export.export_portable`
+  computes in fp16/bf16 behind float32 IO), and TensorRT keeps every tensor in the type the graph
+  gives it. This is the form TensorRT 10 documents for reduced precision (`NetworkDefinitionCreationFlag.
+  STRONGLY_TYPED`) and the only one TensorRT 11 keeps: its 10.x -> 11.x migration guide lists
+  `BuilderFlag.FP16` and `BuilderFlag.BF16` as removed, replaced by strong typing
+  (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html).
+  demo/Diffusion builds with `--strongly-typed` for the same reason.
+- TF32 stays off, so an fp32 plan is verified against PyTorch at the fp32 tolerance.
+- One optimisation profile: the spec's (min, opt, max) shape of every input.
+- The timing cache is read from and written back to the build's staging folder; polygraphy checks
+  every builder result and raises on a parse or build failure.
+
+On a machine without TensorRT or a GPU `require_tensorrt` stops the build before any work.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from export.specs import ComponentSpec
 from runtime.backends import require_tensorrt
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+TIMING_CACHE = "timing.cache"
 
 
-def gpu_arch() -> str:
-    """`sm90` and friends: a plan only runs on the GPU architecture it was built for."""
+def tensorrt_info() -> dict[str, Any]:
+    """TensorRT's version and the GPU a plan is built for: a plan only runs on that architecture."""
+    trt = require_tensorrt()
     import torch
 
     major, minor = torch.cuda.get_device_capability()
-    return f"sm{major}{minor}"
+    return {"version": trt.__version__, "gpu_arch": f"sm{major}{minor}", "gpu": torch.cuda.get_device_name()}
 
 
-def build_plan(spec: ComponentSpec, onnx_path: Path, plan_path: Path, precision: str, timing_cache: Path) -> Path:
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{spec.name}: TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    profile = builder.create_optimization_profile()
+def build_plan(spec: ComponentSpec, onnx_path: Path, plan_path: Path, timing_cache: Path) -> Path:
+    """A serialized plan for `spec`'s profile; the precision is the ONNX's own (strongly typed)."""
+    require_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
+
+    profile = Profile()
     for name, shapes in spec.profile().items():
-        profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError(f"{spec.name}: TensorRT failed to build an engine from {onnx_path}")
-    timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    plan_path.write_bytes(memoryview(plan))
+        profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+    config = CreateConfig(
+        profiles=[profile],
+        tf32=False,
+        load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
+    )
+    plan = engine_bytes_from_network(network, config=config, save_timing_cache=str(timing_cache))
+    if not plan:
+        raise RuntimeError(f"{spec.name}: TensorRT built no engine from {onnx_path}")
+    plan_path.write_bytes(plan)
     return plan_path

@@ -2,7 +2,7 @@
 
     python -m runtime --engines engines/tiny --backend onnxruntime --prompt "show me a red circle" \
         --out outputs/rt [--image F] [--audio F] [--video F] [--seed N] [--steps N] [--guidance G] \
-        [--output image|audio|video]
+        [--output image|audio|video] [--limits NAME=VALUE,...]
 
 Prints the text as it streams, shows a progress bar per denoising loop, and writes
 `OUT/response.json` plus the media. Bad input: one `error:` line, exit status 2, `--out` untouched.
@@ -16,6 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS, ORT_PROVIDERS
+from runtime.limits import Limits
+from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import add_request_args, request_from_args
 from runtime.response import media_meta, write_response
@@ -27,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", choices=tuple(ORT_PROVIDERS), default="cpu", help="onnxruntime execution provider")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    p.add_argument("--limits", help="NAME=VALUE,... replacing the build's limits (runtime/limits.py)")
     add_request_args(p)
     return p.parse_args(argv)
 
@@ -56,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(not args.quiet)
     try:
         req = request_from_args(args)
-        req.check()
-        pipeline = Any2AnyPipeline(args.engines, args.backend, args.device, args.threads)
+        limits = Limits.for_build(read_manifest(args.engines)).override(args.limits)
+        req.check(limits)  # before any engine is opened
+        pipeline = Any2AnyPipeline(args.engines, args.backend, args.device, args.threads, limits=limits)
         resp = pipeline(req, on_text=lambda piece: print(piece, end="", flush=True), on_step=progress)
         progress.close()
         extra = {"prompt": args.prompt, "seed": args.seed, "backend": args.backend, "num_tokens": len(resp.token_ids)}

@@ -5,6 +5,7 @@ runs serialized TensorRT plans. The pipeline never knows which one it drives.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,6 +16,9 @@ ORT_PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+ORT_TRT_CACHE = "cache/onnxruntime-tensorrt"  # inside a build: the TensorRT provider's engine and timing caches
 
 
 class BackendUnavailable(RuntimeError):
@@ -28,8 +32,12 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], where: str) -> None:
-    """Names, ranks, fixed sizes and dtypes as the manifest declares them; a clear error otherwise."""
+def check_feeds(
+    feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], dims: dict[str, list[int]], where: str
+) -> None:
+    """Names, ranks, fixed sizes and dtypes as the manifest declares them, and every dynamic axis
+    within the (min, opt, max) range `dims` gives it (what the engine was built and verified
+    for; a TensorRT profile refuses anything else); a clear error otherwise."""
     missing = [t["name"] for t in inputs if t["name"] not in feeds]
     if missing:
         raise ValueError(f"{where}: missing input {missing[0]!r}")
@@ -41,20 +49,67 @@ def check_feeds(feeds: dict[str, np.ndarray], inputs: list[dict[str, Any]], wher
         if value.ndim != len(fixed) or any(f is not None and f != s for f, s in zip(fixed, value.shape)):
             shown = tuple(d if isinstance(d, int) else str(d) for d in t["shape"])
             raise ValueError(f"{where}: input {t['name']!r} has shape {value.shape}, expected {shown}")
+        for axis, size in zip(t["shape"], value.shape):
+            if isinstance(axis, str) and not dims[axis][0] <= size <= dims[axis][-1]:
+                low, high = dims[axis][0], dims[axis][-1]
+                raise ValueError(f"{where}: input {t['name']!r} axis {axis!r} is {size}, outside the engine's range {low}..{high}")
+
+
+def _profile_option(io: dict[str, Any], point: str) -> str:
+    """`name:1x77x768,...`: the spec's profile as ONNX Runtime's TensorRT provider takes it."""
+    return ",".join(f"{name}:{'x'.join(map(str, shapes[point]))}" for name, shapes in io["profile"].items())
+
+
+def ort_providers(device: str, io: dict[str, Any], precision: str = "fp32", cache_dir: Path | None = None) -> list[Any]:
+    """Execution providers with their options, most preferred first.
+
+    The TensorRT provider gets the spec's profile (so it builds one engine for every accepted size
+    instead of rebuilding as the cache grows), an engine and a timing cache under `cache_dir`, and the
+    asked precision; the CUDA provider searches cuDNN's convolution algorithms once per shape."""
+    if device not in ORT_PROVIDERS:
+        raise ValueError(f"unknown device {device!r}; known: {', '.join(ORT_PROVIDERS)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"})
+    if device == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    if cache_dir is None:
+        raise ValueError(f"{io.get('name', 'engine')}: the TensorRT provider needs a folder for its engine and timing caches")
+    tensorrt = {
+        **{f"trt_profile_{p}_shapes": _profile_option(io, p) for p in ("min", "opt", "max")},
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_fp16_enable": "1" if precision == "fp16" else "0",
+        "trt_bf16_enable": "1" if precision == "bf16" else "0",
+    }
+    return [("TensorrtExecutionProvider", tensorrt), cuda, "CPUExecutionProvider"]
 
 
 class OrtEngine:
     def __init__(
-        self, path: Path, io: dict[str, Any], device: str = "cpu", threads: int = 0, profile: Path | None = None
+        self,
+        path: Path,
+        io: dict[str, Any],
+        device: str = "cpu",
+        threads: int = 0,
+        profile: Path | None = None,
+        precision: str = "fp32",
+        cache_dir: Path | None = None,
     ) -> None:
-        """`profile`: a file prefix; ONNX Runtime then records every node's time, written by `end_profiling`."""
+        """`profile`: a file prefix; ONNX Runtime then records every node's time, written by `end_profiling`.
+        `precision` and `cache_dir` configure the TensorRT provider (see `ort_providers`)."""
         import onnxruntime as ort
 
+        providers = ort_providers(device, io, precision, cache_dir)
         if device != "cpu" and ORT_PROVIDERS[device][0] not in ort.get_available_providers():
             raise BackendUnavailable(
                 f"onnxruntime has no {ORT_PROVIDERS[device][0]} here (available: {ort.get_available_providers()}); "
                 "install onnxruntime-gpu with CUDA on a GPU machine"
             )
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
@@ -66,14 +121,14 @@ class OrtEngine:
         self.io = io
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
-        self.session = ort.InferenceSession(str(path), options, providers=ORT_PROVIDERS[device])
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
 
     def end_profiling(self) -> Path:
         """The profile (Chrome trace JSON) of every run so far, for a session opened with `profile`."""
         return Path(self.session.end_profiling())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         outputs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
         return dict(zip(self.output_names, outputs))
 
@@ -93,64 +148,192 @@ def require_tensorrt() -> Any:
     return tensorrt
 
 
-class TrtEngine:
-    """A TensorRT plan with device-resident buffers, reused across calls while shapes repeat."""
+class DeviceTensor:
+    """An engine output left on the GPU because the engine takes it back on its next call (the LLM's
+    KV cache). Fed to that engine, it is bound in place; anywhere else numpy reads it back to the host."""
 
-    def __init__(self, path: Path, io: dict[str, Any]) -> None:
+    def __init__(self, owner: TrtEngine, data: Any, version: int) -> None:
+        self.owner, self.data, self.version = owner, data, version
+        self.shape = tuple(data.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(str(data.dtype).removeprefix("torch."))
+
+    @property
+    def current(self) -> bool:
+        return self.owner.version == self.version
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if not self.current:
+            raise ValueError(f"{self.owner.name}: this cache was overwritten by a later call; only the latest one can be read")
+        host = self.data.cpu().numpy()
+        return host if dtype is None else host.astype(dtype)
+
+
+def _volume(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+class TrtEngine:
+    """A TensorRT plan with every buffer preallocated on the device at the largest size it accepts.
+
+    Every TensorRT call is checked and a failure names the component and the tensor; every tensor is
+    bound to a valid address, empty ones included; an input shape outside the profile is refused before
+    anything runs. State outputs (the LLM's present cache) stay on the device and swap places with
+    their inputs, so decoding copies no cache and allocates nothing. Static-shape components (UNet,
+    VAE) replay a CUDA graph captured after the first call at a shape, as NVIDIA's demo/Diffusion does.
+    """
+
+    def __init__(self, path: Path, io: dict[str, Any], cuda_graph: bool | None = None) -> None:
         trt = require_tensorrt()
         import torch
 
-        self.torch, self.io = torch, io
+        self.trt, self.torch, self.io = trt, torch, io
+        self.name = io.get("name", "engine")
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        self.state: dict[str, str] = io.get("state", {})  # output -> the input it becomes
+        self.use_graph = io.get("static_shapes", False) if cuda_graph is None else cuda_graph
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise BackendUnavailable(f"{path}: TensorRT cannot load this plan (built for another GPU or version?)")
+            raise BackendUnavailable(f"{path}: TensorRT cannot load this plan (built for another GPU or TensorRT version?)")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
+        self._check_io()
         self.stream = torch.cuda.Stream()
-        self.buffers: dict[str, Any] = {}
+        self.buffers = self._allocate()
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.graph: Any = None
+        self.graph_key: tuple[Any, ...] | None = None
+        self.version = 0
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: str) -> Any:
-        buf = self.buffers.get(name)
-        if buf is None or tuple(buf.shape) != shape:
-            buf = self.torch.empty(shape, dtype=getattr(self.torch, dtype), device="cuda")
-            self.buffers[name] = buf
-        return buf
+    def _check_io(self) -> None:
+        """The plan's tensors are the manifest's, each an input or output as declared."""
+        modes = {self.engine.get_tensor_name(i): self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)}
+        want = {**{n: self.trt.TensorIOMode.INPUT for n in self.input_names}, **{n: self.trt.TensorIOMode.OUTPUT for n in self.output_names}}
+        if modes != want:
+            raise RuntimeError(f"{self.name}: the plan's tensors {sorted(modes)} are not the manifest's {sorted(want)}")
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
+    def _max_shape(self, name: str) -> tuple[int, ...]:
+        """An input's profile maximum; an output's from the spec's axis ranges, or from TensorRT with
+        every input at its maximum where an axis is not declared (the vocoder's samples)."""
+        if name in self.input_names:
+            return tuple(self.engine.get_tensor_profile_shape(name, 0)[2])
+        spec = next(t for t in self.io["outputs"] if t["name"] == name)
+        dims = self.io["dims"]
+        if all(isinstance(d, int) or d in dims for d in spec["shape"]):
+            return tuple(d if isinstance(d, int) else dims[d][2] for d in spec["shape"])
+        for n in self.input_names:
+            self._set_input_shape(n, self._max_shape(n))
+        return tuple(self.context.get_tensor_shape(name))
+
+    def _allocate(self) -> dict[str, Any]:
+        """One device buffer per tensor, never empty; a state output and its input share one size."""
+        sizes = {n: _volume(self._max_shape(n)) for n in [*self.input_names, *self.output_names]}
+        for out, inp in self.state.items():
+            sizes[out] = sizes[inp] = max(sizes[out], sizes[inp])
+        dtype = {t["name"]: getattr(self.torch, t["dtype"]) for t in [*self.io["inputs"], *self.io["outputs"]]}
+        return {n: self.torch.empty(max(1, size), dtype=dtype[n], device="cuda") for n, size in sizes.items()}
+
+    def _view(self, name: str, shape: tuple[int, ...]) -> Any:
+        return self.buffers[name][: _volume(shape)].view(shape)
+
+    def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+        if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
+            raise ValueError(f"{self.name}: input {name!r} has shape {shape}, outside the engine's profile {low}..{high}")
+        if not self.context.set_input_shape(name, shape):
+            raise RuntimeError(f"{self.name}: TensorRT refused shape {shape} for input {name!r}")
+
+    def _output_shape(self, name: str) -> tuple[int, ...]:
+        shape = tuple(self.context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise RuntimeError(f"{self.name}: TensorRT cannot tell the shape of output {name!r} ({shape})")
+        spec = next(t for t in self.io["outputs"] if t["name"] == name)
+        for axis, size in zip(spec["shape"], shape):
+            if isinstance(axis, str) and axis in self.io["dims"] and size > self.io["dims"][axis][2]:
+                raise ValueError(f"{self.name}: output {name!r} axis {axis!r} would be {size}, beyond the engine's {self.io['dims'][axis][2]}")
+        if _volume(shape) > self.buffers[name].numel():
+            raise ValueError(f"{self.name}: output {name!r} would have shape {shape}, beyond its preallocated buffer")
+        return shape
+
+    def _bind(self, names: list[str]) -> None:
+        for n in names:
+            if not self.context.set_tensor_address(n, self.buffers[n].data_ptr()):
+                raise RuntimeError(f"{self.name}: TensorRT refused the address of tensor {n!r}")
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"{self.name}: TensorRT execute_async_v3 failed")
+
+    def _upload(self, name: str, value: Any) -> None:
+        if isinstance(value, DeviceTensor) and value.current and value.data.data_ptr() == self.buffers[name].data_ptr():
+            return  # the cache this engine wrote on its last call, already in this input's buffer
+        host = self.torch.from_numpy(np.ascontiguousarray(np.asarray(value)))
+        self._view(name, tuple(host.shape)).copy_(host, non_blocking=True)
+
+    def _launch(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Run once; a static-shape engine captures a CUDA graph on its first call at these shapes and
+        replays it afterwards (buffer addresses never change, which a graph needs)."""
+        key = tuple(shapes.items())
+        if self.use_graph and key == self.graph_key:
+            self.graph.replay()
+            return
+        self._execute()  # eager first: TensorRT finishes its shape-dependent set-up before any capture
+        if self.use_graph:
+            graph = self.torch.cuda.CUDAGraph()
+            with self.torch.cuda.graph(graph, stream=self.stream):
+                self._execute()
+            self.graph, self.graph_key = graph, key
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
+        shapes = {n: tuple(feeds[n].shape) for n in self.input_names}
+        if shapes != self.shapes:
+            self.shapes = {}  # unknown until every input is set: a refusal half way leaves the context mixed
+            for n, shape in shapes.items():
+                self._set_input_shape(n, shape)
+            self.shapes = shapes
+        out_shapes = {n: self._output_shape(n) for n in self.output_names}
         with self.torch.cuda.stream(self.stream):
-            for t in self.io["inputs"]:
-                value = feeds[t["name"]]
-                buf = self._buffer(t["name"], value.shape, t["dtype"])
-                buf.copy_(self.torch.from_numpy(value), non_blocking=True)
-                self.context.set_input_shape(t["name"], value.shape)
-                self.context.set_tensor_address(t["name"], buf.data_ptr())
-            for t in self.io["outputs"]:
-                shape = tuple(self.context.get_tensor_shape(t["name"]))
-                self.context.set_tensor_address(t["name"], self._buffer(t["name"], shape, t["dtype"]).data_ptr())
-            self.context.execute_async_v3(self.stream.cuda_stream)
+            for n in self.input_names:
+                self._upload(n, feeds[n])
+            self._bind([*self.input_names, *self.output_names])
+            self._launch(shapes)
         self.stream.synchronize()
-        return {n: self.buffers[n].cpu().numpy() for n in self.output_names}
+        return self._results(out_shapes)
+
+    def _results(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        """Host arrays, and the state outputs as device tensors after swapping them into their inputs' place."""
+        results = {n: self._view(n, s).cpu().numpy() for n, s in shapes.items() if n not in self.state}
+        if self.state:
+            self.version += 1
+            for out, inp in self.state.items():
+                self.buffers[out], self.buffers[inp] = self.buffers[inp], self.buffers[out]
+                results[out] = DeviceTensor(self, self._view(inp, shapes[out]), self.version)
+        return {n: results[n] for n in self.output_names}
 
 
 class TorchEngine:
-    """The checkpoint's PyTorch module for a component: the reference behind the same interface."""
+    """The checkpoint's PyTorch module for a component: the reference behind the same interface.
+    On `cuda`, `precision` fp16/bf16 runs it under autocast."""
 
-    def __init__(self, module: Any, io: dict[str, Any]) -> None:
+    def __init__(self, module: Any, io: dict[str, Any], device: str = "cpu", precision: str = "fp32") -> None:
         import torch
 
-        self.torch, self.module, self.io = torch, module, io
+        self.torch, self.io, self.device = torch, io, device
+        self.module = module.to(device)
+        self.autocast = torch.autocast(device, dtype=getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[precision])) if precision != "fp32" else None
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.io.get("name", "engine"))
-        with self.torch.no_grad():
-            out = self.module(*(self.torch.from_numpy(feeds[n]) for n in self.input_names))
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
+        args = [self.torch.from_numpy(np.asarray(feeds[n])).to(self.device) for n in self.input_names]
+        with self.torch.no_grad(), (self.autocast or contextlib.nullcontext()):
+            out = self.module(*args)
         out = out if isinstance(out, tuple) else (out,)
-        return {n: o.numpy() for n, o in zip(self.output_names, out)}
+        return {n: o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for n, o in zip(self.output_names, out)}
 
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
@@ -163,14 +346,24 @@ class Engines:
     missing engine is refused before any request is served.
     """
 
-    def __init__(self, build: Any, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self, build: Any, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0, precision: str = "fp32"
+    ) -> None:
+        """`device`: the onnxruntime execution provider (cpu, cuda, tensorrt) or the torch device (cpu,
+        cuda); `precision`: what ONNX Runtime's TensorRT provider and torch on cuda compute in (a
+        TensorRT plan has its own, from the build)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-        self.build, self.backend, self.device, self.threads = build, backend, device, threads
+        self.build, self.backend, self.device, self.threads, self.precision = build, backend, device, threads, precision
         self.opened: dict[str, Engine] = {}
         self._model: Any = None
         if backend == "tensorrt":
             require_tensorrt()
+        if backend == "torch" and device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise BackendUnavailable(f"the torch backend on {device} needs a CUDA GPU; torch.cuda.is_available() is False")
         if backend != "torch":
             build.verify_files()
             wrong = [n for n, c in build.components.items() if c["backend"] != backend]
@@ -188,10 +381,15 @@ class Engines:
     def _open(self, name: str) -> Engine:
         entry = self.build.component(name)
         if self.backend == "onnxruntime":
-            return OrtEngine(self.build.path(entry["engine"]), self.io(name), self.device, self.threads)
+            # the CPU provider runs the CPU-fused file, the GPU providers the portable one
+            if "provider_files" not in entry:
+                raise BackendUnavailable(f"{self.build.root}: {name} predates per-provider files; rebuild it with export/build_engines.py")
+            path = self.build.path(entry["provider_files"][self.device])
+            cache = self.build.root / ORT_TRT_CACHE if self.device == "tensorrt" else None
+            return OrtEngine(path, self.io(name), self.device, self.threads, precision=self.precision, cache_dir=cache)
         if self.backend == "tensorrt":
             return TrtEngine(self.build.path(entry["engine"]), self.io(name))
-        return TorchEngine(self._torch_module(name), self.io(name))
+        return TorchEngine(self._torch_module(name), self.io(name), self.device, self.precision)
 
     def _torch_module(self, name: str) -> Any:
         # The torch backend needs the training code and the checkpoint the build was made from.

@@ -21,6 +21,7 @@ from safetensors.numpy import load_file
 
 from runtime.backends import Engines
 from runtime.manifest import Build
+from runtime.stop import ShouldStop, check
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -119,18 +120,22 @@ class Decoder:
         steps: int | None = None,
         guidance: float | None = None,
         on_step: StepCallback | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> np.ndarray:
         """Image uint8 (H, W, 3), video uint8 (frames, H, W, 3) or audio float32 (samples,).
 
         Steps and guidance default to the section's. `on_step(done, total)` follows each UNet step;
         `total` is the scheduler's timestep count (PNDM without PRK steps runs `steps + 1`).
+        `should_stop` is asked before every UNet step and the VAE; a reason it names raises
+        `runtime.stop.Stopped`.
         """
         self._check(prompt_embeds)
         steps = self.section["steps"] if steps is None else steps
         guidance = self.section["guidance"] if guidance is None else guidance
         if steps < 1:
             raise ValueError(f"{self.name}: steps must be at least 1, got {steps}")
-        latents = self._denoise(prompt_embeds, seed, steps, guidance, on_step)
+        latents = self._denoise(prompt_embeds, seed, steps, guidance, on_step, should_stop)
+        check(should_stop)
         return self.finish(self, self._decode(latents))
 
     def _check(self, prompt_embeds: np.ndarray) -> None:
@@ -147,7 +152,13 @@ class Decoder:
         return cond.reshape(len(cond), -1) if self.condition == "class_labels" else cond
 
     def _denoise(
-        self, prompt_embeds: np.ndarray, seed: int, steps: int, guidance: float, on_step: StepCallback | None
+        self,
+        prompt_embeds: np.ndarray,
+        seed: int,
+        steps: int,
+        guidance: float,
+        on_step: StepCallback | None,
+        should_stop: ShouldStop | None,
     ) -> torch.Tensor:
         # a scheduler per call: PNDM keeps state between steps, and a fresh one makes generate reentrant
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
@@ -160,6 +171,7 @@ class Decoder:
         unet = self.engines[f"{self.name}_unet"]
         total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
+            check(should_stop)
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
             feeds = {
                 "sample": model_input.contiguous().numpy(),

@@ -9,6 +9,7 @@ the answer go through the LLM once. Batch size is 1 throughout.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from runtime.backends import Engine, Engines
 from runtime.manifest import Build
 from runtime.prompt import PromptIds, build_prompt, check_fits
 from runtime.signals import SignalVocab
+from runtime.stop import ShouldStop, check
 
 LLM_INPUTS = ("input_ids", "media_token", "media_position", "past_keys", "past_values")
 LLM_OUTPUTS = ("logits", "hidden", "present_keys", "present_values")
@@ -172,13 +174,15 @@ class TextStream:
 class LlmGenerator:
     """The `llm` engine as a generator, configured by the build's config (sizes, defaults, template, tokens)."""
 
-    def __init__(self, engine: Engine, config: dict[str, Any], tokenizer: Tokenizer) -> None:
+    def __init__(self, engine: Engine, config: dict[str, Any], tokenizer: Tokenizer, context: int | None = None) -> None:
+        """`context`: the tokens the engine holds, when fewer than the model's context."""
         if tuple(engine.input_names) != LLM_INPUTS or tuple(engine.output_names) != LLM_OUTPUTS:
             raise ValueError(
                 f"llm engine has inputs {engine.input_names} and outputs {engine.output_names}; "
                 f"this runtime drives {list(LLM_INPUTS)} -> {list(LLM_OUTPUTS)}"
             )
         self.engine, self.config, self.tokenizer = engine, config, tokenizer
+        self.context = min(config["llm"]["max_position_embeddings"], context or math.inf)
         self.vocab = SignalVocab({m: list(ids) for m, ids in config["tokens"]["signal_ids"].items()})
         self.stop = config["prompt"]["stop"]
         llm = config["llm"]
@@ -188,8 +192,10 @@ class LlmGenerator:
 
     @classmethod
     def from_engines(cls, engines: Engines) -> LlmGenerator:
-        """From a `runtime.backends.Engines` set: its llm engine, its build's config and tokenizer."""
-        return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build))
+        """From a `runtime.backends.Engines` set: its llm engine, its build's config and tokenizer;
+        the context is what the engine's cache range holds (a prompt, then one token per step)."""
+        past = engines.build.component("llm")["dims"]["past"][-1]
+        return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build), past + 1)
 
     def build_prompt(self, text: str, has_media: bool) -> PromptIds:
         """The template around `text`, tokenised as the reference does (the unk id holds the media slot)."""
@@ -247,7 +253,7 @@ class LlmGenerator:
         if (media_token is None) != (prompt.media_position is None):
             raise ValueError("a media token needs a prompt with a media slot, and a media slot needs a token")
         reserved = max_new + sum(len(run) for run in self.vocab.runs.values())
-        check_fits(len(prompt.ids), reserved, self.config["llm"]["max_position_embeddings"])
+        check_fits(len(prompt.ids), reserved, self.context)
 
     def generate(
         self,
@@ -260,18 +266,21 @@ class LlmGenerator:
         seed: int = 0,
         required: Sequence[str] = (),
         on_text: Callable[[str], None] | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> Generation:
         """Generate as the reference does; `media_token` is the (1, H) summed input token, if any.
 
         Stops, as HF generate with the reference's criteria, after the token that reaches
         `max_new_tokens`, that is the EOS id (kept in `ids`, as HF returns it), or that makes the
         visible text contain the stop marker (dropped again with the reference's trimming loop).
+        `should_stop` is asked before every engine call; a reason it names raises `runtime.stop.Stopped`.
         """
         max_new, temperature, top_p = self._settings(max_new_tokens, temperature, top_p)
         self._check(prompt, media_token, max_new, required)
         rng = torch.Generator().manual_seed(seed)
         stream = TextStream(on_text, self.stop)
         token_in = None if media_token is None else np.asarray(media_token, np.float32)
+        check(should_stop)
         logits, _, cache = self.prefill(prompt.ids, token_in, prompt.media_position)
         ids: list[int] = []
         hidden: list[np.ndarray] = []  # hidden[i] is the state of ids[i], produced when ids[i] is fed
@@ -281,6 +290,7 @@ class LlmGenerator:
             if ids[-1] == self.tokenizer.eos_id or self.stop in text or len(ids) == max_new:
                 break
             stream.update(text)
+            check(should_stop)
             logits, h, cache = self.decode_one_token(ids[-1], cache)
             hidden.append(h[0])
         # The stop marker first shows with the last token, so this drops at most that unfed token:

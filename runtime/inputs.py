@@ -5,35 +5,61 @@ clip); video (1, clips, 3, frames, S, S); audio (1, clips, 1, mel, T).
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime import media, preprocess
+from runtime.limits import Limits
 
 INPUT_MODALITIES = ("image", "audio", "video")
 
 
-def prepare_inputs(imagebind: dict[str, Any], files: dict[str, Path | None]) -> dict[str, np.ndarray]:
-    """Read and preprocess each given file; raises MediaError naming the file on bad media."""
+def prepare_inputs(
+    imagebind: dict[str, Any], files: dict[str, Path | None], *, limits: Limits = media.DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
+    """Read and preprocess each given file within `limits`; raises MediaError naming the file on
+    bad media. A video is decoded only up to the last frame its clips use, and of an audio file
+    only the samples its clips are made from are kept."""
     unknown = set(files) - set(INPUT_MODALITIES)
     if unknown:
         raise media.MediaError(f"unknown input modality {sorted(unknown)[0]!r}; known: {', '.join(INPUT_MODALITIES)}")
     vision, audio = imagebind["vision"], imagebind["audio"]
     out: dict[str, np.ndarray] = {}
     if files.get("image"):
-        image = preprocess.image_to_tensor(media.read_image(files["image"]), vision["image_size"])
+        image = preprocess.image_to_tensor(media.read_image(files["image"], limits=limits), vision["image_size"])
         out["image"] = image[None, None, :, None]
     if files.get("video"):
-        frames, fps = media.read_video(files["video"])
-        out["video"] = preprocess.video_to_clips(
-            frames, fps, vision["image_size"], vision["video_clips"], vision["num_frames"], vision["clip_duration"]
-        )[None]
+        clips, frames_per_clip = vision["video_clips"], vision["num_frames"]
+        pick = partial(
+            preprocess.clip_frame_indices, clips=clips, frames_per_clip=frames_per_clip, clip_duration=vision["clip_duration"]
+        )
+        frames, _ = media.read_video(files["video"], pick=pick, limits=limits)
+        picked = frames.reshape(clips, frames_per_clip, *frames.shape[1:])
+        out["video"] = preprocess.picked_to_clips(picked, vision["image_size"])[None]
     if files.get("audio"):
-        wave, rate = media.read_audio(files["audio"])
-        out["audio"] = preprocess.waveform_to_fbank_clips(
-            wave, rate, audio["sample_rate"], audio["clips"], audio["clip_duration"],
-            audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"],
+        clips = _audio_clips(files["audio"], audio, limits)
+        out["audio"] = preprocess.fbank_clips(
+            clips, audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"]
         )[None]
     return out
+
+
+def _audio_clips(path: Path, audio: dict[str, Any], limits: Limits) -> list[np.ndarray]:
+    """ImageBind's audio clips at its sample rate, bit for bit those `waveform_to_fbank_clips` cuts
+    from the whole resampled waveform, with only the samples they are made from kept in memory."""
+    rate_out = audio["sample_rate"]
+
+    def spans(total: int, rate: int) -> list[tuple[int, int]]:
+        return preprocess.audio_clip_spans(total, rate, rate_out, audio["clips"], audio["clip_duration"])
+
+    def sources(total: int, rate: int) -> list[tuple[int, int]]:
+        return [media.source_span(start, stop, total, rate, rate_out) for start, stop in spans(total, rate)]
+
+    parts, total, rate = media.read_audio_spans(path, sources, limits=limits)
+    return [
+        media.resample_span(part, first, total, rate, rate_out, start, stop)
+        for part, (first, _), (start, stop) in zip(parts, sources(total, rate), spans(total, rate))
+    ]

@@ -16,8 +16,10 @@ from runtime.backends import Engines
 from runtime.diffusion import Decoder
 from runtime.generation import LlmGenerator
 from runtime.inputs import prepare_inputs
+from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.request import OUTPUT_MODALITIES, Request, Response
+from runtime.stop import ShouldStop, check
 
 ENCODERS = {"image": "imagebind_vision", "video": "imagebind_vision", "audio": "imagebind_audio"}
 TextCallback = Callable[[str], None]
@@ -32,10 +34,13 @@ class Any2AnyPipeline:
         device: str = "cpu",
         threads: int = 0,
         wrap: Callable[[Engines], Engines] | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        """`wrap` lets a caller interpose on every engine call (timing, remote execution)."""
+        """`wrap` lets a caller interpose on every engine call (timing, remote execution);
+        `limits` default to the build's (`Limits.for_build`)."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
+        self.limits = limits or Limits.for_build(self.build)
         engines = Engines(self.build, backend, device, threads)
         self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)
@@ -60,10 +65,17 @@ class Any2AnyPipeline:
         return self.engines[f"projector_{modality}"].run({"hidden": hidden.astype(np.float32)})["embeds"]
 
     def __call__(
-        self, req: Request, on_text: TextCallback | None = None, on_step: StepCallback | None = None
+        self,
+        req: Request,
+        on_text: TextCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> Response:
-        req.check()
-        inputs = prepare_inputs(self.config["imagebind"], req.files)
+        """`should_stop` is asked between the stages and at every token and denoising step; a
+        reason it names raises `runtime.stop.Stopped`."""
+        req.check(self.limits)
+        inputs = prepare_inputs(self.config["imagebind"], req.files, limits=self.limits)
+        check(should_stop)
         prompt = self.llm.build_prompt(req.prompt, bool(inputs))
         gen = self.llm.generate(
             prompt,
@@ -74,11 +86,12 @@ class Any2AnyPipeline:
             seed=req.seed,
             required=[req.output] if req.output else [],
             on_text=on_text,
+            should_stop=should_stop,
         )
         media = {}
         for modality, hidden in gen.signal_hidden.items():
             report = None if on_step is None else (lambda done, total, m=modality: on_step(m, done, total))
             media[modality] = self.decoders[modality].generate(
-                self.project(modality, hidden), req.seed, req.steps, req.guidance, report
+                self.project(modality, hidden), req.seed, req.steps, req.guidance, report, should_stop
             )
         return Response(gen.text, gen.ids, media)

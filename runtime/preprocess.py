@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from runtime.media import resample
+from runtime.media import resample, resampled_length
 
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
@@ -80,19 +80,23 @@ def clip_frame_indices(
 def video_to_clips(
     frames: np.ndarray, fps: float, image_size: int, clips: int, frames_per_clip: int, clip_duration: float
 ) -> np.ndarray:
-    """uint8 T×H×W×3 frames → float32 (clips, 3, frames_per_clip, S, S).
+    """uint8 T×H×W×3 frames → float32 (clips, 3, frames_per_clip, S, S): the frames that
+    `clip_frame_indices` picks, through `picked_to_clips`."""
+    index = clip_frame_indices(len(frames), fps, clips, frames_per_clip, clip_duration)
+    return picked_to_clips(frames[index], image_size)
 
-    Frames are picked by `clip_frame_indices`, then each goes through `image_to_tensor`. Two
-    departures from the reference: it scales with pytorchvideo's ShortSideScale (bilinear, no
+
+def picked_to_clips(picked: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 (clips, frames_per_clip, H, W, 3), the frames `clip_frame_indices` picked, → float32
+    (clips, 3, frames_per_clip, S, S), each frame through `image_to_tensor`.
+
+    Two departures from the reference: it scales with pytorchvideo's ShortSideScale (bilinear, no
     antialiasing) and takes three spatial crops (left/centre/right, SpatialCrop) per clip; we resize
     as images are (bicubic, antialiased) and take the centre crop only, so a video gives `clips`
     clips, not 3 × `clips`.
     """
-    index = clip_frame_indices(len(frames), fps, clips, frames_per_clip, clip_duration)
-    unique, inverse = np.unique(index, return_inverse=True)  # short videos reuse frames: resize once
-    tensors = np.stack([image_to_tensor(frames[i], image_size) for i in unique])
-    picked = tensors[inverse.reshape(index.shape)]  # (clips, frames_per_clip, 3, S, S)
-    return np.ascontiguousarray(picked.transpose(0, 2, 1, 3, 4))
+    tensors = np.stack([[image_to_tensor(frame, image_size) for frame in clip] for clip in picked])
+    return np.ascontiguousarray(tensors.transpose(0, 2, 1, 3, 4))
 
 
 def kaldi_fbank(wave: np.ndarray, sample_rate: int, num_mel_bins: int) -> np.ndarray:
@@ -134,25 +138,40 @@ def waveform_to_fbank_clips(
     std: float,
 ) -> np.ndarray:
     """Mono waveform → float32 (clips, 1, num_mel_bins, target_length), as ImageBind's
-    `load_and_transform_audio_data` and `waveform2melspec` compute it.
+    `load_and_transform_audio_data` and `waveform2melspec` compute it: resample the whole waveform
+    to `sample_rate`, cut the clips at `audio_clip_spans`, then `fbank_clips`."""
+    x = resample(wave, rate, sample_rate)
+    if x.size == 0:
+        raise ValueError("empty waveform")
+    spans = audio_clip_spans(len(wave), rate, sample_rate, clips, clip_duration)
+    return fbank_clips([x[start:stop] for start, stop in spans], sample_rate, num_mel_bins, target_length, mean, std)
 
-    Resample the whole waveform to `sample_rate`, cut `clips` clips at `clip_timepoints` (samples
-    int(start * sample_rate) .. int(end * sample_rate), fewer where the audio ends), subtract each
-    clip's mean, take `kaldi_fbank`, transpose to (mel, frames), zero-pad on the right or crop to
-    `target_length` frames (the padding is in the log domain, before normalising, as in the
-    reference), then (x - mean) / std.
+
+def audio_clip_spans(samples: int, rate: int, sample_rate: int, clips: int, clip_duration: float) -> list[tuple[int, int]]:
+    """Each clip's samples [start, stop) in a `samples`-long waveform at `rate` once resampled to
+    `sample_rate`: int(start * sample_rate) .. int(end * sample_rate) of `clip_timepoints`, fewer
+    where the audio ends."""
+    length = resampled_length(samples, rate, sample_rate)
+    times = clip_timepoints(length / sample_rate, clip_duration, clips)
+    return [(int(start * sample_rate), min(int(end * sample_rate), length)) for start, end in times]
+
+
+def fbank_clips(
+    clips: list[np.ndarray], sample_rate: int, num_mel_bins: int, target_length: int, mean: float, std: float
+) -> np.ndarray:
+    """Clips at `sample_rate` → float32 (clips, 1, num_mel_bins, target_length).
+
+    Subtract each clip's mean, take `kaldi_fbank`, transpose to (mel, frames), zero-pad on the
+    right or crop to `target_length` frames (the padding is in the log domain, before normalising,
+    as in the reference), then (x - mean) / std.
 
     The reference subtracts the mean in place on a view of the shared waveform, so where clips
     overlap (audio shorter than clips × clip_duration) a later clip sees samples an earlier clip
     already shifted. We subtract from a copy; the difference is a constant step that the per-frame
     DC removal cancels except in the frames straddling it.
     """
-    x = resample(wave, rate, sample_rate)
-    if x.size == 0:
-        raise ValueError("empty waveform")
     mels = []
-    for start, end in clip_timepoints(x.size / sample_rate, clip_duration, clips):
-        clip = x[int(start * sample_rate) : int(end * sample_rate)]
+    for clip in clips:
         fbank = kaldi_fbank(clip - clip.mean(), sample_rate, num_mel_bins).T[:, :target_length]
         fbank = np.pad(fbank, ((0, 0), (0, target_length - fbank.shape[1])))
         mels.append((fbank - np.float32(mean)) / np.float32(std))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.limits import Limits
+
 OUTPUT_MODALITIES = ("image", "video", "audio")
 
 
@@ -22,14 +24,14 @@ class Request:
     steps: int | None = None
     guidance: float | None = None
 
-    def check(self) -> None:
-        """Refuse what is wrong before any work."""
+    def check(self, limits: Limits | None = None) -> None:
+        """Refuse what is wrong before any work: the prompt's size (before it is tokenised) and
+        every setting within `limits` (the pipelines' own; a client without them leaves those to
+        the server); the input files are checked as they are read."""
         if self.output is not None and self.output not in OUTPUT_MODALITIES:
             raise ValueError(f"unknown output modality {self.output!r}; known: {', '.join(OUTPUT_MODALITIES)}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {self.steps}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if limits is not None:
+            limits.check_request(self)
 
 
 @dataclass

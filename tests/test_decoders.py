@@ -11,12 +11,15 @@ import pytest
 import torch
 
 from train.decoders import (
+    TEXT_PARTS,
     UNCOND_FILE,
     DecoderPipeline,
     build_decoder,
     build_pipeline,
+    caption_tokenizer,
     generate,
     load_decoder,
+    load_text_encoder,
     save_decoder,
     unconditional_embedding,
 )
@@ -140,7 +143,7 @@ def test_save_load_round_trip(
     assert not list(saved[modality].rglob("*.bin"))  # safetensors only
     loaded = load_decoder(saved[modality], SECTIONS[modality])
     original = built[modality]
-    assert loaded.keys() == original.keys()
+    assert loaded.keys() == original.keys() - set(TEXT_PARTS)  # the text encoder is for training only
     assert torch.equal(loaded["uncond_embedding"], original["uncond_embedding"])
     for name in ("unet", "vae", "vocoder"):
         if name in original:
@@ -211,3 +214,24 @@ def test_generate_rejects_a_wrong_embedding_shape(built: dict[str, dict[str, Any
     decoder = _pipeline(built["image"], "image")
     with pytest.raises(ValueError, match="prompt_embeds is"):
         generate(decoder, SECTIONS["image"], torch.zeros(1, 77, 768))
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_the_text_encoder_is_kept_and_saved(modality: str, built: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """build_decoder keeps the encoder the unconditional embedding came from; load_text_encoder reads it
+    back with the tokenizer a caller adds."""
+    section = SECTIONS[modality]
+    components = dict(built[modality])
+    components["tokenizer"] = caption_tokenizer(["a red circle", "a blue square"], section, ["red", "blue"])
+    save_decoder(components, tmp_path / modality)
+    encoder, tokenizer = load_text_encoder(tmp_path / modality, section)
+    for key, value in built[modality]["text_encoder"].state_dict().items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+    assert tokenizer("a red circle").input_ids[0] == section["text_encoder"]["bos_token_id"]
+
+
+def test_a_decoder_without_text_encoder_is_named(saved: dict[str, Path], tmp_path: Path) -> None:
+    folder = shutil.copytree(saved["image"], tmp_path / "sd")
+    shutil.rmtree(folder / "text_encoder")
+    with pytest.raises(FileNotFoundError, match=r"sd/text_encoder: missing; caption embeddings need"):
+        load_text_encoder(folder, SECTIONS["image"])

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from train import checkpoint as ckpt
-from train.decoders import build_decoder
+from train.decoders import build_decoder, load_text_encoder
 from train.imagebind import ImageBindEncoder
 from train.import_nextgpt import ReleasedWeights, import_nextgpt, main
 from train.llm import train_tiny_tokenizer
@@ -278,7 +278,7 @@ def test_checkpoint_folder_is_complete(imported: SimpleNamespace) -> None:
     for m in MODALITIES:
         folder = ckpt.decoder_path(out, imported.config, m)
         assert (folder / "uncond_embedding.safetensors").is_file()
-        assert not (folder / "text_encoder").exists() and not (folder / "tokenizer").exists()
+        assert (folder / "text_encoder" / "model.safetensors").is_file() and (folder / "tokenizer").is_dir()
     assert json.loads((out / ckpt.CONFIG).read_text()) == imported.config
 
 
@@ -378,6 +378,17 @@ def test_decoders_are_the_released_networks(release: SimpleNamespace, model: Any
             for key in want:
                 assert torch.equal(got[key], want[key]), (m, name, key)
         assert type(loaded["scheduler"]) is type(fake.components["scheduler"])
+
+
+def test_the_released_text_encoders_are_kept(release: SimpleNamespace, imported: SimpleNamespace) -> None:
+    for m in MODALITIES:
+        folder = ckpt.decoder_path(imported.out, imported.config, m)
+        encoder, tokenizer = load_text_encoder(folder, PRESET["decoders"][m])
+        want = release.decoders[m].encoder.state_dict()
+        assert set(encoder.state_dict()) == set(want)
+        for key, value in want.items():
+            assert torch.equal(encoder.state_dict()[key], value), (m, key)
+        assert tokenizer.model_max_length == release.decoders[m].length
 
 
 def test_uncond_embedding_is_the_released_text_encoder_on_empty_prompt(release: SimpleNamespace, model: Any) -> None:

@@ -8,7 +8,10 @@ input_projection.safetensors   ImageBind embedding -> LLM token (`llama_proj`)
 llm.safetensors                LLaMA base weights incl. the embedding and lm_head rows of added tokens
 lora.safetensors               peft adapter weights (q, k, v, o)
 projector_{image,video,audio}.safetensors
-decoders/{sd,zeroscope,audioldm}/   diffusers folders + uncond_embedding.safetensors
+decoders/{sd,zeroscope,audioldm}/   diffusers folders + uncond_embedding.safetensors, and optionally
+                               text_encoder/ + tokenizer/ (save_pretrained folders): the decoder's own
+                               text encoder, which training needs for caption embeddings and
+                               deployment never reads
 ```
 Every part is checked against the config on load: a missing file, key or a wrong shape is a
 `CheckpointError` naming the file and the tensor.
@@ -103,7 +106,8 @@ def read_checked(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def load_module_part(module: nn.Module, path: Path) -> None:
-    module.load_state_dict(read_checked(path, module.state_dict()))
+    """Assigned, not copied: the module may be on the meta device, and the tensors stay mmap'd."""
+    module.load_state_dict(read_checked(path, module.state_dict()), assign=True)
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path) -> None:

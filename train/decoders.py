@@ -3,7 +3,9 @@
 A decoder section of a preset (`preset["decoders"][modality]`) sizes one decoder. Its components are
 the diffusers `unet`, `vae`, `scheduler`, AudioLDM's `vocoder`, and `uncond_embedding`: the decoder's
 text encoder run on "", the negative prompt of classifier-free guidance. NExT-GPT's projectors replace
-the text encoder, so only that one constant is kept from it, computed once and stored with the rest.
+the text encoder at run time, so deployment needs only that one constant. Training needs the encoder
+itself, for the caption embeddings the projectors learn to match: a checkpoint may also keep
+`text_encoder` and `tokenizer` (optional; `load_text_encoder` reads them, `load_decoder` does not).
 
 Generation is the reference's: the diffusers pipelines fed `prompt_embeds` and
 `negative_prompt_embeds`, except that a pipeline is built once per loaded decoder, not per call.
@@ -11,7 +13,8 @@ Generation is the reference's: the diffusers pipelines fed `prompt_embeds` and
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,22 @@ from diffusers import (
 )
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoTokenizer, ClapTextModelWithProjection, CLIPTextModel, PreTrainedModel, SpeechT5HifiGan
+from tokenizers import Regex as TokRegex
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoTokenizer,
+    ClapTextModelWithProjection,
+    CLIPTextModel,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    SpeechT5HifiGan,
+)
 
 UNCOND_FILE = "uncond_embedding.safetensors"
 MODULES = ("unet", "vae", "vocoder")  # the networks a section may size, each saved in its own subfolder
+TEXT_PARTS = ("text_encoder", "tokenizer")  # optional subfolders, needed only to encode captions
 
-Components = dict[str, Any]  # MODULES present in the section, "scheduler", "uncond_embedding"
+Components = dict[str, Any]  # MODULES present in the section, "scheduler", "uncond_embedding", TEXT_PARTS if kept
 
 
 class _AudioLDMFromEmbeds(AudioLDMPipeline):
@@ -132,12 +145,17 @@ def _new_scheduler(config: dict[str, Any]) -> SchedulerMixin:
 
 
 def build_decoder(section: dict[str, Any]) -> Components:
-    """The components of one decoder section with random weights, seeded by the caller's torch.manual_seed."""
+    """The components of one decoder section with random weights, seeded by the caller's torch.manual_seed.
+
+    The random text encoder is kept; a tokenizer is the caller's to add (`caption_tokenizer`).
+    """
     components: Components = {
         name: _new_module(_module_class(section, name), section[name]) for name in _module_names(section)
     }
     components["scheduler"] = _new_scheduler(section["scheduler"])
-    components["uncond_embedding"] = unconditional_embedding(section)
+    encoder = _new_module(_spec(section).text_encoder, section["text_encoder"])
+    components["text_encoder"] = encoder
+    components["uncond_embedding"] = _encoder_unconditional(encoder, section)
     return components
 
 
@@ -183,19 +201,102 @@ def unconditional_embedding(section: dict[str, Any]) -> Tensor:
 
     For audio that is (1, embed_dim): AudioLDM's one CLAP vector per prompt.
     """
-    spec = _spec(section)
-    encoder = _new_module(spec.text_encoder, section["text_encoder"])
-    ids, mask = _empty_prompt(encoder.config, spec.empty_prompt_length(encoder.config))
+    return _encoder_unconditional(_new_module(_spec(section).text_encoder, section["text_encoder"]), section)
+
+
+def _encoder_unconditional(encoder: CLIPTextModel | ClapTextModelWithProjection, section: dict[str, Any]) -> Tensor:
+    ids, mask = _empty_prompt(encoder.config, _spec(section).empty_prompt_length(encoder.config))
     embedding = torch.atleast_2d(text_encoder_embedding(encoder, ids, mask)[0])
     _check_uncond_shape(embedding, section, f"{section['name']} text_encoder")
     return embedding
+
+
+def caption_length(section: dict[str, Any]) -> int:
+    """How many tokens the decoder's pipeline pads a prompt to: its tokenizer's model_max_length.
+
+    CLIP: the position count (77). AudioLDM pads to the tokenizer's length, RoBERTa's positions minus
+    the two its ids start after; `unconditional_embedding` pads "" to the same count (the projection
+    dim, 512 = 514 - 2 at full size).
+    """
+    config = section["text_encoder"]
+    return config["max_position_embeddings"] - (2 if _spec(section).class_labels else 0)
+
+
+def caption_tokenizer(corpus: list[str], section: dict[str, Any], whole: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A small deterministic BPE tokenizer for a tiny text encoder, trained on `corpus`.
+
+    Its ids fit the encoder config: vocab_size ids in all, BOS, EOS and pad at the config's ids, "" as
+    BOS EOS pad... like the real tokenizers (and `_empty_prompt`). It lower-cases like CLIP's. A tiny
+    CLIP reads 8 positions, so merges run across spaces and the filler between the words of `whole`
+    ("in the centre of a") becomes one token, while each word of `whole` (the attribute values, e.g.
+    "red", "c sharp") is a piece of its own: a caption fits and its tokens stay compositional.
+    """
+    config = section["text_encoder"]
+    special = {config["bos_token_id"]: "<|startoftext|>", config["eos_token_id"]: "<|endoftext|>"}
+    special.setdefault(config["pad_token_id"], "<|pad|>")
+    unk = "<|unk|>"
+    trainer = trainers.BpeTrainer(
+        vocab_size=config["vocab_size"] - len(special), special_tokens=[unk], show_progress=False
+    )
+    learner = Tokenizer(models.BPE(unk_token=unk))
+    learner.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    if whole:
+        # longest first, so "c sharp" wins over "c"; a word takes the space before it
+        words = "|".join(re.escape(w) for w in sorted(set(whole), key=lambda w: (-len(w), w)))
+        learner.pre_tokenizer = pre_tokenizers.Split(TokRegex(rf" ?\b(?:{words})\b"), behavior="isolated")
+    learner.train_from_iterator(corpus, trainer=trainer)
+    learned = json.loads(learner.to_str())["model"]
+    # the learned tokens take the free ids in their own order; unused ids are filled, so ids run 0..vocab-1
+    free = (i for i in range(config["vocab_size"]) if i not in special)
+    vocab = {token: next(free) for token, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1])}
+    vocab.update({f"<|unused{i}|>": i for i in free})
+    vocab.update({name: i for i, name in special.items()})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m) for m in learned["merges"]], unk_token=unk))
+    tok.normalizer = learner.normalizer
+    tok.pre_tokenizer = learner.pre_tokenizer
+    bos, eos = special[config["bos_token_id"]], special[config["eos_token_id"]]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, config["bos_token_id"]), (eos, config["eos_token_id"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=special[config["pad_token_id"]],
+        unk_token=unk,
+        model_max_length=caption_length(section),
+    )
+
+
+@torch.no_grad()
+def encode_captions(
+    encoder: CLIPTextModel | ClapTextModelWithProjection, tokenizer: Any, captions: list[str], section: dict[str, Any]
+) -> Tensor:
+    """Captions as the decoder's pipeline encodes a prompt: (batch, embed_tokens, embed_dim), float32.
+
+    Padded to the tokenizer's model_max_length and truncated, as `encode_prompt` does; AudioLDM's
+    L2-normalised CLAP vector becomes one token.
+    """
+    tokens = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    embedding = text_encoder_embedding(encoder, tokens.input_ids, tokens.attention_mask).float()
+    if embedding.dim() == 2:
+        embedding = embedding.unsqueeze(1)
+    expected = (section["embed_tokens"], section["embed_dim"])
+    if tuple(embedding.shape[1:]) != expected:
+        got = tuple(embedding.shape[1:])
+        raise ValueError(f"{section['name']}: captions encode to {got}, section wants {expected}")
+    return embedding.cpu()
 
 
 def save_decoder(components: Components, folder: str | Path) -> None:
     """Diffusers layout: one `save_pretrained` subfolder per part (safetensors), plus UNCOND_FILE."""
     folder = Path(folder)
     for name, part in components.items():
-        if name != "uncond_embedding":
+        if name == "tokenizer":
+            part.save_pretrained(str(folder / name))
+        elif name != "uncond_embedding":
             part.save_pretrained(folder / name)
     save_file({"embedding": components["uncond_embedding"].contiguous()}, folder / UNCOND_FILE)
 
@@ -239,13 +340,30 @@ def load_decoder(folder: str | Path, section: dict[str, Any]) -> Components:
     return components
 
 
+def load_text_encoder(folder: str | Path, section: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
+    """The decoder's own text encoder (eval mode) and tokenizer, as `save_decoder` or a released
+    pipeline folder keeps them; a missing one is a FileNotFoundError naming it."""
+    folder = Path(folder)
+    for name in TEXT_PARTS:
+        if not (folder / name).is_dir():
+            raise FileNotFoundError(
+                f"{folder / name}: missing; caption embeddings need the decoder's text encoder and tokenizer "
+                "(re-make or re-import the checkpoint)"
+            )
+    encoder = _spec(section).text_encoder.from_pretrained(folder / "text_encoder", local_files_only=True).eval()
+    _check_config(folder / "text_encoder", encoder.config.to_dict(), section["text_encoder"])
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    return encoder, tokenizer
+
+
 def import_decoder(folder: str | Path, section: dict[str, Any]) -> Components:
     """A released diffusers pipeline folder (SD-1.5, ZeroScope, AudioLDM) as checkpoint components.
 
-    Its own text encoder and tokenizer run once on "" for the unconditional embedding; neither is kept.
+    Its own text encoder and tokenizer run once on "" for the unconditional embedding, and are kept
+    for the caption embeddings of training.
     """
     folder = Path(folder)
-    components = _load_modules(folder, section, ("text_encoder", "tokenizer"))
+    components = _load_modules(folder, section, TEXT_PARTS)
     spec = _spec(section)
     encoder = spec.text_encoder.from_pretrained(folder / "text_encoder", local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
@@ -253,7 +371,7 @@ def import_decoder(folder: str | Path, section: dict[str, Any]) -> Components:
     tokens = tokenizer("", padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     embedding = torch.atleast_2d(text_encoder_embedding(encoder, tokens.input_ids, tokens.attention_mask)[0])
     _check_uncond_shape(embedding, section, str(folder / "text_encoder"))
-    components["uncond_embedding"] = embedding
+    components.update(text_encoder=encoder, tokenizer=tokenizer, uncond_embedding=embedding)
     return components
 
 

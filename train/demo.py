@@ -7,8 +7,12 @@ Writes sample inputs from the synthetic world to `OUT/inputs/` and one answer fo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from runtime import media
 from train import synthetic

@@ -14,8 +14,13 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from runtime.limits import Limits
 from runtime.request import add_request_args, request_from_args
 from runtime.response import media_meta, write_response
+from train.checkpoint import read_config
 from train.model import load_checkpoint
 from train.reference import ReferencePipeline
 
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         hf_logging.disable_progress_bar()
     try:
-        request_from_args(args).check()  # before loading anything
+        request_from_args(args).check(Limits.for_config(read_config(args.checkpoint)))  # before loading anything
         body = answer(ReferencePipeline(load_checkpoint(args.checkpoint), progress=not args.quiet), args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from train import checkpoint as ckpt
 from train.decoders import import_decoder, save_decoder
 from train.imagebind import ImageBindEncoder, load_official_imagebind

@@ -68,4 +68,5 @@ def lora_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
 
 
 def load_lora_state_dict(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
-    set_peft_model_state_dict(model, state)
+    """Assigned (peft's low_cpu_mem_usage path), so the adapter may have been built on the meta device."""
+    set_peft_model_state_dict(model, state, low_cpu_mem_usage=True)

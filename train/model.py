@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from torch import nn
 
 from train import checkpoint as ckpt
@@ -38,10 +39,11 @@ class NextGPT(nn.Module):
         return {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
 
     def load_base_llm_state(self, state: dict[str, torch.Tensor]) -> None:
-        """The inverse of `base_llm_state`: peft moved the adapted weights under `.base_layer.`."""
+        """The inverse of `base_llm_state`: peft moved the adapted weights under `.base_layer.`.
+        The tensors are assigned, not copied, so the model may have been built on the meta device."""
         base = self.llm.get_base_model()
         wrapped = {k.replace(".base_layer.", "."): k for k in base.state_dict() if "lora_" not in k}
-        base.load_state_dict({wrapped[k]: v for k, v in state.items()}, strict=False)
+        base.load_state_dict({wrapped[k]: v for k, v in state.items()}, strict=False, assign=True)
 
     def module_parts(self) -> dict[str, nn.Module]:
         parts = {"imagebind": self.encoder, "input_projection": self.input_projection}
@@ -75,9 +77,15 @@ def load_checkpoint(folder: Path) -> NextGPT:
     decoders = {
         m: load_decoder(ckpt.decoder_path(folder, config, m), section) for m, section in config["decoders"].items()
     }
-    model = NextGPT(config, tokenizer, decoders)
+    # Parameters on the meta device (buffers, computed at init, stay real): no random weights are
+    # drawn and no memory is held for them; the mmap'd checkpoint tensors take their place.
+    with init_empty_weights():
+        model = NextGPT(config, tokenizer, decoders)
     for name, module in model.module_parts().items():
         ckpt.load_module_part(module, ckpt.part_path(folder, name))
     model.load_base_llm_state(ckpt.read_checked(ckpt.part_path(folder, "llm"), model.base_llm_state()))
     load_lora_state_dict(model.llm, ckpt.read_checked(ckpt.part_path(folder, "lora"), lora_state_dict(model.llm)))
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise ckpt.CheckpointError(f"{folder}: no checkpoint part holds {empty[0]} ({len(empty)} tensors left unloaded)")
     return model.eval()

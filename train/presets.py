@@ -342,7 +342,34 @@ def _nextgpt_7b() -> dict[str, Any]:
     return p
 
 
-PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nextgpt-7b": _nextgpt_7b()}
+def _nextgpt_7b_shallow() -> dict[str, Any]:
+    """`nextgpt-7b`'s widths at reduced depth: every matrix, vocabulary, channel count, image, video and
+    audio size as published, with two LLM layers and the fewest blocks and layers elsewhere. Random
+    weights; it exists to prove the full-width export path (external data past 2 GB: the LLM alone is
+    about 2.7 GB in fp32) on a machine without a GPU."""
+    p = _nextgpt_7b()
+    p["preset"] = "nextgpt-7b-shallow"
+    for trunk in ("vision", "audio"):
+        p["imagebind"][trunk]["num_blocks"] = 1
+    p["llm"]["num_hidden_layers"] = 2
+    p["projector"].update(encoder_layers=1, decoder_layers=1)
+    for dec in p["decoders"].values():
+        unet = dec["unet"]
+        unet.update(
+            block_out_channels=unet["block_out_channels"][:2],
+            down_block_types=unet["down_block_types"][:2],
+            up_block_types=unet["up_block_types"][-2:],
+            layers_per_block=1,
+        )
+        if isinstance(unet["cross_attention_dim"], list):
+            unet["cross_attention_dim"] = unet["cross_attention_dim"][:2]
+        dec["vae"]["layers_per_block"] = 1
+        dec["text_encoder"]["num_hidden_layers"] = 1
+    p["decoders"]["audio"]["vocoder"].update(resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]])
+    return p
+
+
+PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nextgpt-7b": _nextgpt_7b(), "nextgpt-7b-shallow": _nextgpt_7b_shallow()}
 
 
 def get_preset(name: str) -> dict[str, Any]:

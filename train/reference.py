@@ -14,6 +14,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from runtime.inputs import prepare_inputs
+from runtime.limits import Limits
 from runtime.prompt import PromptIds, build_prompt, check_fits
 from runtime.request import OUTPUT_MODALITIES, Request, Response
 from runtime.signals import SignalVocab
@@ -136,8 +137,9 @@ class ReferencePipeline:
         return conds
 
     def __call__(self, req: Request) -> Response:
-        req.check()
-        inputs = prepare_inputs(self.config["imagebind"], req.files)
+        limits = Limits.for_config(self.config)
+        req.check(limits)
+        inputs = prepare_inputs(self.config["imagebind"], req.files, limits=limits)
         max_new = req.max_new_tokens or self.config["generation"]["max_new_tokens"]
         reserved = max_new + sum(len(r) for r in self.vocab.runs.values())
         prompt = self.build_prompt(req.prompt, bool(inputs), reserved)

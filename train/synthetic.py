@@ -40,9 +40,12 @@ RGB = {
 }
 COLOURS = tuple(RGB)
 SHAPES = ("circle", "square", "triangle", "stripe", "dot", "ring")
-POSITIONS = {"centre": (0.0, 0.0), "left": (0.0, -0.25), "right": (0.0, 0.25), "top": (-0.25, 0.0), "bottom": (0.25, 0.0)}
+POSITIONS = {
+    "centre": (0.0, 0.0), "left": (0.0, -0.25), "right": (0.0, 0.25), "top": (-0.25, 0.0), "bottom": (0.25, 0.0),
+}
 POSITION_WORDS = {
-    "centre": "in the centre", "left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+    "centre": "in the centre", "left": "on the left", "right": "on the right",
+    "top": "at the top", "bottom": "at the bottom",
 }
 VOWELS = tuple("aeiou")
 # centre offset (fraction of the frame) at the start and end, and the size factor at the start and end
@@ -59,6 +62,7 @@ PITCHES = ("c", "c sharp", "d", "d sharp", "e", "f", "f sharp", "g", "g sharp", 
 REGISTERS = {"low": 3, "middle": 4, "high": 5}  # the octave of the pitch
 SOURCE = "synthetic"
 RECORDS_FILE = Path("records") / f"{SOURCE}.jsonl"
+Counts = dict[str, dict[str, int]]  # {split: {record kind: how many}}
 # bump when the world's content changes for the same seed and sizes, so caches are rebuilt
 WORLD_VERSION = 1
 
@@ -102,7 +106,9 @@ def _shape_mask(kind: str, size: int, centre: tuple[float, float], scale: float)
     raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
 
 
-def draw_shape(kind: str, colour: str, background: str, size: int, offset: tuple[float, float], scale: float = 1.0) -> np.ndarray:
+def draw_shape(
+    kind: str, colour: str, background: str, size: int, offset: tuple[float, float], scale: float = 1.0
+) -> np.ndarray:
     """One shape on a plain background, uint8 (size, size, 3); `offset` is a fraction of the frame."""
     img = np.empty((size, size, 3), np.uint8)
     img[:] = RGB[background]
@@ -200,7 +206,9 @@ def audio_caption(a: dict[str, str]) -> str:
     return f"the sound of {_a(a['register'])} {a['sound']} at {a['pitch']}"
 
 
-CAPTION: dict[str, Callable[[dict[str, str]], str]] = {"image": image_caption, "video": video_caption, "audio": audio_caption}
+CAPTION: dict[str, Callable[[dict[str, str]], str]] = {
+    "image": image_caption, "video": video_caption, "audio": audio_caption,
+}
 
 
 def combinations(modality: str) -> list[dict[str, str]]:
@@ -215,6 +223,13 @@ def combinations(modality: str) -> list[dict[str, str]]:
         for k, c, b, x in itertools.product(SHAPES, COLOURS, COLOURS, last[1])
         if c != b
     ]
+
+
+def attribute_words() -> list[str]:
+    """Every attribute value a caption names ("red", "moving up", "c sharp", ...): the pieces the
+    decoders' tiny caption tokenizers keep whole. The pitch "a" is left out: it is the article too."""
+    values = {v for m in CAPTION for a in combinations(m) for v in a.values()}
+    return sorted((values | set(POSITION_WORDS.values())) - {"a"})
 
 
 def caption_corpus() -> list[str]:
@@ -277,7 +292,9 @@ class _Item:
     attributes: dict[str, str]
 
 
-def _items(kind: str, split: str, combos: list[dict[str, str]], rng: np.random.Generator, multi_fraction: float) -> list[_Item]:
+def _items(
+    kind: str, split: str, combos: list[dict[str, str]], rng: np.random.Generator, multi_fraction: float
+) -> list[_Item]:
     modality = kind.removeprefix("text_to_")
     to_text = kind == modality
     items = []
@@ -301,7 +318,9 @@ def _items(kind: str, split: str, combos: list[dict[str, str]], rng: np.random.G
     return items
 
 
-def _split_combinations(rng: np.random.Generator, heldout_fraction: float) -> dict[str, dict[str, list[dict[str, str]]]]:
+def _split_combinations(
+    rng: np.random.Generator, heldout_fraction: float
+) -> dict[str, dict[str, list[dict[str, str]]]]:
     """Per modality, its combinations shuffled and cut into heldout and train."""
     out = {}
     for modality in CAPTION:
@@ -321,12 +340,12 @@ def combination_splits(seed: int = 0, world: dict[str, Any] = WORLD) -> dict[str
     return _split_combinations(np.random.default_rng(seed), world["heldout_fraction"])
 
 
-def plan_world(seed: int = 0, counts: dict[str, dict[str, int]] | None = None, world: dict[str, Any] = WORLD) -> list[Record]:
+def plan_world(seed: int = 0, counts: Counts | None = None, world: dict[str, Any] = WORLD) -> list[Record]:
     """The records of the world for a seed, without writing anything."""
     return [item.record for item in _plan(seed, counts, world)]
 
 
-def _plan(seed: int, counts: dict[str, dict[str, int]] | None, world: dict[str, Any]) -> list[_Item]:
+def _plan(seed: int, counts: Counts | None, world: dict[str, Any]) -> list[_Item]:
     counts = world["counts"] if counts is None else counts
     rng = np.random.default_rng(seed)
     pools = _split_combinations(rng, world["heldout_fraction"])
@@ -353,7 +372,8 @@ def render(modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> n
     if modality == "image":
         return draw_shape(a["shape"], a["colour"], a["background"], world["image_size"], POSITIONS[a["position"]])
     if modality == "video":
-        return shape_video(a["shape"], a["colour"], a["background"], a["motion"], world["video_size"], world["video_frames"])
+        size, frames = world["video_size"], world["video_frames"]
+        return shape_video(a["shape"], a["colour"], a["background"], a["motion"], size, frames)
     return sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], world["sample_rate"])
 
 
@@ -369,7 +389,11 @@ def write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, 
 
 
 def write_world(
-    root: Path, seed: int = 0, counts: dict[str, dict[str, int]] | None = None, world: dict[str, Any] = WORLD, progress: bool = True
+    root: Path,
+    seed: int = 0,
+    counts: Counts | None = None,
+    world: dict[str, Any] = WORLD,
+    progress: bool = True,
 ) -> Path:
     """Write the world for `seed` into `root` (records/synthetic.jsonl and the media); returns root.
 
@@ -387,20 +411,20 @@ def write_world(
     return root
 
 
-def world_fingerprint(seed: int, counts: dict[str, dict[str, int]] | None = None, world: dict[str, Any] = WORLD) -> str:
+def world_fingerprint(seed: int, counts: Counts | None = None, world: dict[str, Any] = WORLD) -> str:
     """Names a world's content: its seed, sizes, counts and WORLD_VERSION."""
     blob = json.dumps({"seed": seed, "counts": counts, "world": world, "version": WORLD_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def default_world_dir(seed: int = 0, cache: Path | None = None, counts: dict[str, dict[str, int]] | None = None) -> Path:
+def default_world_dir(seed: int = 0, cache: Path | None = None, counts: Counts | None = None) -> Path:
     """Where `ensure_world` keeps the world of a seed: $ANY2ANY_CACHE (default ~/.cache/any2any)/world/."""
     base = cache or Path(os.environ.get("ANY2ANY_CACHE", Path.home() / ".cache" / "any2any"))
     return base / "world" / f"seed{seed}-{world_fingerprint(seed, counts)}"
 
 
 def ensure_world(
-    seed: int = 0, cache: Path | None = None, counts: dict[str, dict[str, int]] | None = None, progress: bool = True
+    seed: int = 0, cache: Path | None = None, counts: Counts | None = None, progress: bool = True
 ) -> Path:
     """The default world of a seed, generated into the cache on first use.
 

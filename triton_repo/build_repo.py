@@ -2,7 +2,8 @@
 
     python triton_repo/build_repo.py --engines engines/tiny --out triton_models \
         [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls auto|all|unets|none] [--threads 0] \
-        [--device cpu|cuda] [--native]
+        [--device cpu|cuda] [--native] [--limits NAME=VALUE,...] [--deadline-s 300] [--max-queue-size 64] \
+        [--upload-dir DIR]
 
 Models (every config is generated from the manifest's IO and `triton_repo/protocol.py`; the
 models read the build in place, by its absolute path):
@@ -21,6 +22,16 @@ models read the build in place, by its absolute path):
 `--instances ROLE=N,...` sets instance counts (roles: preprocess, encode, llm, media,
 any2any_stream, engines); several `media` instances are what lets concurrent denoising loops
 share UNet batches. `--max-queue-delay-us` is how long an engine model waits to fill a batch.
+
+Deadlines and queues (`Serving`): every request has a deadline, the client's timeout (the
+`timeout` request parameter, which `triton_repo/client.py` sends with its gRPC deadline) or at most
+`--deadline-s` (the default and the ceiling). The pipeline models stop their token and denoising
+loops at the next step once it passes or the client cancels, answering CANCELLED. Every model
+except the ensemble queues through Triton's dynamic batcher with `default_queue_policy`: at most
+`--max-queue-size` requests wait per model (more are refused at once, UNAVAILABLE "Exceeds
+maximum queue size"), and one that waits past its deadline is rejected (UNAVAILABLE "Request
+timeout expired"; `allow_timeout_override` lets a client's shorter timeout apply). The pipeline
+models have `max_batch_size: 0`, so their batcher only queues: one request per execution.
 `--bls` says which engine models the pipeline models call (the others they run in process):
 `all` batches every engine across requests; each call is a round trip between processes (about
 1 ms on 2 CPU cores), which a small model's request feels. `unets` keeps the batching where a
@@ -28,6 +39,8 @@ request calls an engine once per denoising step; `none` has the least latency an
 across requests. `auto` (the default) is `all` where the engines run on a GPU, where shared
 batches raise throughput, and `none` on CPU, where the cores are busy either way and measured
 `none` gave both the lower latency and the higher throughput (benchmarks/results/triton_load*.md).
+`--limits` replaces any of the build's request limits (runtime/limits.py); the pipeline models
+refuse what exceeds them, and repo.json records the values in force.
 The repository is written beside OUT and moved in whole; OUT is only ever replaced if it is a
 repository this script wrote.
 """
@@ -37,10 +50,12 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.inputs import INPUT_MODALITIES
+from runtime.limits import Limits
 from runtime.manifest import Build, read_manifest
 from runtime.pipeline import ENCODERS
 from runtime.request import OUTPUT_MODALITIES
@@ -57,6 +72,31 @@ BLS_CHOICES = ("auto", *BLS)
 NATIVE_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 MODEL_SOURCES = Path(__file__).resolve().parent / "models"
 MARKER = "repo.json"  # what this script generated; its presence makes OUT replaceable
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How long a request may take, how many may wait per model (see the module's docstring), and
+    where the models save uploaded files (empty: the system's temporary folder)."""
+
+    deadline_s: float = 300.0  # the longest request the tiny CPU build serves takes seconds; a 7B build on a GPU, about a minute
+    max_queue_size: int = 64  # per model: eight clients' worth of requests for each of the default instances
+    upload_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.deadline_s > 0:
+            raise ValueError(f"--deadline-s must be above 0, got {self.deadline_s}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"--max-queue-size must be at least 1, got {self.max_queue_size}")
+
+    def queue_policy(self) -> dict[str, Any]:
+        """Triton's `default_queue_policy` (inside `dynamic_batching`)."""
+        return {
+            "timeout_action": Enum("REJECT"),
+            "default_timeout_microseconds": round(self.deadline_s * 1e6),
+            "allow_timeout_override": True,
+            "max_queue_size": self.max_queue_size,
+        }
 
 
 class Enum(str):
@@ -143,9 +183,19 @@ class RepoWriter:
     own, `bls` those of them the pipeline models call (`bls`: a policy of `BLS`)."""
 
     def __init__(
-        self, build: Build, root: Path, instances: dict[str, int], delay_us: int, bls: str, threads: int, device: str
+        self,
+        build: Build,
+        root: Path,
+        instances: dict[str, int],
+        delay_us: int,
+        bls: str,
+        threads: int,
+        device: str,
+        limits: Limits,
+        serving: Serving,
     ) -> None:
         self.build, self.root, self.instances, self.delay_us = build, root, instances, delay_us
+        self.limits, self.serving = limits, serving
         backend = {c["backend"] for c in build.components.values()}.pop()  # one backend per build (runtime.backends.Engines)
         self.runtime = {"engines": str(build.root.resolve()), "backend": backend, "device": device, "threads": str(threads)}
         self.served = [n for n, c in build.components.items() if batchable(c)]
@@ -170,7 +220,7 @@ class RepoWriter:
             "max_batch_size": entry["dims"]["batch"][2],
             "input": [engine_tensor_config(t) for t in entry["inputs"]],
             "output": [engine_tensor_config(t) for t in entry["outputs"]],
-            "dynamic_batching": {"max_queue_delay_microseconds": self.delay_us},
+            "dynamic_batching": {"max_queue_delay_microseconds": self.delay_us, "default_queue_policy": self.serving.queue_policy()},
         }
 
     def engine(self, name: str) -> None:
@@ -197,13 +247,20 @@ class RepoWriter:
         encoders, everything = set(ENCODERS.values()), set(self.build.components)
         runs = {"preprocess": set(), "encode": encoders, "llm": {"llm"}, "media": everything - encoders - {"llm"}, STREAM: everything}
         local = sorted(runs[role] - set(self.bls))
-        return parameters(**self.runtime, bls=",".join(self.bls), preload=",".join(local))
+        return parameters(
+            **self.runtime, bls=",".join(self.bls), preload=",".join(local), limits=self.limits.to_json(),
+            deadline_s=str(self.serving.deadline_s), upload_dir=self.serving.upload_dir,
+        )
+
+    def _queued(self) -> dict[str, Any]:
+        """A pipeline model's scheduling: the dynamic batcher for its queue policy, one request per execution."""
+        return {"max_batch_size": 0, "dynamic_batching": {"default_queue_policy": self.serving.queue_policy()}}
 
     def pipeline(self) -> None:
         steps = step_io(self.build)
         for role, (inputs, outputs) in steps.items():
             io = {"input": [tensor_config(t) for t in inputs], "output": [tensor_config(t) for t in outputs]}
-            config = {"backend": "python", "max_batch_size": 0, **io, "instance_group": _instances(self.instances[role])}
+            config = {"backend": "python", **self._queued(), **io, "instance_group": _instances(self.instances[role])}
             self.write(role, {**config, "parameters": self._pipeline_parameters(role)}, role)
         public = {"input": [tensor_config(t) for t in (*PARAMS, *FILES)], "max_batch_size": 0}
         meta = parameters(media_meta=json.dumps(media_meta(self.build.config)))  # for the client's WAV and MP4 writers
@@ -222,6 +279,7 @@ class RepoWriter:
         stream = {
             "backend": "python",
             **public,
+            **self._queued(),
             "output": answer + [tensor_config(t) for t in PROGRESS],
             "model_transaction_policy": {"decoupled": True},
             "instance_group": _instances(self.instances[STREAM]),
@@ -249,25 +307,33 @@ def build_repo(
     threads: int = 0,
     device: str = "cpu",
     native: bool = False,
+    limits: str | None = None,
+    serving: Serving | None = None,
 ) -> list[str]:
-    """Write the repository; returns its model names."""
+    """Write the repository; returns its model names. `limits`: NAME=VALUE,... replacing the
+    build's limits (`runtime.limits.Limits.for_build`)."""
     build = read_manifest(Path(engines))
     build.verify_files()
     policy = resolve_bls(bls, build, device)
+    checked = Limits.for_build(build).override(limits)
     out = Path(out)
     if out.exists() and not (out / MARKER).is_file():
         raise ValueError(f"{out} exists and was not written by build_repo.py; not replacing it")
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    writer = RepoWriter(build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, device)
+    serving = serving or Serving()
+    writer = RepoWriter(
+        build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, device, checked, serving
+    )
     for name in writer.served:
         (writer.native_engine if native else writer.engine)(name)
     writer.pipeline()
     models = sorted(p.name for p in staging.iterdir())
     record = {
         "engines": writer.runtime["engines"], "models": models, "batched": writer.served,
-        "bls_policy": policy, "bls": writer.bls, "native": native,
+        "bls_policy": policy, "bls": writer.bls, "native": native, "limits": json.loads(checked.to_json()),
+        **asdict(serving),
     }
     (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -291,10 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per engine (0: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
     p.add_argument("--native", action="store_true", help="engine models as onnxruntime/tensorrt configs for NVIDIA's container")
+    p.add_argument("--limits", help="NAME=VALUE,... replacing the build's limits (runtime/limits.py), e.g. max_steps=100")
+    p.add_argument(
+        "--deadline-s", type=float, default=Serving.deadline_s,
+        help="the longest a request may take, queued or running; a client's shorter timeout applies instead",
+    )
+    p.add_argument(
+        "--max-queue-size", type=int, default=Serving.max_queue_size,
+        help="requests waiting per model beyond which new ones are refused (UNAVAILABLE)",
+    )
+    p.add_argument("--upload-dir", default="", help="where the models save uploaded files (default: the system's temporary folder)")
     args = p.parse_args(argv)
     try:
         models = build_repo(
-            args.engines, args.out, parse_instances(args.instances), args.max_queue_delay_us, args.bls, args.threads, args.device, args.native
+            args.engines, args.out, parse_instances(args.instances), args.max_queue_delay_us, args.bls, args.threads,
+            args.device, args.native, args.limits, Serving(args.deadline_s, args.max_queue_size, args.upload_dir),
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

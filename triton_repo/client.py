@@ -11,6 +11,11 @@ as `error: ...` and exits with status 2, leaving `--out` untouched.
 
 As a library: `with Any2AnyClient(url) as c: c.infer(Request(...))` or `c.stream(req, on_text, on_step)`,
 both returning a `runtime.request.Response`.
+
+`--timeout` is the request's deadline: the gRPC deadline, and also sent as the request's
+`timeout` parameter, which every model of the ensemble sees, so that the server stops working
+on the request when the client stops waiting (DEADLINE_EXCEEDED here). A stream the client leaves
+early is cancelled, which stops the server's loops too.
 """
 from __future__ import annotations
 
@@ -50,9 +55,13 @@ class Any2AnyClient:
         self.client = grpcclient.InferenceServerClient(url)
         self.timeout_s = timeout_s
 
+    @property
+    def timeout_us(self) -> int:
+        return round(self.timeout_s * 1e6)
+
     def infer(self, req: Request) -> Response:
         """One request through the `any2any` ensemble; InferenceServerException on refusal."""
-        result = self.client.infer(ENSEMBLE, infer_inputs(req), client_timeout=self.timeout_s)
+        result = self.client.infer(ENSEMBLE, infer_inputs(req), timeout=self.timeout_us, client_timeout=self.timeout_s)
         return Response(*decode_answer(result.as_numpy))
 
     def stream(
@@ -64,14 +73,16 @@ class Any2AnyClient:
         """One request through `any2any_stream`: text pieces and denoising steps reach the callbacks
         as the server sends them; the final response (the one with TOKEN_IDS) is the answer."""
         results: queue.Queue[tuple[Any, InferenceServerException | None]] = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: results.put((result, error)))
+        self.client.start_stream(callback=lambda result, error: results.put((result, error)), stream_timeout=self.timeout_s)
+        answered = False
         try:
-            self.client.async_stream_infer(STREAM, infer_inputs(req))
+            self.client.async_stream_infer(STREAM, infer_inputs(req), timeout=self.timeout_us)
             while True:
-                result, error = results.get(timeout=self.timeout_s)
+                result, error = results.get()  # the stream's deadline ends it with an error at the latest
                 if error is not None:
                     raise error
                 if result.as_numpy("TOKEN_IDS") is not None:
+                    answered = True
                     return Response(*decode_answer(result.as_numpy))
                 progress = result.as_numpy("PROGRESS")
                 if progress is not None:
@@ -80,7 +91,9 @@ class Any2AnyClient:
                 elif on_text is not None:
                     on_text(result.as_numpy("TEXT")[0].decode("utf-8"))
         finally:
-            self.client.stop_stream()
+            # Leaving before the answer (an error, a callback that raised, Ctrl-C) cancels the
+            # request on the server, which stops its loops; otherwise this would wait for them.
+            self.client.stop_stream(cancel_requests=not answered)
 
     def media_meta(self) -> dict[str, dict[str, Any]]:
         """Audio sample rate and video frame rate, as the repository recorded them from the build."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtime.inputs import INPUT_MODALITIES
+from runtime.limits import Limits
 from runtime.request import OUTPUT_MODALITIES, Request
 
 
@@ -123,20 +124,28 @@ def decode_request(get: Getter, files: dict[str, Path | None] | None = None) -> 
     return Request(files=files or {}, **fields)
 
 
-def save_files(get: Getter, folder: Path) -> dict[str, Path | None]:
-    """Each input file written to `folder` under its own name, as the runtime reads files from disk."""
-    files: dict[str, Path | None] = {}
+def has_files(get: Getter) -> bool:
+    return any(get(t.name) is not None for t in FILES)
+
+
+def save_files(get: Getter, folder: Path, limits: Limits) -> dict[str, Path | None]:
+    """Each input file written to `folder` under its own name, as the runtime reads files from disk;
+    its name and size are checked against `limits` before anything is written."""
+    received = []
     for t in FILES:
         value = get(t.name)
         if value is not None:
             raw_name, data = value.reshape(-1)
-            modality = t.name.removesuffix("_FILE").lower()
             # Only the last component of the client's name: nothing is written outside `folder`.
             name = Path(raw_name.decode("utf-8", "replace")).name
-            path = folder / modality / (modality if name in ("", ".", "..") else name)
-            path.parent.mkdir()
-            path.write_bytes(data)
-            files[modality] = path
+            limits.check_file(name, len(data))
+            received.append((t.name.removesuffix("_FILE").lower(), name, data))
+    files: dict[str, Path | None] = {}
+    for modality, name, data in received:
+        path = folder / modality / (modality if name in ("", ".", "..") else name)
+        path.parent.mkdir()
+        path.write_bytes(data)
+        files[modality] = path
     return files
 
 

@@ -10,10 +10,17 @@ this Python version (the installed wheel is never modified), and runs the server
 environment's `bin` first on PATH and the libraries the stub links against on LD_LIBRARY_PATH.
 It listens on loopback unless told otherwise; metrics are off. A model that fails to load is
 reported by name and the server is stopped. Ctrl-C or SIGTERM stops the server and exits.
+
+Each Python model instance is a stub process. When one dies (killed, out of memory), this
+server's Python backend (2.51) does not start it again: the request in flight fails with
+INTERNAL "Stub process ... is not healthy", and so would every later one. So the server runs in
+explicit model-control mode (every model loaded at start) and a watchdog reloads a model whose
+stub process has gone, which starts fresh stubs; the next requests are served.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -23,15 +30,19 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
+import psutil
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0  # SIGTERM lets Triton unload every model; past this it is killed
+WATCH_S = 0.5  # how often the watchdog looks for dead stub processes
+STUB = "triton_python_backend_stub"
 
 
 class ServerError(RuntimeError):
@@ -107,6 +118,9 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
         self.log = Path(log) if log else self.workdir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts: list[str] = []  # one line per model the watchdog reloaded
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -126,6 +140,8 @@ class TritonServer:
             f"--http-address={self.address}",
             f"--http-port={self.http_port}",
             "--allow-metrics=false",
+            "--model-control-mode=explicit",  # so that the watchdog can reload a model
+            "--load-model=*",
             # Python-backend shared memory regions are named by this prefix: two servers on one
             # machine (a test beside a demo) must not share them.
             f"--backend-config=python,shm-region-prefix-name=any2any_{os.getpid()}_{self.grpc_port}_",
@@ -147,7 +163,54 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self._watchdog = threading.Thread(target=self._watch, name="stub-watchdog", daemon=True)
+        self._watchdog.start()
         return self
+
+    def stubs(self) -> dict[int, str]:
+        """pid -> model name of every live Python-backend stub of this server (argv[1] is
+        REPO/MODEL/VERSION/model.py)."""
+        found = {}
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return found
+        for child in children:
+            try:
+                argv = child.cmdline()
+                if argv and argv[0].endswith(STUB) and child.status() != psutil.STATUS_ZOMBIE:
+                    found[child.pid] = Path(argv[1]).parents[1].name
+            except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+                continue
+        return found
+
+    def _watch(self) -> None:
+        known = self.stubs()
+        while not self._stopping.wait(WATCH_S):
+            current = self.stubs()
+            dead = sorted({model for pid, model in known.items() if pid not in current})
+            for model in dead:
+                self._reload(model)
+            known = self.stubs() if dead else current
+
+    def _reload(self, model: str) -> None:
+        """Load `model` again: Triton replaces its instances, each with a new stub process."""
+        if self._stopping.is_set() or self.process.poll() is not None:
+            return
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            try:
+                # Loading a loaded model whose config is unchanged does nothing, and unloading it
+                # first would take down the ensemble that uses it (NOT_FOUND) until the load is
+                # done. Its config with one parameter added is a change: Triton loads new
+                # instances and swaps them in, while the ensemble stays up.
+                config = client.get_model_config(model, as_json=True)["config"]
+                config.setdefault("parameters", {})["reloads"] = {"string_value": str(len(self.restarts) + 1)}
+                client.load_model(model, config=json.dumps(config))
+                line = f"{model}: a stub process died; model reloaded"
+            except InferenceServerException as e:
+                line = f"{model}: a stub process died; reload failed: {e.message()}"
+        self.restarts.append(line)
+        print(f"tritonserver: {line}", file=sys.stderr, flush=True)
 
     def _wait_ready(self) -> None:
         client = grpcclient.InferenceServerClient(self.grpc_url)
@@ -179,6 +242,9 @@ class TritonServer:
 
     def stop(self) -> None:
         """SIGTERM (Triton unloads its models and exits), then SIGKILL after a grace period."""
+        self._stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

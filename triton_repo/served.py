@@ -8,6 +8,7 @@
   `Any2AnyPipeline` on them.
 - `PipelineModel`: the request loop of a non-decoupled model, where a bad request becomes an
   INVALID_ARGUMENT error response and never takes the model instance down.
+- `request_should_stop`: a request's deadline and cancellation as the runtime's `should_stop`.
 
 Only light modules are imported at the top (no torch, no diffusers): every engine model and
 `preprocess` import this, and a Python model's imports are paid at each server start.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from runtime.backends import Engine, Engines, check_feeds
-from triton_repo.protocol import Getter, save_files
+from runtime.limits import Limits
+from runtime.stop import ShouldStop, Stopped, deadline, first_of
+from triton_repo.protocol import Getter, has_files, save_files
 
 if TYPE_CHECKING:
     from runtime.pipeline import Any2AnyPipeline
@@ -60,21 +64,71 @@ def answer(tensors: dict[str, np.ndarray]) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, v) for n, v in tensors.items()])
 
 
-def error_response(error: Exception) -> Any:
+def error_code(error: Exception) -> int:
     """Refused input (the runtime's MediaError, PromptError and every other ValueError) is the
-    client's to fix: INVALID_ARGUMENT. Anything else is the server's: INTERNAL."""
-    code = pb_utils.TritonError.INVALID_ARG if isinstance(error, ValueError) else pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error) or type(error).__name__, code))
+    client's to fix: INVALID_ARGUMENT. A request stopped at its deadline or by its client:
+    CANCELLED. Files the server cannot save (its upload folder unusable or full): UNAVAILABLE,
+    the server's to fix and the client's to retry. Anything else: INTERNAL."""
+    if isinstance(error, Stopped):
+        return pb_utils.TritonError.CANCELLED
+    if isinstance(error, UploadError):
+        return pb_utils.TritonError.UNAVAILABLE
+    return pb_utils.TritonError.INVALID_ARG if isinstance(error, ValueError) else pb_utils.TritonError.INTERNAL
+
+
+def error_response(error: Exception) -> Any:
+    if isinstance(error, Stopped):  # the log shows that the loop stopped, and why, when nobody waits for the answer
+        pb_utils.Logger.log_info(f"request stopped: {error.reason}")
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error) or type(error).__name__, error_code(error)))
+
+
+CANCEL_POLL_S = 0.05  # is_cancelled() is a round trip to the server process: asked at most this often
+
+
+def request_should_stop(request: Any, deadline_s: float) -> ShouldStop:
+    """The request's `should_stop`: its deadline from now (the client's `timeout` parameter, at most
+    `deadline_s`, the repository's ceiling), or the client's cancellation.
+
+    A client's gRPC deadline or cancel reaches a model's own request; inside the ensemble it
+    reaches only the steps not yet started, so a running step learns of it through the timeout
+    that Triton copies onto every step's request.
+    """
+    timeout_s = request.timeout() / 1e6
+    seconds = min(timeout_s, deadline_s) if timeout_s > 0 else deadline_s
+    asked = [0.0]
+
+    def cancelled() -> str | None:
+        now = time.monotonic()
+        if now - asked[0] < CANCEL_POLL_S:
+            return None
+        asked[0] = now
+        return "cancelled by the client" if request.is_cancelled() else None
+
+    return first_of(deadline(seconds), cancelled)
+
+
+class UploadError(OSError):
+    """The server could not save a request's files: its upload folder is unusable or full."""
 
 
 @contextmanager
-def request_files(get: Getter) -> Iterator[dict[str, Path | None]]:
-    """The request's input files saved where the runtime can read them, for the duration.
+def request_files(get: Getter, limits: Limits, upload_dir: str = "") -> Iterator[dict[str, Path | None]]:
+    """The request's input files saved where the runtime can read them, for the duration: in a
+    fresh folder inside `upload_dir` (empty: the system's temporary folder); no folder when the
+    request has no files. Each file's name and size are checked against `limits` before any is
+    written.
 
     An error that names a saved file names it as the client sent it, without the temporary folder.
+    A folder that cannot be made or written is an `UploadError` naming it.
     """
-    with tempfile.TemporaryDirectory(prefix="any2any-") as folder:
-        files = save_files(get, Path(folder))
+    if not has_files(get):
+        yield {}
+        return
+    with _upload_folder(upload_dir or None) as folder:
+        try:
+            files = save_files(get, folder, limits)
+        except OSError as e:
+            raise UploadError(f"the server cannot save uploaded files in {folder.parent}: {e.strerror or e}") from None
         try:
             yield files
         except ValueError as e:
@@ -82,6 +136,17 @@ def request_files(get: Getter) -> Iterator[dict[str, Path | None]]:
             for path in files.values():
                 message = message.replace(str(path), path.name)
             raise ValueError(message) from None
+
+
+@contextmanager
+def _upload_folder(parent: str | None) -> Iterator[Path]:
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="any2any-", dir=parent)
+    except OSError as e:
+        where = parent or "the temporary folder"
+        raise UploadError(f"the server cannot save uploaded files in {where}: {e.strerror or e}") from None
+    with folder as name:
+        yield Path(name)
 
 
 class BlsEngine:
@@ -99,7 +164,7 @@ class BlsEngine:
         self.scalar = {t["name"] for t in io["inputs"] + io["outputs"] if len(t["shape"]) == 1}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(feeds, self.io["inputs"], self.name)
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
         inputs = [pb_utils.Tensor(n, feeds[n].reshape(-1, 1) if n in self.scalar else feeds[n]) for n in self.input_names]
         response = pb_utils.InferenceRequest(
             model_name=self.name, inputs=inputs, requested_output_names=self.output_names
@@ -153,7 +218,7 @@ def pipeline_from_parameters(params: dict[str, str]) -> Any2AnyPipeline:
     served = set(filter(None, params["bls"].split(",")))
     pipeline = Any2AnyPipeline(
         Path(params["engines"]), params["backend"], params["device"], int(params["threads"]),
-        wrap=lambda engines: ServedEngines(engines, served),
+        wrap=lambda engines: ServedEngines(engines, served), limits=Limits.from_json(params["limits"]),
     )
     for name in filter(None, params["preload"].split(",")):
         pipeline.engines[name].load()
@@ -164,24 +229,28 @@ class PipelineModel:
     """A non-decoupled Python model: `answer(get)` maps one request's tensors to its outputs.
 
     Requests are answered one by one; an output the answer lacks is sent empty; an exception
-    becomes that request's error response.
+    becomes that request's error response. `should_stop` is the request's deadline and
+    cancellation, for the models whose loops ask it.
     """
 
     def initialize(self, args: dict[str, str]) -> None:
         self.params, self.empty = model_parameters(args), empty_outputs(args)
+        self.limits = Limits.from_json(self.params["limits"])  # each step that takes the request checks it
+        self.deadline_s = float(self.params["deadline_s"])
         self.setup()
 
     def setup(self) -> None:
         """Load what the model needs, so the first request does not wait for it."""
 
-    def answer(self, get: Getter) -> dict[str, np.ndarray]:
+    def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             try:
-                responses.append(answer({**self.empty, **self.answer(getter(request))}))
+                outputs = self.answer(getter(request), request_should_stop(request, self.deadline_s))
+                responses.append(answer({**self.empty, **outputs}))
             except Exception as e:  # noqa: BLE001 - every failure is answered, the instance lives on
                 responses.append(error_response(e))
         return responses

@@ -12,6 +12,9 @@
  "attributes": {"shape": "circle"}}   optional labels of the media (the synthetic world's ground truth)
 ```
 An assistant turn that answers with media carries the run literally, e.g. `[IMG0][IMG1][IMG2][IMG3]`.
+A human turn holds no media placeholder: the prompt template puts the record's input media before
+the first turn's text. A record has at most one caption, whose embedding is the target of its
+(last) signal-token run, or of its input medium's caption when it answers in text.
 """
 from __future__ import annotations
 

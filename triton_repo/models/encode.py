@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.inputs import INPUT_MODALITIES
+from runtime.stop import ShouldStop
 from triton_repo.protocol import MEDIA_TOKEN, Getter, clips_name
 from triton_repo.served import PipelineModel, pipeline_from_parameters
 
@@ -13,7 +14,7 @@ class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.pipeline = pipeline_from_parameters(self.params)
 
-    def answer(self, get: Getter) -> dict[str, np.ndarray]:
+    def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         inputs = {m: clips for m in INPUT_MODALITIES if (clips := get(clips_name(m))) is not None and clips.size}
         token = self.pipeline.encode(inputs)
         return {} if token is None else {MEDIA_TOKEN: token}

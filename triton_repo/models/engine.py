@@ -22,7 +22,7 @@ class TritonPythonModel:
         build = read_manifest(Path(params["engines"]))
         self.name = args["model_name"]
         self.engine = Engines(build, params["backend"], params["device"], int(params["threads"]))[self.name]
-        self.inputs = build.component(self.name)["inputs"]
+        self.inputs, self.dims = build.component(self.name)["inputs"], build.component(self.name)["dims"]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -31,7 +31,7 @@ class TritonPythonModel:
             get = getter(request)
             feeds = {n: get(n) for n in self.engine.input_names}
             try:
-                check_feeds(feeds, self.inputs, self.name)
+                check_feeds(feeds, self.inputs, self.dims, self.name)
             except ValueError as e:
                 responses[i] = error_response(e)
                 continue

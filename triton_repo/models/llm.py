@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.stop import ShouldStop
 from triton_repo.protocol import MEDIA_TOKEN, Getter, decode_request, encode_answer, hidden_name
 from triton_repo.served import PipelineModel, pipeline_from_parameters
 
@@ -12,8 +13,9 @@ class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         self.llm = pipeline_from_parameters(self.params).llm
 
-    def answer(self, get: Getter) -> dict[str, np.ndarray]:
+    def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         req = decode_request(get)
+        req.check(self.limits)  # also when called on its own, not through the ensemble
         token = get(MEDIA_TOKEN)
         token = token if token is not None and token.size else None
         gen = self.llm.generate(
@@ -24,5 +26,6 @@ class TritonPythonModel(PipelineModel):
             top_p=req.top_p,
             seed=req.seed,
             required=[req.output] if req.output else [],
+            should_stop=should_stop,
         )
         return {**encode_answer(gen.text, gen.ids, {}), **{hidden_name(m): h for m, h in gen.signal_hidden.items()}}

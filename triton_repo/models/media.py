@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.request import OUTPUT_MODALITIES
+from runtime.stop import ShouldStop
 from triton_repo.protocol import Getter, decode_request, hidden_name
 from triton_repo.served import PipelineModel, pipeline_from_parameters
 
@@ -14,12 +15,14 @@ class TritonPythonModel(PipelineModel):
         self.pipeline = pipeline_from_parameters(self.params)
         self.decoders = self.pipeline.decoders
 
-    def answer(self, get: Getter) -> dict[str, np.ndarray]:
+    def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         req = decode_request(get)
+        req.check(self.limits)  # also when called on its own, not through the ensemble
         out = {}
         for modality in OUTPUT_MODALITIES:
             hidden = get(hidden_name(modality))
             if hidden is not None and hidden.size:
                 embeds = self.pipeline.project(modality, hidden)
-                out[modality.upper()] = self.decoders[modality].generate(embeds, req.seed, req.steps, req.guidance)
+                decoder = self.decoders[modality]
+                out[modality.upper()] = decoder.generate(embeds, req.seed, req.steps, req.guidance, should_stop=should_stop)
         return out

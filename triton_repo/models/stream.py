@@ -2,7 +2,8 @@
 denoising step as it comes, then the complete answer as the final response.
 
 It runs `Any2AnyPipeline.__call__` itself (on served engines: only the LLM is local), because text
-streams from inside the token loop, which an ensemble step cannot report from.
+streams from inside the token loop, which an ensemble step cannot report from. A client that
+cancels the stream, or a deadline that passes, stops the loops at the next step (CANCELLED).
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import triton_python_backend_utils as pb_utils
 from triton_repo.protocol import ANSWER, decode_request, encode_answer
 from triton_repo.served import (
     answer, empty_outputs, error_response, getter, model_parameters, pipeline_from_parameters, request_files,
+    request_should_stop,
 )
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        self.pipeline = pipeline_from_parameters(model_parameters(args))
+        params = model_parameters(args)
+        self.pipeline = pipeline_from_parameters(params)
+        self.deadline_s, self.upload_dir = float(params["deadline_s"]), params["upload_dir"]
         empty = empty_outputs(args)
         self.empty = {t.name: empty[t.name] for t in ANSWER}
 
@@ -36,8 +40,10 @@ class TritonPythonModel:
 
             get = getter(request)
             try:
-                with request_files(get) as files:
-                    resp = self.pipeline(decode_request(get, files), on_text=send_text, on_step=send_step)
+                should_stop = request_should_stop(request, self.deadline_s)
+                decode_request(get).check(self.pipeline.limits)  # before any file is written
+                with request_files(get, self.pipeline.limits, self.upload_dir) as files:
+                    resp = self.pipeline(decode_request(get, files), send_text, send_step, should_stop)
                 final = answer({**self.empty, **encode_answer(resp.text, resp.token_ids, resp.media)})
             except Exception as e:  # noqa: BLE001 - every failure is answered, the instance lives on
                 final = error_response(e)

@@ -1,0 +1,76 @@
+"""Full width on the CPU: checkpoints load without drawing random weights first, and the full-width,
+reduced-depth preset (`nextgpt-7b-shallow`, over 2 GB in fp32) builds with ONNX Runtime.
+
+The build is `slow` (excluded by pyproject's addopts, so CI skips it); run it with
+
+    .venv/bin/python -m pytest tests/test_full_width.py -m slow
+
+It makes the random checkpoint first unless `FULL_WIDTH_CHECKPOINT` names one made by
+`train/make_tiny.py --preset nextgpt-7b-shallow`.
+"""
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from export.build_engines import build
+from export.onnx_export import EXTERNAL_DATA_BYTES, onnx_bytes
+from runtime.manifest import read_manifest
+from train.checkpoint import read_config
+from train.model import load_checkpoint
+
+RANDOM_FILLS = {"normal_", "uniform_", "trunc_normal_", "bernoulli_", "exponential_", "random_", "randn", "rand"}
+FULL_WIDTH = ("llm", "sd_unet", "audioldm_vocoder")  # the >2 GB part, a UNet at 64x64 latents, the vocoder
+
+
+class RandomFills(TorchFunctionMode):
+    """Records every random fill of a tensor that holds memory (not on the meta device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = getattr(func, "__name__", "")
+        if name in RANDOM_FILLS and args and isinstance(args[0], torch.Tensor) and not args[0].is_meta:
+            self.real.append(f"{name}{tuple(args[0].shape)}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_load_checkpoint_draws_no_random_weights(tiny_dir):
+    with RandomFills() as fills:
+        model = load_checkpoint(tiny_dir)
+    assert fills.real == []
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+@pytest.fixture(scope="module")
+def full_width_checkpoint(tmp_path_factory) -> Path:
+    given = os.environ.get("FULL_WIDTH_CHECKPOINT")
+    if given:
+        return Path(given)
+    from train.make_tiny import make_tiny
+
+    out = tmp_path_factory.mktemp("ckpt") / "nextgpt-7b-shallow"
+    make_tiny(out, seed=0, preset_name="nextgpt-7b-shallow")
+    return out
+
+
+@pytest.mark.slow
+def test_full_width_build_with_external_data(full_width_checkpoint, tmp_path):
+    config = read_config(full_width_checkpoint)
+    assert config["preset"] == "nextgpt-7b-shallow" and config["llm"]["hidden_size"] == 4096
+    out = tmp_path / "engines"
+    outcomes = build(full_width_checkpoint, out, components=list(FULL_WIDTH), progress=False)
+    assert [o.name for o in outcomes] == list(FULL_WIDTH) and all(o.max_abs_error < 1e-4 for o in outcomes)
+    manifest = read_manifest(out)
+    manifest.verify_files()
+    llm = manifest.component("llm")
+    for rel in (llm["onnx"], llm["engine"]):  # both over 2 GB: the graph with its weights beside it
+        path = out / rel
+        assert onnx_bytes(path) > 2 * 2**30 and path.stat().st_size < EXTERNAL_DATA_BYTES
+        assert f"{rel}.data" in llm["files"]
+        onnx.checker.check_model(str(path))

@@ -1,0 +1,160 @@
+"""TensorRT plans and the GPU providers, for a machine with a CUDA GPU (and TensorRT where marked).
+
+Skipped elsewhere with the reason. One TensorRT build of the tiny checkpoint per module (fp32), so
+every plan is compared with ONNX Runtime on the CPU, the LLM's generation with the CPU path, and CUDA
+graph replay with eager execution.
+"""
+import numpy as np
+import pytest
+
+from export.build_engines import build
+from export.specs import component_specs
+from runtime.backends import BackendUnavailable, DeviceTensor, Engines, OrtEngine, TrtEngine, require_tensorrt
+from runtime.generation import LlmGenerator
+from runtime.manifest import read_manifest
+
+
+def _missing(check) -> str | None:
+    try:
+        check()
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+def _cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA GPU (torch.cuda.is_available() is False)")
+
+
+NO_TENSORRT = _missing(require_tensorrt)
+NO_CUDA = _missing(_cuda)
+needs_tensorrt = pytest.mark.skipif(NO_TENSORRT is not None, reason=f"needs TensorRT and a CUDA GPU: {NO_TENSORRT}")
+needs_cuda = pytest.mark.skipif(NO_CUDA is not None, reason=f"needs a CUDA GPU: {NO_CUDA}")
+
+
+@pytest.fixture(scope="module")
+def trt_build(tmp_path_factory, tiny_dir):
+    out = tmp_path_factory.mktemp("trt") / "tiny"
+    build(tiny_dir, out, backend="tensorrt", progress=False)
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+@pytest.mark.parametrize("point", ["min", "opt", "max"])
+def test_every_plan_matches_onnxruntime(trt_build, tiny_build, tiny_model, point):
+    trt, cpu = read_manifest(trt_build), read_manifest(tiny_build[0])
+    for name, spec in component_specs(tiny_model.config).items():
+        plan = TrtEngine(trt.path(trt.component(name)["engine"]), {"name": name, **trt.component(name)}, cuda_graph=False)
+        ort = OrtEngine(cpu.path(cpu.component(name)["onnx"]), {"name": name, **cpu.component(name)})
+        feeds = spec.sample(spec.point(point), seed=5)
+        got, want = plan.run(feeds), ort.run(feeds)
+        for o in spec.output_names:
+            np.testing.assert_allclose(np.asarray(got[o]), want[o], atol=1e-4, rtol=1e-4, err_msg=f"{name}.{o} at {point}")
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_manifest_records_tensorrt_version_and_gpu(trt_build):
+    build_ = read_manifest(trt_build)
+    assert "tensorrt" in build_.data["versions"]
+    for name, entry in build_.components.items():
+        assert entry["tensorrt"]["gpu_arch"].startswith("sm") and entry["engine"].endswith(f".{entry['tensorrt']['gpu_arch']}.fp32.plan"), name
+    assert (trt_build / "timing.cache").is_file() and not (trt_build / ".staging").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_llm_generation_matches_the_cpu_path(trt_build, tiny_build):
+    gpu = LlmGenerator.from_engines(Engines(read_manifest(trt_build), "tensorrt"))
+    cpu = LlmGenerator.from_engines(Engines(read_manifest(tiny_build[0]), "onnxruntime"))
+    for text in ("show me a red circle", "make a sound"):
+        prompt = cpu.build_prompt(text, False)
+        assert gpu.generate(prompt, max_new_tokens=32, temperature=0.0).ids == cpu.generate(prompt, max_new_tokens=32, temperature=0.0).ids
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_the_kv_cache_stays_on_the_device_and_fits_the_whole_context(trt_build, tiny_model):
+    entry = read_manifest(trt_build).component("llm")
+    engine = TrtEngine(trt_build / entry["engine"], {"name": "llm", **entry})
+    spec = component_specs(tiny_model.config)["llm"]
+    context = tiny_model.config["llm"]["max_position_embeddings"]
+    first = engine.run(spec.sample({**spec.point("min"), "seq": context - 1, "past": 0}, seed=0))
+    cache = first["present_keys"]
+    assert isinstance(cache, DeviceTensor) and cache.shape[3] == context - 1
+
+    def step(seq: int) -> dict:
+        return {**spec.sample({**spec.point("min"), "seq": seq}, seed=1), "past_keys": cache, "past_values": first["present_values"]}
+
+    with pytest.raises(ValueError, match="axis 'present' would be"):  # past + seq beyond the context: refused before it runs
+        engine.run(step(2))
+    last = engine.run(step(1))  # the refused call left the cache as it was
+    assert last["present_keys"].shape[3] == context
+    with pytest.raises(ValueError, match="overwritten by a later call"):
+        np.asarray(cache)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_a_request_outside_the_profile_is_refused_before_it_runs(trt_build, tiny_model):
+    entry = read_manifest(trt_build).component("sd_unet")
+    engine = TrtEngine(trt_build / entry["engine"], {"name": "sd_unet", **entry})
+    spec = component_specs(tiny_model.config)["sd_unet"]
+    too_big = spec.sample({**spec.point("max"), "batch": spec.dims["batch"][2] + 1})
+    with pytest.raises(ValueError, match="sd_unet: input 'sample' .*outside"):
+        engine.run(too_big)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+@pytest.mark.parametrize("name", ["sd_unet", "zeroscope_unet", "sd_vae_decoder"])
+def test_cuda_graph_replay_equals_eager(trt_build, tiny_model, name):
+    entry = read_manifest(trt_build).component(name)
+    io = {"name": name, **entry}
+    graphed, eager = TrtEngine(trt_build / entry["engine"], io, cuda_graph=True), TrtEngine(trt_build / entry["engine"], io, cuda_graph=False)
+    spec = component_specs(tiny_model.config)[name]
+    for seed in (0, 1, 2):  # the first call captures, the next ones replay on new inputs
+        feeds = spec.sample(spec.point("opt"), seed=seed)
+        a, b = graphed.run(feeds), eager.run(feeds)
+        for o in spec.output_names:
+            np.testing.assert_array_equal(a[o], b[o])
+    assert graphed.graph is not None and eager.graph is None
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+def test_onnxruntime_gpu_providers_match_the_cpu(tiny_build, tiny_model, device):
+    build_ = read_manifest(tiny_build[0])
+    try:
+        gpu = Engines(build_, "onnxruntime", device)
+        engines = {n: gpu[n] for n in ("projector_image", "sd_unet", "llm")}
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    cpu = Engines(build_, "onnxruntime")
+    for name, engine in engines.items():
+        spec = component_specs(tiny_model.config)[name]
+        feeds = spec.sample(spec.point("opt"), seed=2)
+        got, want = engine.run(feeds), cpu[name].run(feeds)
+        for o in spec.output_names:
+            np.testing.assert_allclose(got[o], want[o], atol=1e-3, rtol=1e-3, err_msg=f"{name}.{o} on {device}")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_torch_on_cuda_matches_the_cpu(tiny_build, tiny_model):
+    build_ = read_manifest(tiny_build[0])
+    gpu, cpu = Engines(build_, "torch", "cuda"), Engines(build_, "torch")
+    spec = component_specs(tiny_model.config)["sd_unet"]
+    feeds = spec.sample(spec.point("opt"), seed=4)
+    np.testing.assert_allclose(gpu["sd_unet"].run(feeds)["noise_pred"], cpu["sd_unet"].run(feeds)["noise_pred"], atol=1e-3, rtol=1e-3)

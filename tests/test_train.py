@@ -1,0 +1,209 @@
+"""The three training stages on the tiny checkpoint: loss, freezing, checkpoint, engines, resume, DDP."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.model import load_checkpoint
+from train.stages import signal_ids
+from train.train import TrainError, main, run
+from train.train_config import ConfigError, load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_world import small_world  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "train" / "configs"
+STAGE_PARTS = {
+    1: {"input_projection.safetensors"},
+    2: {"projector_image.safetensors", "projector_video.safetensors", "projector_audio.safetensors", "llm.safetensors"},
+    3: {"lora.safetensors", "input_projection.safetensors", "llm.safetensors",
+        "projector_image.safetensors", "projector_video.safetensors", "projector_audio.safetensors"},
+}
+
+
+def stage_config(folder: Path, stage: int, **overrides: object) -> Path:
+    """The stage's real config, over which a test sets its own epochs and extras."""
+    lines = [f"extends: {CONFIGS / f'stage_{stage}.yaml'}"] + [f"{k}: {v}" for k, v in overrides.items()]
+    path = folder / f"stage_{stage}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dir) -> dict[int, tuple[Path, list[dict]]]:
+    """Each stage run for 5 steps on one fixed batch of 4 (one batch per epoch, 5 epochs)."""
+    runs = {}
+    for stage in (1, 2, 3):
+        folder = tmp_path_factory.mktemp(f"stage{stage}")
+        data = small_world(folder / "data", stage, tiny_dir)
+        rows = run(stage_config(folder, stage, epochs=5), tiny_dir, folder / "out", data, progress=False)
+        runs[stage] = (folder / "out", rows)
+    return runs
+
+
+def test_config_extends_base_and_preset(tmp_path):
+    tiny = load_config(CONFIGS / "stage_3.yaml", "tiny")
+    full = load_config(CONFIGS / "stage_3.yaml", "nextgpt-7b")
+    assert full["optimizer"]["lr"] == 5e-4 and tiny["optimizer"]["lr"] == 1e-3  # the tiny preset's CPU rate
+    assert full["optimizer"]["betas"] == [0.9, 0.95] and full["clip_grad_norm"] == 1.0
+    assert full["loss"]["cap_scale"] == {"image": 1.0, "video": 2.0, "audio": 1.0}  # merged key by key
+    assert load_config(CONFIGS / "stage_1.yaml", "nextgpt-7b")["train"] == ["input_projection"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: {CONFIGS / 'stage_1.yaml'}\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        load_config(bad, "tiny")
+    bad.write_text(f"extends: {CONFIGS / 'stage_1.yaml'}\ntrain: [imagebind]\n")
+    with pytest.raises(ConfigError, match="cannot train 'imagebind'"):
+        load_config(bad, "tiny")
+    bad.write_text(f"extends: {CONFIGS / 'stage_2.yaml'}\nloss: {{gen_loss: true, gen_modalities: [audio]}}\n")
+    with pytest.raises(ConfigError, match="audio"):
+        load_config(bad, "tiny")
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_lowers_loss_on_a_fixed_batch(trained, stage):
+    _, rows = trained[stage]
+    assert len(rows) == 5
+    assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
+    if stage > 1:  # the projectors are pulled towards the caption embeddings
+        caps = [k for k in rows[0] if k.startswith("cap_")]
+        assert caps and sum(rows[-1][k] for k in caps) < sum(rows[0][k] for k in caps)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_only_trained_parts_change(trained, tiny_dir, tiny_model, stage):
+    out = trained[stage][0] / "checkpoint"
+    load_checkpoint(out)  # every part still matches config.json
+    before, after = file_hashes(tiny_dir), file_hashes(out)
+    assert before.keys() == after.keys()
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == STAGE_PARTS[stage]
+    if "llm.safetensors" in changed:  # only the signal-token rows of the embedding and lm_head
+        old, new = load_file(tiny_dir / "llm.safetensors"), load_file(out / "llm.safetensors")
+        rows = torch.tensor(signal_ids(tiny_model.config))
+        frozen = torch.ones(old["lm_head.weight"].shape[0], dtype=torch.bool)
+        frozen[rows] = False
+        for key in old:
+            if key in ("model.embed_tokens.weight", "lm_head.weight"):
+                assert torch.equal(old[key][frozen], new[key][frozen]), key
+                assert not torch.equal(old[key][rows], new[key][rows]), key
+            else:
+                assert torch.equal(old[key], new[key]), key
+
+
+def test_trained_checkpoint_builds_engines_and_answers(trained, tiny_build, tmp_path):
+    """Stage 3 rewrites every trainable part: rebuild the engines that read them over a copy of the
+    session's build, and the runtime answers as the PyTorch reference does on the trained weights."""
+    from export.build_engines import build
+    from runtime.pipeline import Any2AnyPipeline
+    from runtime.request import Request
+    from train.demo import write_sample_inputs
+    from train.reference import ReferencePipeline
+
+    checkpoint = trained[3][0] / "checkpoint"
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    outcomes = {o.name: o.status for o in build(checkpoint, engines, progress=False)}
+    rebuilt = {n for n, status in outcomes.items() if status == "built"}
+    assert rebuilt == {"imagebind_vision", "imagebind_audio", "llm", "projector_image", "projector_video", "projector_audio"}
+    reference = ReferencePipeline(load_checkpoint(checkpoint), progress=False)
+    files = write_sample_inputs(tmp_path / "inputs", reference.config["imagebind"]["audio"]["sample_rate"])
+    request = Request(prompt="make a sound that fits this picture", files={"image": files["image"]}, output="audio", seed=0, steps=2)
+    got, expected = Any2AnyPipeline(engines, "onnxruntime")(request), reference(request)
+    assert got.token_ids == expected.token_ids and got.text == expected.text
+    assert "audio" in got.media
+
+
+def test_resumed_run_matches_uninterrupted(tmp_path, tiny_dir):
+    """Stage 3 (LoRA dropout draws random numbers, so the RNG state must come back too)."""
+    data = small_world(tmp_path / "data", 3, tiny_dir)
+    args = (stage_config(tmp_path, 3, epochs=4), tiny_dir)
+    whole = run(*args, tmp_path / "whole", data, progress=False)
+    first = run(*args, tmp_path / "parts", data, max_steps=2, progress=False)
+    rest = run(*args, tmp_path / "parts", data, resume=True, progress=False)
+    assert [r["step"] for r in first + rest] == [1, 2, 3, 4]
+    for a, b in zip(whole, first + rest):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7) and a["lr"] == b["lr"]
+    assert file_hashes(tmp_path / "whole" / "checkpoint") == file_hashes(tmp_path / "parts" / "checkpoint")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_two_gloo_processes_match_one(tmp_path, tiny_dir, stage):
+    """torch.distributed.run with 2 CPU processes: each gets half of the global batch, DDP averages.
+    In stage 2 the halves hold different output modalities, so their loss terms differ.
+
+    Adam divides by the gradient's running magnitude, so a gradient that is zero in exact arithmetic
+    (the attention's key bias) turns float noise into a full-size step; eps 1 (and lr 1) makes each
+    step about the gradient itself, which is what the two runs must agree on."""
+    data = small_world(tmp_path / "data", stage, tiny_dir)
+    config = stage_config(tmp_path, stage, epochs=3, presets="{tiny: {optimizer: {lr: 1.0, eps: 1.0}}}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "train/train.py", "--config", str(config), "--checkpoint", str(tiny_dir),
+               "--out", str(tmp_path / "ddp"), "--data", str(data)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run(config, tiny_dir, tmp_path / "single", data, progress=False)
+    for part in STAGE_PARTS[stage]:
+        two = load_file(tmp_path / "ddp" / "checkpoint" / part)
+        one = load_file(tmp_path / "single" / "checkpoint" / part)
+        start = load_file(tiny_dir / part)
+        assert any(not torch.equal(one[k], start[k]) for k in one), part
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=1e-6)
+
+
+def test_generation_loss_switch(tmp_path, tiny_dir):
+    """gen_loss: the frozen UNet's noise prediction on the target's latents, through the projector."""
+    data = small_world(tmp_path / "data", 2, tiny_dir)
+    config = stage_config(tmp_path, 2, epochs=2, loss="{gen_loss: true}")
+    rows = run(config, tiny_dir, tmp_path / "out", data, progress=False)
+    assert {"gen_image", "gen_video"} <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    decoders = tmp_path / "out" / "checkpoint" / "decoders"
+    assert file_hashes(decoders) == file_hashes(tiny_dir / "decoders")
+
+
+def test_bad_runs_stop_with_one_line(tmp_path, tiny_dir, capsys):
+    small_world(tmp_path / "data", 1, tiny_dir)
+    base = ["--config", str(CONFIGS / "stage_1.yaml"), "--checkpoint", str(tiny_dir), "--data", str(tmp_path / "data")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--deepspeed", str(CONFIGS / "deepspeed_zero2.json")]) == 2
+    assert "pip install deepspeed==" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    (tmp_path / "c" / "state").mkdir(parents=True)
+    assert main([*base, "--out", str(tmp_path / "c")]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*base[:4], "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "d")]) == 2
+    assert "no records" in capsys.readouterr().err.strip()
+    shutil.rmtree(tmp_path / "data" / "embeddings" / "sd")  # the image records lose their targets
+    with pytest.raises(TrainError, match="fewer than one batch"):
+        run(CONFIGS / "stage_2.yaml", tiny_dir, tmp_path / "e", tmp_path / "data")
+
+
+def test_without_data_uses_the_cached_world(tmp_path, tiny_dir, monkeypatch):
+    """No --data: the world of seed 0 from its cache ($ANY2ANY_CACHE), caption embeddings computed for
+    the checkpoint on first use. A small world stands in the cache's place, so the test stays fast."""
+    from train.synthetic import default_world_dir
+
+    monkeypatch.setenv("ANY2ANY_CACHE", str(tmp_path / "cache"))
+    world = small_world(tmp_path / "small", 2, tiny_dir)
+    shutil.copytree(world, default_world_dir(0))
+    shutil.rmtree(default_world_dir(0) / "embeddings")
+    assert main(["--config", str(CONFIGS / "stage_2.yaml"), "--checkpoint", str(tiny_dir),
+                 "--out", str(tmp_path / "out"), "--max-steps", "1"]) == 0
+    assert (default_world_dir(0) / "embeddings" / "sd" / "index.json").is_file()
+    assert (tmp_path / "out" / "log.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "out" / "checkpoint" / "config.json").is_file()

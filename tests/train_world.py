@@ -1,0 +1,21 @@
+"""Small data roots for the training tests: the synthetic world at a few records per kind, with the
+caption embeddings of the tiny checkpoint's own decoder text encoders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.embed_captions import embed_captions
+from train.synthetic import write_world
+
+# per stage, train records whose task keeps exactly one batch of 4, plus a held-out record that must be ignored
+STAGE_COUNTS = {
+    1: {"image": 2, "audio": 1, "video": 1},
+    2: {"text_to_image": 2, "text_to_audio": 1, "text_to_video": 1},
+    3: {"image": 1, "text_to_image": 1, "text_to_audio": 1, "text_to_video": 1},
+}
+
+
+def small_world(root: Path, stage: int, checkpoint: Path, seed: int = 0) -> Path:
+    write_world(root, seed, {"train": STAGE_COUNTS[stage], "heldout": {"image": 1}}, progress=False)
+    embed_captions(checkpoint, root, progress=False)
+    return root
