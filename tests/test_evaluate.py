@@ -57,9 +57,12 @@ def test_every_task_draws_held_out_records_only(tmp_path):
     assert all((s.file is not None) == (TASKS[s.task][0] is not None) for s in chosen)
 
 
+ONE_EACH = {"heldout": {kind: 1 for kind in ("image", "video", "audio", "text_to_image", "text_to_video", "text_to_audio")}}
+
+
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    return synthetic.write_world(tmp_path_factory.mktemp("world"), progress=False)
+    return synthetic.write_world(tmp_path_factory.mktemp("world"), counts=ONE_EACH, progress=False)
 
 
 def test_backends_give_the_same_verdicts(tiny_build, reference, judges, small_world):
