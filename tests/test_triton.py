@@ -80,6 +80,23 @@ def test_route_over_grpc_equals_the_runtime(route, client, expected, sample_inpu
         assert ROUTES[route][2] in got.media
 
 
+def test_task_verdicts_over_grpc_equal_the_runtime(client, runtime_ort, tmp_path):
+    from train import synthetic
+    from train.evaluate import TASKS, evaluate
+    from train.judges import DEFAULT_JUDGES, load_judges
+
+    one_each = {"heldout": {k: 1 for k in ("image", "video", "audio", "text_to_image", "text_to_video", "text_to_audio")}}
+    world = synthetic.write_world(tmp_path / "world", counts=one_each, progress=False)
+    judges = load_judges(DEFAULT_JUDGES)
+    rates = {"audio": float(runtime_ort.config["decoders"]["audio"]["sample_rate"])}
+    got = evaluate(client.infer, world, judges, rates, 1, seed=SEED, steps=2, progress=False)
+    want = evaluate(runtime_ort, world, judges, rates, 1, seed=SEED, steps=2, progress=False)
+    for task in TASKS:
+        assert [(v["token_ids"], v["seen"], v["correct"]) for v in got[task]] == [
+            (v["token_ids"], v["seen"], v["correct"]) for v in want[task]
+        ], task
+
+
 def unet_requests(url, name="sd_unet"):
     """How many requests the UNet model has answered (each denoising step of a loop is one)."""
     import tritonclient.grpc as grpcclient

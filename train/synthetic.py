@@ -334,6 +334,12 @@ def _split_combinations(
     return out
 
 
+def combination_splits(seed: int = 0, world: dict[str, Any] = WORLD) -> dict[str, dict[str, list[dict[str, str]]]]:
+    """Per modality, the combinations held out for the seed and those left for training: the same
+    cut `write_world` makes, over every combination rather than the ones it renders."""
+    return _split_combinations(np.random.default_rng(seed), world["heldout_fraction"])
+
+
 def plan_world(seed: int = 0, counts: Counts | None = None, world: dict[str, Any] = WORLD) -> list[Record]:
     """The records of the world for a seed, without writing anything."""
     return [item.record for item in _plan(seed, counts, world)]
@@ -371,7 +377,8 @@ def render(modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> n
     return sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], world["sample_rate"])
 
 
-def _write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, Any]) -> None:
+def write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> None:
+    """One combination's medium in the world's file format (PNG, MP4, WAV)."""
     data = render(modality, a, world)
     if modality == "image":
         media.write_png(path, data)
@@ -399,7 +406,7 @@ def write_world(
     for item in tqdm(items, desc=f"synthetic world (seed {seed})", unit="medium", disable=not progress):
         path = root / next(iter({**item.record.inputs, **item.record.outputs}.values()))
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_medium(path, item.modality, item.attributes, world)
+        write_medium(path, item.modality, item.attributes, world)
     write_records(root / RECORDS_FILE, (item.record for item in items))
     return root
 

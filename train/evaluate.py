@@ -1,0 +1,248 @@
+"""Task scores on the synthetic world's held-out split: what a model says and what it draws.
+
+    python train/evaluate.py --engines engines/tiny [--backend torch|onnxruntime] [--triton HOST:PORT] \
+        --json F [--samples N] [--judges train/checkpoints/judges] [--seed 0]
+
+Every backend answers the same held-out records with the same seed: `torch` is the PyTorch reference
+pipeline on the checkpoint the build was made from, `onnxruntime` the runtime on the build's
+engines, `--triton` the deployment over gRPC. X→text answers are read with the world's own caption
+grammar; text→X media are read by the judges (train/judges.py), whose verdicts count only when the
+judge is trusted (held-out accuracy at least judges.TRUST). Each text→X request is answered twice,
+without and with `--output`, to count the answers in which the asked-for modality is present.
+
+JSON: {"tasks": {"image_to_text": {"accuracy": 0.93, "n": 200, ...}, ...}, "judges": {...},
+"backend": "...", "machine": {...}}. A missing build, a build of another preset or a Triton URL that
+does not answer stops with one `error: ...` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime import media
+from runtime.manifest import ManifestError, read_manifest
+from runtime.request import Request, Response
+from train import synthetic
+from train.data.records import Record, read_records
+from train.judges import DEFAULT_JUDGES, TRUST, Judge, features, load_judges
+
+TASKS = {  # task → (input modality or None, output modality or None)
+    "image_to_text": ("image", None),
+    "audio_to_text": ("audio", None),
+    "video_to_text": ("video", None),
+    "text_to_image": (None, "image"),
+    "text_to_audio": (None, "audio"),
+    "text_to_video": (None, "video"),
+}
+# what an answer must get right: for X→text read from its words, for text→X from the judge
+SCORED = {
+    "image_to_text": ("shape", "colour"),
+    "audio_to_text": ("sound", "pitch"),
+    "video_to_text": ("shape", "colour", "motion"),
+    "text_to_image": ("shape", "colour"),
+    "text_to_audio": ("sound", "pitch"),
+    "text_to_video": ("motion",),
+}
+PRESET = "tiny"  # the synthetic world is the tiny preset's world
+Answer = Callable[[Request], Response]
+
+
+class EvaluationError(RuntimeError):
+    """What stops an evaluation before it starts: one line for the user."""
+
+
+def _alternatives(words: list[str]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+def read_answer(text: str) -> dict[str, str]:
+    """The attributes a described medium has, read with the world's caption grammar: the colour is
+    the word before the shape ("a red circle on a blue background"), the pitch follows "at"."""
+    text = text.lower()
+    found = {}
+    pair = re.search(rf"\b({_alternatives(list(synthetic.COLOURS))}) ({_alternatives(list(synthetic.SHAPES))})\b", text)
+    if pair:
+        found["colour"], found["shape"] = pair.groups()
+    for head, words, pattern in (
+        ("motion", list(synthetic.MOTIONS), r"\b({})\b"),
+        ("sound", list(synthetic.SOUNDS), r"\b({})\b"),
+        ("pitch", list(synthetic.PITCHES), r"\bat ({})\b"),
+    ):
+        hit = re.search(pattern.format(_alternatives(words)), text)
+        if hit:
+            found[head] = hit.group(1)
+    return found
+
+
+@dataclass
+class Sample:
+    task: str
+    record: Record
+    prompt: str
+    file: Path | None
+
+
+def samples(world: Path, per_task: int | None) -> list[Sample]:
+    """The held-out records of each task, in file order, at most `per_task` each."""
+    out: list[Sample] = []
+    records = [r for r in read_records(world / synthetic.RECORDS_FILE) if r.split == "heldout"]
+    for task, (given, asked) in TASKS.items():
+        chosen = [r for r in records if (given in r.inputs if given else r.target == asked and not r.inputs)]
+        for r in chosen[:per_task]:
+            if given:
+                out.append(Sample(task, r, synthetic.DESCRIBE[given][0], world / r.inputs[given]))
+            else:
+                out.append(Sample(task, r, synthetic.REQUEST[asked][0].format(r.caption), None))
+    return out
+
+
+def judge_medium(judge: Judge, modality: str, value: np.ndarray, rate: float) -> dict[str, str]:
+    return judge([features(modality, value, rate)])[0]
+
+
+def score(sample: Sample, answer: Response, forced: Response | None, judges: dict[str, Judge], rates: dict[str, float]) -> dict[str, Any]:
+    """One answer's verdict: which scored attributes it got right, and for text→X whether the
+    asked-for modality is there without and with `--output`."""
+    given, asked = TASKS[sample.task]
+    truth = sample.record.attributes
+    verdict: dict[str, Any] = {"id": sample.record.id, "text": answer.text, "token_ids": list(answer.token_ids)}
+    if given:
+        seen = read_answer(answer.text)
+    else:
+        verdict["present"] = asked in answer.media and answer.media[asked].size > 0
+        verdict["present_with_output"] = forced is not None and asked in forced.media and forced.media[asked].size > 0
+        medium = forced.media.get(asked) if forced is not None else None
+        seen = judge_medium(judges[asked], asked, medium, rates.get(asked)) if medium is not None and medium.size else {}
+    verdict["seen"] = seen
+    verdict["correct"] = all(seen.get(h) == truth[h] for h in SCORED[sample.task])
+    return verdict
+
+
+def summarise(verdicts: dict[str, list[dict[str, Any]]], trusted: dict[str, bool]) -> dict[str, Any]:
+    tasks = {}
+    for task, rows in verdicts.items():
+        asked = TASKS[task][1]
+        counts = asked is None or trusted.get(asked, False)
+        entry: dict[str, Any] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if counts and rows else None, "n": len(rows)}
+        if asked:
+            entry["present"] = float(np.mean([r["present"] for r in rows])) if rows else None
+            entry["present_with_output"] = float(np.mean([r["present_with_output"] for r in rows])) if rows else None
+            if not counts:
+                entry["note"] = f"the {asked} judge is not trusted"
+        entry["samples"] = rows
+        tasks[task] = entry
+    return tasks
+
+
+def evaluate(answer: Answer, world: Path, judges: dict[str, Judge], rates: dict[str, float], per_task: int | None, seed: int = 0, steps: int | None = None, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    verdicts: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
+    for s in tqdm(samples(world, per_task), desc="evaluate", unit="sample", disable=not progress):
+        files = {TASKS[s.task][0]: s.file} if s.file else {}
+        req = Request(prompt=s.prompt, files=files, seed=seed, steps=steps)
+        natural = answer(req)
+        forced = None
+        if TASKS[s.task][1]:
+            req.output = TASKS[s.task][1]
+            forced = natural if req.output in natural.media else answer(req)
+        verdicts[s.task].append(score(s, natural, forced, judges, rates))
+    return verdicts
+
+
+def open_backend(engines: Path, backend: str, triton: str | None) -> tuple[Answer, Callable[[], None]]:
+    """A callable Request → Response for the chosen path, and how to close it."""
+    if triton:
+        from triton_repo.client import Any2AnyClient
+
+        client = Any2AnyClient(triton)
+        try:
+            if not client.client.is_server_ready():
+                raise EvaluationError(f"Triton at {triton} is not ready")
+        except EvaluationError:
+            raise
+        except Exception as e:  # tritonclient raises its own exception types for a dead endpoint
+            raise EvaluationError(f"Triton at {triton} does not answer ({str(e).splitlines()[0]})") from None
+        return client.infer, client.close
+    if backend == "torch":
+        from train.model import load_checkpoint
+        from train.reference import ReferencePipeline
+
+        checkpoint = Path(read_manifest(engines).data["checkpoint"]["path"])
+        return ReferencePipeline(load_checkpoint(checkpoint), progress=False), lambda: None
+    from runtime.pipeline import Any2AnyPipeline
+
+    return Any2AnyPipeline(engines, backend), lambda: None
+
+
+def check_build(engines: Path) -> dict[str, Any]:
+    try:
+        build = read_manifest(engines)
+    except (ManifestError, OSError) as e:
+        raise EvaluationError(f"{engines}: not a usable build ({e})") from None
+    preset = build.config.get("preset")
+    if preset != PRESET:
+        raise EvaluationError(f"{engines}: a build of the {preset!r} preset; the synthetic world is {PRESET!r}'s")
+    return build.config
+
+
+def judge_report(judges: dict[str, Judge], folder: Path) -> dict[str, Any]:
+    stored = json.loads((folder / "judges.json").read_text())
+    return {
+        m: {"heldout_accuracy": stored[m]["heldout_accuracy"], "trusted": min(stored[m]["heldout_accuracy"].values()) >= TRUST}
+        for m in judges
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", type=Path, required=True, help="the build (its manifest names the checkpoint)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="onnxruntime")
+    parser.add_argument("--triton", metavar="HOST:PORT", help="evaluate the deployment at this gRPC address instead")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
+    parser.add_argument("--judges", type=Path, default=DEFAULT_JUDGES)
+    parser.add_argument("--seed", type=int, default=0, help="the world's seed")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = check_build(args.engines)
+        judges = load_judges(args.judges)
+        answer, close = open_backend(args.engines, args.backend, args.triton)
+    except (EvaluationError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from benchmarks.machine import describe_machine
+
+    world = synthetic.ensure_world(args.seed, progress=not args.quiet)
+    rates = {"audio": float(config["decoders"]["audio"]["sample_rate"])}
+    try:
+        verdicts = evaluate(answer, world, judges, rates, args.samples, args.seed, args.steps, progress=not args.quiet)
+    finally:
+        close()
+    report = judge_report(judges, args.judges)
+    result = {
+        "tasks": summarise(verdicts, {m: r["trusted"] for m, r in report.items()}),
+        "judges": report,
+        "backend": f"triton {args.triton}" if args.triton else args.backend,
+        "machine": describe_machine(0),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    for task, entry in result["tasks"].items():
+        acc = "untrusted judge" if entry["accuracy"] is None else f"{entry['accuracy']:.1%}"
+        present = f"  present {entry['present']:.0%} / with --output {entry['present_with_output']:.0%}" if "present" in entry else ""
+        print(f"{task:14s} {acc:>16s}  n={entry['n']}{present}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
