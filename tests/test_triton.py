@@ -268,6 +268,10 @@ def test_generated_configs_come_from_the_manifest(repo, tiny_build, tmp_path):
     config = (native / "sd_unet" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and 'default_model_filename: "model.opt.onnx"' in config
     assert (native / "sd_unet" / "1" / "model.opt.onnx").is_file()
+    build_repo(tiny_build[0], tmp_path / "native_gpu", native=True, device="cuda")
+    gpu_config = (tmp_path / "native_gpu" / "sd_unet" / "config.pbtxt").read_text()
+    assert 'default_model_filename: "model.onnx"' in gpu_config and "KIND_GPU" in gpu_config
+    assert (tmp_path / "native_gpu" / "sd_unet" / "1" / "model.onnx").is_file()
     with pytest.raises(ValueError, match="not written by build_repo.py"):
         build_repo(tiny_build[0], tmp_path)
     build_repo(tiny_build[0], tmp_path / "unets", bls="unets")

@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from runtime import media
 from runtime.manifest import ManifestError, read_manifest
 from runtime.request import Request, Response

@@ -231,9 +231,11 @@ class RepoWriter:
         """A config for NVIDIA's container; version 1 is a link to the engine's folder in the build."""
         entry = self.build.component(name)
         gpu = entry["backend"] == "tensorrt" or self.runtime["device"] != "cpu"
+        # ONNX Runtime on a GPU reads the portable file; the CPU-fused one carries CPU-only kernels
+        engine = entry["provider_files"]["cuda"] if entry["backend"] == "onnxruntime" and gpu else entry["engine"]
         config = {
             "platform": NATIVE_PLATFORMS[entry["backend"]],
-            "default_model_filename": Path(entry["engine"]).name,
+            "default_model_filename": Path(engine).name,
             **self._batched(name),
             "instance_group": _instances(self.instances["engines"], "KIND_GPU" if gpu else "KIND_CPU"),
         }
