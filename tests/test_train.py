@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
+from train.mel import N_FFT, frame_count, hop_length, mel_target
 from train.model import load_checkpoint
+from train.presets import TINY
 from train.stages import signal_ids
 from train.train import TrainError, main, run
 from train.train_config import ConfigError, load_config
@@ -68,8 +72,9 @@ def test_config_extends_base_and_preset(tmp_path):
     bad.write_text(f"extends: {CONFIGS / 'stage_1.yaml'}\ntrain: [imagebind]\n")
     with pytest.raises(ConfigError, match="cannot train 'imagebind'"):
         load_config(bad, "tiny")
-    bad.write_text(f"extends: {CONFIGS / 'stage_2.yaml'}\nloss: {{gen_loss: true, gen_modalities: [audio]}}\n")
-    with pytest.raises(ConfigError, match="audio"):
+    assert load_config(CONFIGS / "stage_2.yaml", "tiny")["loss"]["gen_modalities"] == ["image", "video", "audio"]
+    bad.write_text(f"extends: {CONFIGS / 'stage_2.yaml'}\nloss: {{gen_loss: true, gen_modalities: [text]}}\n")
+    with pytest.raises(ConfigError, match="gen_modalities"):
         load_config(bad, "tiny")
 
 
@@ -167,13 +172,40 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_dir, stage):
 
 
 def test_generation_loss_switch(tmp_path, tiny_dir):
-    """gen_loss: the frozen UNet's noise prediction on the target's latents, through the projector."""
+    """gen_loss: the frozen UNet's noise prediction on the target's latents, through the projector;
+    every batch of the stage-2 world holds a text→audio record, so each step has an audio term."""
     data = small_world(tmp_path / "data", 2, tiny_dir)
     config = stage_config(tmp_path, 2, epochs=2, loss="{gen_loss: true}")
     rows = run(config, tiny_dir, tmp_path / "out", data, progress=False)
-    assert {"gen_image", "gen_video"} <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert {"gen_image", "gen_video", "gen_audio"} <= set(rows[0])
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    audio = torch.tensor([r["gen_audio"] for r in rows])
+    assert torch.isfinite(audio).all() and (audio > 0).all(), audio
     decoders = tmp_path / "out" / "checkpoint" / "decoders"
     assert file_hashes(decoders) == file_hashes(tiny_dir / "decoders")
+
+
+def test_gen_audio_mel_front_end():
+    """AudioLDM's log-mel against transformers' numpy spectrogram with the same settings; a pure
+    tone peaks in the mel filter that weighs its frequency most; loudness is normalized away."""
+    section = TINY["decoders"]["audio"]
+    rate, n_mels = section["vocoder"]["sampling_rate"], section["vocoder"]["model_in_dim"]
+    tone_hz = 1000.0
+    wave = 0.3 * np.sin(2 * np.pi * tone_hz * np.arange(rate) / rate)
+    mel = mel_target(wave, section)
+    assert mel.shape == (1, frame_count(section), n_mels)
+    assert frame_count(section) == section["audio_length_s"] * rate // hop_length(section)  # 100, a multiple of 2
+
+    filters = mel_filter_bank(N_FFT // 2 + 1, n_mels, 0.0, rate / 2, rate, norm="slaney", mel_scale="slaney")
+    normalized = (wave - wave.mean()) / np.abs(wave - wave.mean()).max() * 0.5
+    window = window_function(N_FFT, "hann")
+    expected = spectrogram(normalized.astype(np.float32), window, N_FFT, hop_length(section),
+                           power=1.0, mel_filters=filters, mel_floor=1e-5, log_mel="log")
+    torch.testing.assert_close(mel[0], torch.from_numpy(expected.T[: mel.shape[1]]), atol=1e-3, rtol=1e-4)
+
+    peak = mel[0, mel.shape[1] // 2].argmax().item()
+    assert peak == filters[round(tone_hz / rate * N_FFT)].argmax()
+    torch.testing.assert_close(mel_target(3 * wave, section), mel)
 
 
 def test_bad_runs_stop_with_one_line(tmp_path, tiny_dir, capsys):

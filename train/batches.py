@@ -31,6 +31,7 @@ from runtime.inputs import prepare_inputs
 from runtime.prompt import PromptError, build_prompt
 from runtime.signals import SignalVocab
 from train.data.records import MODALITIES, Record
+from train.mel import mel_target
 
 IGNORE = -100  # label of a position that carries no loss (prompt, padding), as torch's cross_entropy
 
@@ -186,12 +187,16 @@ class RecordDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.examples[index]
         inputs = prepare_inputs(self.config["imagebind"], example.inputs)
-        gen = {m: self._pixels(m, path) for m, path in example.gen_media.items()}
+        gen = {m: self._gen_target(m, path) for m, path in example.gen_media.items()}
         return {"example": example, "inputs": {m: torch.from_numpy(x) for m, x in inputs.items()}, "gen": gen}
 
-    def _pixels(self, modality: str, path: Path) -> Tensor:
-        """The decoder's training target in [-1, 1]: an image (3, H, W) or video frames (3, F, H, W)."""
+    def _gen_target(self, modality: str, path: Path) -> Tensor:
+        """What the decoder's VAE encodes: an image (3, H, W) or video frames (3, F, H, W) in [-1, 1],
+        or audio as AudioLDM's log-mel spectrogram (1, frames, mel bins)."""
         section = self.config["decoders"][modality]
+        if modality == "audio":
+            wave, rate = media_io.read_audio(path)
+            return mel_target(media_io.resample(wave, rate, section["vocoder"]["sampling_rate"]), section)
         size = (section["width"], section["height"])
         if modality == "image":
             return _to_unit(media_io.read_image(path), size)

@@ -125,6 +125,11 @@ def _spec(section: dict[str, Any]) -> _Spec:
     return _SPECS[section["name"]]
 
 
+def takes_class_labels(section: dict[str, Any]) -> bool:
+    """Whether the decoder's UNet takes its conditioning as class labels (batch, dim) (AudioLDM)."""
+    return _spec(section).class_labels
+
+
 def _module_names(section: dict[str, Any]) -> list[str]:
     return [name for name in MODULES if name in section]
 

@@ -28,6 +28,7 @@ from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
 from train.batches import IGNORE
+from train.decoders import takes_class_labels
 from train.model import NextGPT
 
 PARTS = {
@@ -141,6 +142,7 @@ class StageModel(nn.Module):
         self.unets = nn.ModuleDict({m: model.decoders[m]["unet"] for m in self.gen_modalities})
         self.vaes = nn.ModuleDict({m: model.decoders[m]["vae"] for m in self.gen_modalities})
         self.noise = {m: DDPMScheduler.from_config(model.decoders[m]["scheduler"].config) for m in self.gen_modalities}
+        self.class_labels = {m: takes_class_labels(model.config["decoders"][m]) for m in self.gen_modalities}
 
     def media_tokens(self, inputs: dict[str, Tensor]) -> Tensor:
         """(1, H): each input's ImageBind embedding (frozen) through the input projection, summed."""
@@ -179,7 +181,7 @@ class StageModel(nn.Module):
                 target = batch["targets"][modality]
                 conditions = self.project(modality, hidden, target)
                 cap = (conditions.float() - target["embeds"]).norm(dim=-1).mean(-1).sum() / batch_size
-                have = [i for i, pixels in enumerate(target["gen"]) if pixels is not None]  # a target medium exists
+                have = [i for i, medium in enumerate(target["gen"]) if medium is not None]  # a target medium exists
                 if modality in self.gen_modalities and have:
                     gen = self.gen_loss(modality, conditions[have], [target["gen"][i] for i in have]) / batch_size
             losses[f"cap_{modality}"] = cap
@@ -197,11 +199,12 @@ class StageModel(nn.Module):
         signal = self.model.embed_tokens(run)[None].expand(len(positions), -1, -1)
         return self.model.projectors[modality](states, signal)
 
-    def gen_loss(self, modality: str, conditions: Tensor, pixels: list[Tensor]) -> Tensor:
-        """Σ over samples of the frozen UNet's ε-prediction MSE, conditioned on the projector output."""
+    def gen_loss(self, modality: str, conditions: Tensor, media: list[Tensor]) -> Tensor:
+        """Σ over samples of the frozen UNet's ε-prediction MSE, conditioned on the projector output.
+        `media` are what the VAE encodes: images, video frames or log-mel spectrograms (1, frames, mels)."""
         unet, vae, scheduler = self.unets[modality], self.vaes[modality], self.noise[modality]
         with torch.no_grad():
-            x = torch.stack(pixels).to(conditions.dtype)
+            x = torch.stack(media).to(conditions.dtype)
             video = x.ndim == 5
             frames = x.shape[2] if video else 1
             flat = x.transpose(1, 2).flatten(0, 1) if video else x  # (B·F, 3, H, W) for the 2-D VAE
@@ -211,7 +214,10 @@ class StageModel(nn.Module):
         noise = torch.randn_like(latents)
         steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, steps)
-        prediction = unet(noisy, steps, encoder_hidden_states=conditions).sample
+        if self.class_labels[modality]:  # AudioLDM, as its pipeline calls the UNet: (B, dim) class labels
+            prediction = unet(noisy, steps, encoder_hidden_states=None, class_labels=conditions.flatten(1)).sample
+        else:
+            prediction = unet(noisy, steps, encoder_hidden_states=conditions).sample
         error = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
         if modality == "image":  # the newer reference weights only the image loss by Min-SNR
             error = error * min_snr_weight(scheduler, steps, self.snr_gamma)

@@ -59,8 +59,8 @@ def _check(config: dict[str, Any], where: Path) -> None:
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ConfigError(f"{where}: {key} must be a positive integer, got {config.get(key)!r}")
     loss = config["loss"]
-    if loss["gen_loss"] and not set(loss["gen_modalities"]) <= {"image", "video"}:
-        raise ConfigError(f"{where}: the generation loss covers image and video; audio needs AudioLDM's mel front end")
+    if loss["gen_loss"] and not set(loss["gen_modalities"]) <= {"image", "video", "audio"}:
+        raise ConfigError(f"{where}: gen_modalities are image, video and audio, got {loss['gen_modalities']!r}")
 
 
 def load_config(path: Path, preset: str) -> dict[str, Any]:
