@@ -42,3 +42,12 @@ def tiny_build(tmp_path_factory, tiny_dir):
     out = tmp_path_factory.mktemp("engines") / "tiny"
     outcomes = build(tiny_dir, out, progress=False)
     return out, outcomes
+
+
+@pytest.fixture(scope="session")
+def heldout_world(tmp_path_factory) -> Path:
+    """The synthetic world cut to one held-out record of each kind: one evaluation sample per task."""
+    from train.synthetic import write_world
+
+    kinds = ("image", "video", "audio", "text_to_image", "text_to_video", "text_to_audio")
+    return write_world(tmp_path_factory.mktemp("heldout_world"), counts={"heldout": dict.fromkeys(kinds, 1)}, progress=False)

@@ -2,9 +2,7 @@
 reads answers, and every backend gives the same verdicts on the same held-out samples."""
 import json
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from train import synthetic
@@ -49,28 +47,19 @@ def test_the_colour_read_is_the_shape_s_not_the_background_s():
     assert read_answer("byte salad") == {}
 
 
-def test_every_task_draws_held_out_records_only(tmp_path):
-    world = synthetic.write_world(tmp_path / "w", progress=False)
-    chosen = samples(world, 2)
+def test_every_task_draws_held_out_records_only(heldout_world):
+    chosen = samples(heldout_world, 2)
     assert {s.task for s in chosen} == set(TASKS)
     assert all(s.record.split == "heldout" for s in chosen)
     assert all((s.file is not None) == (TASKS[s.task][0] is not None) for s in chosen)
 
 
-ONE_EACH = {"heldout": {kind: 1 for kind in ("image", "video", "audio", "text_to_image", "text_to_video", "text_to_audio")}}
-
-
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    return synthetic.write_world(tmp_path_factory.mktemp("world"), counts=ONE_EACH, progress=False)
-
-
-def test_backends_give_the_same_verdicts(tiny_build, reference, judges, small_world):
+def test_backends_give_the_same_verdicts(tiny_build, reference, judges, heldout_world):
     from runtime.pipeline import Any2AnyPipeline
 
     rates = {"audio": float(reference.config["decoders"]["audio"]["sample_rate"])}
-    got = evaluate(Any2AnyPipeline(tiny_build[0]), small_world, judges, rates, 1, steps=2, progress=False)
-    expected = evaluate(reference, small_world, judges, rates, 1, steps=2, progress=False)
+    got = evaluate(Any2AnyPipeline(tiny_build[0]), heldout_world, judges, rates, 1, steps=2, progress=False)
+    expected = evaluate(reference, heldout_world, judges, rates, 1, steps=2, progress=False)
     for task in TASKS:
         assert [(v["token_ids"], v["seen"], v["correct"]) for v in got[task]] == [
             (v["token_ids"], v["seen"], v["correct"]) for v in expected[task]

@@ -42,14 +42,20 @@ def trt_build(tmp_path_factory, tiny_dir):
     return out
 
 
+def _plan(build_dir, name, **options):
+    """The build's TensorRT engine of one component, opened as the runtime opens it."""
+    build = read_manifest(build_dir)
+    return TrtEngine(build.path(build.component(name)["engine"]), {"name": name, **build.component(name)}, **options)
+
+
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 @needs_tensorrt
 @pytest.mark.parametrize("point", ["min", "opt", "max"])
 def test_every_plan_matches_onnxruntime(trt_build, tiny_build, tiny_model, point):
-    trt, cpu = read_manifest(trt_build), read_manifest(tiny_build[0])
+    cpu = read_manifest(tiny_build[0])
     for name, spec in component_specs(tiny_model.config).items():
-        plan = TrtEngine(trt.path(trt.component(name)["engine"]), {"name": name, **trt.component(name)}, cuda_graph=False)
+        plan = _plan(trt_build, name, cuda_graph=False)
         ort = OrtEngine(cpu.path(cpu.component(name)["onnx"]), {"name": name, **cpu.component(name)})
         feeds = spec.sample(spec.point(point), seed=5)
         got, want = plan.run(feeds), ort.run(feeds)
@@ -83,8 +89,7 @@ def test_llm_generation_matches_the_cpu_path(trt_build, tiny_build):
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_the_kv_cache_stays_on_the_device_and_fits_the_whole_context(trt_build, tiny_model):
-    entry = read_manifest(trt_build).component("llm")
-    engine = TrtEngine(trt_build / entry["engine"], {"name": "llm", **entry})
+    engine = _plan(trt_build, "llm")
     spec = component_specs(tiny_model.config)["llm"]
     context = tiny_model.config["llm"]["max_position_embeddings"]
     first = engine.run(spec.sample({**spec.point("min"), "seq": context - 1, "past": 0}, seed=0))
@@ -106,8 +111,7 @@ def test_the_kv_cache_stays_on_the_device_and_fits_the_whole_context(trt_build, 
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_a_request_outside_the_profile_is_refused_before_it_runs(trt_build, tiny_model):
-    entry = read_manifest(trt_build).component("sd_unet")
-    engine = TrtEngine(trt_build / entry["engine"], {"name": "sd_unet", **entry})
+    engine = _plan(trt_build, "sd_unet")
     spec = component_specs(tiny_model.config)["sd_unet"]
     too_big = spec.sample({**spec.point("max"), "batch": spec.dims["batch"][2] + 1})
     with pytest.raises(ValueError, match="sd_unet: input 'sample' .*outside"):
@@ -119,9 +123,7 @@ def test_a_request_outside_the_profile_is_refused_before_it_runs(trt_build, tiny
 @needs_tensorrt
 @pytest.mark.parametrize("name", ["sd_unet", "zeroscope_unet", "sd_vae_decoder"])
 def test_cuda_graph_replay_equals_eager(trt_build, tiny_model, name):
-    entry = read_manifest(trt_build).component(name)
-    io = {"name": name, **entry}
-    graphed, eager = TrtEngine(trt_build / entry["engine"], io, cuda_graph=True), TrtEngine(trt_build / entry["engine"], io, cuda_graph=False)
+    graphed, eager = _plan(trt_build, name, cuda_graph=True), _plan(trt_build, name, cuda_graph=False)
     spec = component_specs(tiny_model.config)[name]
     for seed in (0, 1, 2):  # the first call captures, the next ones replay on new inputs
         feeds = spec.sample(spec.point("opt"), seed=seed)

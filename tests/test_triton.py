@@ -80,17 +80,14 @@ def test_route_over_grpc_equals_the_runtime(route, client, expected, sample_inpu
         assert ROUTES[route][2] in got.media
 
 
-def test_task_verdicts_over_grpc_equal_the_runtime(client, runtime_ort, tmp_path):
-    from train import synthetic
+def test_task_verdicts_over_grpc_equal_the_runtime(client, runtime_ort, heldout_world):
     from train.evaluate import TASKS, evaluate
     from train.judges import DEFAULT_JUDGES, load_judges
 
-    one_each = {"heldout": {k: 1 for k in ("image", "video", "audio", "text_to_image", "text_to_video", "text_to_audio")}}
-    world = synthetic.write_world(tmp_path / "world", counts=one_each, progress=False)
     judges = load_judges(DEFAULT_JUDGES)
     rates = {"audio": float(runtime_ort.config["decoders"]["audio"]["sample_rate"])}
-    got = evaluate(client.infer, world, judges, rates, 1, seed=SEED, steps=2, progress=False)
-    want = evaluate(runtime_ort, world, judges, rates, 1, seed=SEED, steps=2, progress=False)
+    got = evaluate(client.infer, heldout_world, judges, rates, 1, seed=SEED, steps=2, progress=False)
+    want = evaluate(runtime_ort, heldout_world, judges, rates, 1, seed=SEED, steps=2, progress=False)
     for task in TASKS:
         assert [(v["token_ids"], v["seen"], v["correct"]) for v in got[task]] == [
             (v["token_ids"], v["seen"], v["correct"]) for v in want[task]

@@ -7,8 +7,9 @@ Every backend answers the same held-out records with the same seed: `torch` is t
 pipeline on the checkpoint the build was made from, `onnxruntime` the runtime on the build's
 engines, `--triton` the deployment over gRPC. X→text answers are read with the world's own caption
 grammar; text→X media are read by the judges (train/judges.py), whose verdicts count only when the
-judge is trusted (held-out accuracy at least judges.TRUST). Each text→X request is answered twice,
-without and with `--output`, to count the answers in which the asked-for modality is present.
+judge is trusted (held-out accuracy at least judges.TRUST). Each text→X request is answered without
+`--output` and, when that answer lacks the asked-for modality, again with it: presence is counted
+both ways and the judge reads the medium the user would get.
 
 JSON: {"tasks": {"image_to_text": {"accuracy": 0.93, "n": 200, ...}, ...}, "judges": {...},
 "backend": "...", "machine": {...}}. A missing build, a build of another preset or a Triton URL that
@@ -31,12 +32,11 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from runtime import media
-from runtime.manifest import ManifestError, read_manifest
+from runtime.manifest import Build, ManifestError, read_manifest
 from runtime.request import Request, Response
 from train import synthetic
 from train.data.records import Record, read_records
-from train.judges import DEFAULT_JUDGES, TRUST, Judge, features, load_judges
+from train.judges import DEFAULT_JUDGES, Judge, load_judges
 
 TASKS = {  # task → (input modality or None, output modality or None)
     "image_to_text": ("image", None),
@@ -108,10 +108,6 @@ def samples(world: Path, per_task: int | None) -> list[Sample]:
     return out
 
 
-def judge_medium(judge: Judge, modality: str, value: np.ndarray, rate: float) -> dict[str, str]:
-    return judge([features(modality, value, rate)])[0]
-
-
 def score(sample: Sample, answer: Response, forced: Response | None, judges: dict[str, Judge], rates: dict[str, float]) -> dict[str, Any]:
     """One answer's verdict: which scored attributes it got right, and for text→X whether the
     asked-for modality is there without and with `--output`."""
@@ -124,17 +120,17 @@ def score(sample: Sample, answer: Response, forced: Response | None, judges: dic
         verdict["present"] = asked in answer.media and answer.media[asked].size > 0
         verdict["present_with_output"] = forced is not None and asked in forced.media and forced.media[asked].size > 0
         medium = forced.media.get(asked) if forced is not None else None
-        seen = judge_medium(judges[asked], asked, medium, rates.get(asked)) if medium is not None and medium.size else {}
+        seen = judges[asked].judge(medium, rates.get(asked)) if medium is not None and medium.size else {}
     verdict["seen"] = seen
     verdict["correct"] = all(seen.get(h) == truth[h] for h in SCORED[sample.task])
     return verdict
 
 
-def summarise(verdicts: dict[str, list[dict[str, Any]]], trusted: dict[str, bool]) -> dict[str, Any]:
+def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge]) -> dict[str, Any]:
     tasks = {}
     for task, rows in verdicts.items():
         asked = TASKS[task][1]
-        counts = asked is None or trusted.get(asked, False)
+        counts = asked is None or judges[asked].trusted
         entry: dict[str, Any] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if counts and rows else None, "n": len(rows)}
         if asked:
             entry["present"] = float(np.mean([r["present"] for r in rows])) if rows else None
@@ -160,32 +156,33 @@ def evaluate(answer: Answer, world: Path, judges: dict[str, Judge], rates: dict[
     return verdicts
 
 
-def open_backend(engines: Path, backend: str, triton: str | None) -> tuple[Answer, Callable[[], None]]:
+def open_backend(build: Build, backend: str, triton: str | None) -> tuple[Answer, Callable[[], None]]:
     """A callable Request → Response for the chosen path, and how to close it."""
     if triton:
         from triton_repo.client import Any2AnyClient
 
         client = Any2AnyClient(triton)
         try:
-            if not client.client.is_server_ready():
-                raise EvaluationError(f"Triton at {triton} is not ready")
-        except EvaluationError:
-            raise
+            ready = client.client.is_server_ready()
         except Exception as e:  # tritonclient raises its own exception types for a dead endpoint
+            client.close()
             raise EvaluationError(f"Triton at {triton} does not answer ({str(e).splitlines()[0]})") from None
+        if not ready:
+            client.close()
+            raise EvaluationError(f"Triton at {triton} is not ready")
         return client.infer, client.close
     if backend == "torch":
         from train.model import load_checkpoint
         from train.reference import ReferencePipeline
 
-        checkpoint = Path(read_manifest(engines).data["checkpoint"]["path"])
+        checkpoint = Path(build.data["checkpoint"]["path"])
         return ReferencePipeline(load_checkpoint(checkpoint), progress=False), lambda: None
     from runtime.pipeline import Any2AnyPipeline
 
-    return Any2AnyPipeline(engines, backend), lambda: None
+    return Any2AnyPipeline(build.root, backend), lambda: None
 
 
-def check_build(engines: Path) -> dict[str, Any]:
+def check_build(engines: Path) -> Build:
     try:
         build = read_manifest(engines)
     except (ManifestError, OSError) as e:
@@ -193,15 +190,7 @@ def check_build(engines: Path) -> dict[str, Any]:
     preset = build.config.get("preset")
     if preset != PRESET:
         raise EvaluationError(f"{engines}: a build of the {preset!r} preset; the synthetic world is {PRESET!r}'s")
-    return build.config
-
-
-def judge_report(judges: dict[str, Judge], folder: Path) -> dict[str, Any]:
-    stored = json.loads((folder / "judges.json").read_text())
-    return {
-        m: {"heldout_accuracy": stored[m]["heldout_accuracy"], "trusted": min(stored[m]["heldout_accuracy"].values()) >= TRUST}
-        for m in judges
-    }
+    return build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,24 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
-        config = check_build(args.engines)
+        build = check_build(args.engines)
         judges = load_judges(args.judges)
-        answer, close = open_backend(args.engines, args.backend, args.triton)
+        answer, close = open_backend(build, args.backend, args.triton)
     except (EvaluationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from benchmarks.machine import describe_machine
 
     world = synthetic.ensure_world(args.seed, progress=not args.quiet)
-    rates = {"audio": float(config["decoders"]["audio"]["sample_rate"])}
+    rates = {"audio": float(build.config["decoders"]["audio"]["sample_rate"])}
     try:
         verdicts = evaluate(answer, world, judges, rates, args.samples, args.seed, args.steps, progress=not args.quiet)
     finally:
         close()
-    report = judge_report(judges, args.judges)
     result = {
-        "tasks": summarise(verdicts, {m: r["trusted"] for m, r in report.items()}),
-        "judges": report,
+        "tasks": summarise(verdicts, judges),
+        "judges": {m: {"heldout_accuracy": j.heldout_accuracy, "trusted": j.trusted} for m, j in judges.items()},
         "backend": f"triton {args.triton}" if args.triton else args.backend,
         "machine": describe_machine(0),
     }

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,12 @@ class Judge:
     modality: str
     net: JudgeNet
     vocab: dict[str, list[str]]
+    in_shape: tuple[int, ...]
+    heldout_accuracy: dict[str, float] = field(default_factory=dict)  # per head, set once measured
+
+    @property
+    def trusted(self) -> bool:
+        return bool(self.heldout_accuracy) and min(self.heldout_accuracy.values()) >= TRUST
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> list[dict[str, str]]:
@@ -193,7 +199,7 @@ def train_judge(modality: str, combos: list[dict[str, str]], seed: int, steps: i
         loss.backward()
         opt.step()
         schedule.step()
-    return Judge(modality, net.eval(), vocab)
+    return Judge(modality, net.eval(), vocab, tuple(clean.shape[1:]))
 
 
 def heldout_media(modality: str, combos: list[dict[str, str]]) -> list[tuple[np.ndarray, float | None]]:
@@ -220,13 +226,12 @@ def accuracy(judge: Judge, combos: list[dict[str, str]]) -> dict[str, float]:
     return {h: float(np.mean([s[h] == c[h] for s, c in zip(seen, combos)])) for h in judge.vocab}
 
 
-def save_judges(folder: Path, judges: dict[str, Judge], scores: dict[str, dict[str, float]]) -> None:
+def save_judges(folder: Path, judges: dict[str, Judge]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     config = {}
     for modality, judge in judges.items():
         save_file({k: v.contiguous() for k, v in judge.net.state_dict().items()}, str(folder / f"{modality}.safetensors"))
-        shape = features(modality, synthetic.render(modality, synthetic.combinations(modality)[0])).shape
-        config[modality] = {"vocab": judge.vocab, "in_shape": list(shape), "heldout_accuracy": scores[modality]}
+        config[modality] = {"vocab": judge.vocab, "in_shape": list(judge.in_shape), "heldout_accuracy": judge.heldout_accuracy}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -236,9 +241,10 @@ def load_judges(folder: Path) -> dict[str, Judge]:
         raise FileNotFoundError(f"{folder}: no judges ({CONFIG_FILE} is missing); train them with train/judges.py")
     judges = {}
     for modality, entry in json.loads(path.read_text()).items():
-        net = JudgeNet(modality, tuple(entry["in_shape"]), {h: len(v) for h, v in entry["vocab"].items()})
+        in_shape = tuple(entry["in_shape"])
+        net = JudgeNet(modality, in_shape, {h: len(v) for h, v in entry["vocab"].items()})
         net.load_state_dict(load_file(str(Path(folder) / f"{modality}.safetensors")))
-        judges[modality] = Judge(modality, net.eval(), entry["vocab"])
+        judges[modality] = Judge(modality, net.eval(), entry["vocab"], in_shape, entry["heldout_accuracy"])
     return judges
 
 
@@ -249,14 +255,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="training steps per judge")
     args = parser.parse_args()
     splits = synthetic.combination_splits(args.seed)
-    judges, scores = {}, {}
+    judges = {}
     for modality in HEADS:
-        judges[modality] = train_judge(modality, splits[modality]["train"], args.seed, args.steps)
-        scores[modality] = accuracy(judges[modality], splits[modality]["heldout"])
-    save_judges(args.out, judges, scores)
-    for modality, heads in scores.items():
-        verdict = "trusted" if min(heads.values()) >= TRUST else "NOT trusted"
-        print(f"{modality:6s} " + "  ".join(f"{h} {a:.1%}" for h, a in heads.items()) + f"  → {verdict}")
+        judge = train_judge(modality, splits[modality]["train"], args.seed, args.steps)
+        judge.heldout_accuracy = accuracy(judge, splits[modality]["heldout"])
+        judges[modality] = judge
+    save_judges(args.out, judges)
+    for modality, judge in judges.items():
+        heads = "  ".join(f"{h} {a:.1%}" for h, a in judge.heldout_accuracy.items())
+        print(f"{modality:6s} {heads}  → {'trusted' if judge.trusted else 'NOT trusted'}")
 
 
 if __name__ == "__main__":
