@@ -35,8 +35,12 @@ def image_to_tensor(image: np.ndarray, image_size: int) -> np.ndarray:
     CenterCrop(S), ToTensor and Normalize(CLIP mean, std) compute it in ImageBind."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected uint8 H×W×3, got {image.dtype} {image.shape}")
-    resized = np.asarray(_resize_short_side(Image.fromarray(image), image_size))
-    return np.ascontiguousarray(_normalise(_centre_crop(resized, image_size)).transpose(2, 0, 1))
+    return np.ascontiguousarray(normalise(resize_and_crop(image, image_size)).transpose(2, 0, 1))
+
+
+def resize_and_crop(image: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 H×W×3 → uint8 S×S×3: the resize and centre crop of `image_to_tensor`."""
+    return _centre_crop(np.asarray(_resize_short_side(Image.fromarray(image), image_size)), image_size)
 
 
 def clip_timepoints(duration: float, clip_duration: float, clips: int) -> list[tuple[Fraction, Fraction]]:
@@ -192,7 +196,8 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
+def normalise(image: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) → float32, CLIP-normalised."""
     # float32 at every step, as ToTensor (÷255) and Normalize do, so the values match bit for bit
     return (image.astype(np.float32) / np.float32(255) - CLIP_MEAN) / CLIP_STD
 

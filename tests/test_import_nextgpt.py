@@ -36,7 +36,7 @@ from train.decoders import build_decoder, load_text_encoder
 from train.imagebind import ImageBindEncoder
 from train.import_nextgpt import ReleasedWeights, import_nextgpt, main
 from train.llm import train_tiny_tokenizer
-from train.make_tiny import synthetic_corpus
+from train.pretrain.language import world_corpus
 from train.model import load_checkpoint
 from train.presets import added_tokens, get_preset, signal_tokens
 from train.projectors import build_input_projection, build_projectors
@@ -207,7 +207,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     others = {k: _random(shape, 2000 + i) for i, (k, shape) in enumerate(OTHER_IMAGEBIND.items())}
     torch.save({**imagebind, **others}, root / "imagebind_huge.pth")
 
-    tokenizer = train_tiny_tokenizer(synthetic_corpus(), PRESET["llm"]["base_vocab_size"])
+    tokenizer = train_tiny_tokenizer(world_corpus(), PRESET["llm"]["base_vocab_size"])
     vicuna = write_vicuna(root / "vicuna-7b-v0", tokenizer, PRESET["llm"], seed=1)
 
     delta = released_delta(PRESET, len(tokenizer) + len(added_tokens()))

@@ -108,6 +108,9 @@ class RecordDataset(Dataset):
         self.gen_modalities = set(loss["gen_modalities"]) if loss["gen_loss"] else set()
         self.dropped: Counter[str] = Counter()
         self.examples: list[Example] = []
+        # `cache_media`: decoded, preprocessed media kept after their first read (a small data set
+        # trained for many epochs; the inputs feed the frozen encoder and never change)
+        self.cache: dict[int, dict[str, Any]] = {}
         for record in records:
             if record.split != "train":
                 continue
@@ -185,10 +188,15 @@ class RecordDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if index in self.cache:
+            return self.cache[index]
         example = self.examples[index]
         inputs = prepare_inputs(self.config["imagebind"], example.inputs)
         gen = {m: self._gen_target(m, path) for m, path in example.gen_media.items()}
-        return {"example": example, "inputs": {m: torch.from_numpy(x) for m, x in inputs.items()}, "gen": gen}
+        item = {"example": example, "inputs": {m: torch.from_numpy(x) for m, x in inputs.items()}, "gen": gen}
+        if self.train_config.get("cache_media"):
+            self.cache[index] = item
+        return item
 
     def _gen_target(self, modality: str, path: Path) -> Tensor:
         """What the decoder's VAE encodes: an image (3, H, W) or video frames (3, F, H, W) in [-1, 1],

@@ -209,6 +209,11 @@ def unconditional_embedding(section: dict[str, Any]) -> Tensor:
     return _encoder_unconditional(_new_module(_spec(section).text_encoder, section["text_encoder"]), section)
 
 
+def refresh_unconditional(components: Components, section: dict[str, Any]) -> None:
+    """Recompute `uncond_embedding` from the components' own text encoder, after it was trained."""
+    components["uncond_embedding"] = _encoder_unconditional(components["text_encoder"], section)
+
+
 def _encoder_unconditional(encoder: CLIPTextModel | ClapTextModelWithProjection, section: dict[str, Any]) -> Tensor:
     ids, mask = _empty_prompt(encoder.config, _spec(section).empty_prompt_length(encoder.config))
     embedding = torch.atleast_2d(text_encoder_embedding(encoder, ids, mask)[0])

@@ -14,31 +14,36 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from runtime import media
 from train import synthetic
 from train.generate import answer, parse_args
 from train.model import load_checkpoint
 from train.reference import ReferencePipeline
 
+# Held-out combinations of the synthetic world: nothing the embedded model saw in training, in its own
+# language. One per input file, one per text→X prompt.
+HELDOUT = synthetic.combination_splits(0)
+SAMPLES = {m: HELDOUT[m]["heldout"][0] for m in ("image", "audio", "video")}
+ASKED = {m: synthetic.CAPTION[m](HELDOUT[m]["heldout"][1]) for m in ("image", "audio", "video")}
+
 # route name -> (prompt, input files by modality, required output modality)
 ROUTES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "text_to_text": ("what colour is the sky?", (), None),
-    "image_to_text": ("what is in the picture?", ("image",), None),
-    "audio_to_text": ("what do you hear?", ("audio",), None),
-    "video_to_text": ("what happens in the video?", ("video",), None),
-    "text_to_image": ("show me a red circle", (), "image"),
-    "text_to_audio": ("make the sound of a bell", (), "audio"),
-    "text_to_video": ("generate a video of a blue dot moving right", (), "video"),
+    "text_to_text": (f"{synthetic.CAPTION['image'](HELDOUT['image']['heldout'][2])}. what shape is it?", (), None),
+    "image_to_text": ("describe this image", ("image",), None),
+    "audio_to_text": ("describe this sound", ("audio",), None),
+    "video_to_text": ("describe this video", ("video",), None),
+    "text_to_image": (f"show me {ASKED['image']}", (), "image"),
+    "text_to_audio": (f"let me hear {ASKED['audio']}", (), "audio"),
+    "text_to_video": (f"show me {ASKED['video']}", (), "video"),
     "image_to_audio": ("make a sound that fits this picture", ("image",), "audio"),
 }
 
 
 def write_sample_inputs(folder: Path, sample_rate: int) -> dict[str, Path]:
+    """The SAMPLES media in the world's formats (PNG, WAV at `sample_rate`, MP4)."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"image": folder / "red_circle.png", "audio": folder / "beep.wav", "video": folder / "moving_dot.gif"}
-    media.write_png(files["image"], synthetic.shape_image("red", "white", 96))
-    media.write_wav(files["audio"], synthetic.tone(440.0, 3.0, sample_rate), sample_rate)
-    media.write_video(files["video"], synthetic.moving_shape_video("blue", "black", 64, 16), fps=4.0)
+    files = {m: folder / f"{m}{synthetic.EXT[m]}" for m in SAMPLES}
+    for modality, path in files.items():
+        synthetic.write_medium(path, modality, SAMPLES[modality], {**synthetic.WORLD, "sample_rate": sample_rate})
     return files
 
 

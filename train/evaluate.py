@@ -46,13 +46,14 @@ TASKS = {  # task → (input modality or None, output modality or None)
     "text_to_audio": (None, "audio"),
     "text_to_video": (None, "video"),
 }
-# what an answer must get right: for X→text read from its words, for text→X from the judge
+# what an answer must get right (the issue's targets): for X→text read from its words, for text→X
+# from the judge. Every other attribute the answer or the judge names is reported beside, unscored.
 SCORED = {
     "image_to_text": ("shape", "colour"),
-    "audio_to_text": ("sound", "pitch"),
+    "audio_to_text": ("sound",),
     "video_to_text": ("shape", "colour", "motion"),
     "text_to_image": ("shape", "colour"),
-    "text_to_audio": ("sound", "pitch"),
+    "text_to_audio": ("sound",),
     "text_to_video": ("motion",),
 }
 PRESET = "tiny"  # the synthetic world is the tiny preset's world
@@ -122,8 +123,15 @@ def score(sample: Sample, answer: Response, forced: Response | None, judges: dic
         medium = forced.media.get(asked) if forced is not None else None
         seen = judges[asked].judge(medium, rates.get(asked)) if medium is not None and medium.size else {}
     verdict["seen"] = seen
-    verdict["correct"] = all(seen.get(h) == truth[h] for h in SCORED[sample.task])
+    verdict["right"] = {h: seen.get(h) == truth[h] for h in _readable(sample.task, judges) if h in truth}
+    verdict["correct"] = all(verdict["right"][h] for h in SCORED[sample.task])
     return verdict
+
+
+def _readable(task: str, judges: dict[str, Judge]) -> list[str]:
+    """The attributes a verdict can name: what the caption grammar reads, or the judge's heads."""
+    given, asked = TASKS[task]
+    return list(judges[asked].vocab) if asked else ["shape", "colour", "motion", "sound", "pitch"]
 
 
 def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge]) -> dict[str, Any]:
@@ -132,6 +140,8 @@ def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge
         asked = TASKS[task][1]
         counts = asked is None or judges[asked].trusted
         entry: dict[str, Any] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if counts and rows else None, "n": len(rows)}
+        if counts and rows:
+            entry["attributes"] = {head: float(np.mean([r["right"][head] for r in rows])) for head in rows[0]["right"]}
         if asked:
             entry["present"] = float(np.mean([r["present"] for r in rows])) if rows else None
             entry["present_with_output"] = float(np.mean([r["present_with_output"] for r in rows])) if rows else None
@@ -231,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     for task, entry in result["tasks"].items():
         acc = "untrusted judge" if entry["accuracy"] is None else f"{entry['accuracy']:.1%}"
         present = f"  present {entry['present']:.0%} / with --output {entry['present_with_output']:.0%}" if "present" in entry else ""
-        print(f"{task:14s} {acc:>16s}  n={entry['n']}{present}")
+        heads = ", ".join(f"{h} {v:.0%}" for h, v in entry.get("attributes", {}).items())
+        print(f"{task:14s} {acc:>16s}  n={entry['n']}{present}  ({heads})")
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Create the embedded `tiny` checkpoint: every real architecture, random weights, one seed.
+"""Create a `tiny` checkpoint with random weights: every real architecture, one seed; where training starts.
 
     python train/make_tiny.py --out train/checkpoints/tiny [--seed 0] [--preset tiny]
 
-The same seed gives the same files. A later training stage replaces the random weights. Each
+The same seed gives the same files. `train/reproduce.py` trains the embedded checkpoint from it. Each
 decoder keeps its random text encoder and gets a caption tokenizer trained on the synthetic world's
 captions, for the caption embeddings of training. Another preset (`nextgpt-7b-shallow`) gives a
 random checkpoint at its sizes, its tokenizer trained to the preset's vocabulary size.
@@ -10,7 +10,6 @@ random checkpoint at its sizes, its tokenizer trained to the preset's vocabulary
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,24 +24,8 @@ from train.checkpoint import make_config
 from train.decoders import caption_tokenizer
 from train.llm import add_nextgpt_tokens, train_tiny_tokenizer
 from train.model import NextGPT, save_checkpoint
-from train.presets import PROMPT, get_preset
-
-# The committed LLM tokenizer was trained on exactly these lines: change none of them. The colour and
-# shape words are the world's own; the sounds and motions are older than the world's.
-SOUNDS = ["a beep", "a low hum", "a chirp", "a drum", "a whistle", "noise", "a bell", "silence"]
-MOTIONS = ["moving left", "moving right", "growing", "shrinking", "spinning", "still"]
-
-
-def synthetic_corpus() -> list[str]:
-    """Captions of the project's synthetic world, plus the prompt template's own strings."""
-    colours, shapes = synthetic.COLOURS, synthetic.SHAPES
-    lines = [f"a {c} {s} on a {b} background" for c, s, b in itertools.product(colours, shapes, colours)]
-    lines += [f"a video of a {c} {s} {m}" for c, s, m in itertools.product(colours, shapes, MOTIONS)]
-    lines += [f"the sound of {s}" for s in SOUNDS]
-    lines += [PROMPT["human"] + "describe this" + PROMPT["assistant"] + " it is a picture"] * 10
-    lines += ["show me an image", "make a sound", "generate a video", "what is in the picture?"] * 10
-    return lines
-
+from train.presets import get_preset
+from train.pretrain.language import world_corpus
 
 def randomise_lora(model: NextGPT, std: float) -> None:
     """peft starts lora_B at zero; a random checkpoint should exercise the adapter path too."""
@@ -52,12 +35,12 @@ def randomise_lora(model: NextGPT, std: float) -> None:
 
 
 def train_tokenizer(vocab_size: int) -> Any:
-    """BPE on the synthetic captions; for a vocabulary larger than they hold (a published size), on
+    """BPE on the synthetic world's text; for a vocabulary larger than it holds (a published size), on
     runs of numbers too, which give BPE enough distinct words to learn that many tokens."""
-    tokenizer = train_tiny_tokenizer(synthetic_corpus(), vocab_size)
+    tokenizer = train_tiny_tokenizer(world_corpus(), vocab_size)
     if len(tokenizer) < vocab_size:
         numbers = [" ".join(str(j) for j in range(i, i + 8)) for i in range(0, 12 * vocab_size, 8)]
-        tokenizer = train_tiny_tokenizer(synthetic_corpus() + numbers, vocab_size)
+        tokenizer = train_tiny_tokenizer(world_corpus() + numbers, vocab_size)
     return tokenizer
 
 

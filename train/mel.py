@@ -58,13 +58,19 @@ def log_mel(wave: Tensor, section: dict[str, Any]) -> Tensor:
     return torch.log(mel.clamp(min=LOG_FLOOR)).T
 
 
+def clip_wave(wave: np.ndarray, section: dict[str, Any]) -> np.ndarray:
+    """What AudioLDM takes a mel from: the waveform, mean removed, peak at PEAK, padded or cut to
+    the frames of one clip (wav_to_fbank reads target_length × hop samples)."""
+    wave = wave - wave.mean()
+    wave = wave / (np.abs(wave).max() + PEAK_EPS) * PEAK
+    samples = frame_count(section) * hop_length(section)
+    padded = np.zeros(samples, np.float32)
+    padded[: min(len(wave), samples)] = wave[:samples]
+    return padded
+
+
 def mel_target(wave: np.ndarray, section: dict[str, Any]) -> Tensor:
     """A clip at the vocoder's rate as the VAE's input (1, frames, mel bins), AudioLDM's layout
     (mel_spectrogram_to_waveform squeezes that channel axis before the vocoder)."""
-    wave = wave - wave.mean()
-    wave = wave / (np.abs(wave).max() + PEAK_EPS) * PEAK
-    frames = frame_count(section)
-    samples = frames * hop_length(section)  # wav_to_fbank reads target_length × hop samples
-    padded = np.zeros(samples, np.float32)
-    padded[: min(len(wave), samples)] = wave[:samples]
-    return log_mel(torch.from_numpy(padded), section)[:frames][None]  # _pad_spec drops the extra frame
+    mel = log_mel(torch.from_numpy(clip_wave(wave, section)), section)
+    return mel[: frame_count(section)][None]  # _pad_spec drops the extra frame

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from train.batches import IGNORE
 from train.decoders import takes_class_labels
+from train.diffusion_loss import noise_prediction_error, vae_latents
 from train.model import NextGPT
 
 PARTS = {
@@ -119,13 +120,6 @@ def per_sample_ce(logits: Tensor, labels: Tensor) -> Tensor:
     return loss.sum(1) / counted
 
 
-def min_snr_weight(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -> Tensor:
-    """Min-SNR-γ (Hang et al. 2023) for ε-prediction: min(SNR, γ) / SNR."""
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
-
-
 class StageModel(nn.Module):
     """The model plus the stage's loss: every term is a per-sample mean averaged over the batch, so a
     batch split over processes and averaged by DDP gives the same gradient as the whole batch."""
@@ -202,23 +196,8 @@ class StageModel(nn.Module):
     def gen_loss(self, modality: str, conditions: Tensor, media: list[Tensor]) -> Tensor:
         """Σ over samples of the frozen UNet's ε-prediction MSE, conditioned on the projector output.
         `media` are what the VAE encodes: images, video frames or log-mel spectrograms (1, frames, mels)."""
-        unet, vae, scheduler = self.unets[modality], self.vaes[modality], self.noise[modality]
-        with torch.no_grad():
-            x = torch.stack(media).to(conditions.dtype)
-            video = x.ndim == 5
-            frames = x.shape[2] if video else 1
-            flat = x.transpose(1, 2).flatten(0, 1) if video else x  # (B·F, 3, H, W) for the 2-D VAE
-            latents = vae.encode(flat).latent_dist.sample() * vae.config.scaling_factor
-            if video:
-                latents = latents.unflatten(0, (-1, frames)).transpose(1, 2)
-        noise = torch.randn_like(latents)
-        steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, steps)
-        if self.class_labels[modality]:  # AudioLDM, as its pipeline calls the UNet: (B, dim) class labels
-            prediction = unet(noisy, steps, encoder_hidden_states=None, class_labels=conditions.flatten(1)).sample
-        else:
-            prediction = unet(noisy, steps, encoder_hidden_states=conditions).sample
-        error = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
-        if modality == "image":  # the newer reference weights only the image loss by Min-SNR
-            error = error * min_snr_weight(scheduler, steps, self.snr_gamma)
-        return error.sum()
+        latents = vae_latents(self.vaes[modality], torch.stack(media).to(conditions.dtype))
+        # the newer reference weights only the image loss by Min-SNR
+        gamma = self.snr_gamma if modality == "image" else None
+        unet, scheduler = self.unets[modality], self.noise[modality]
+        return noise_prediction_error(unet, scheduler, latents, conditions, self.class_labels[modality], gamma).sum()

@@ -128,7 +128,7 @@ def shape_video(kind: str, colour: str, background: str, motion: str, size: int,
 
 
 def shape_image(colour: str, background: str, size: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """A filled disc of `colour` on `background`, uint8 (size, size, 3); the demo's sample image."""
+    """A filled disc of `colour` on `background`, uint8 (size, size, 3); the readers' tests draw it."""
     img = np.empty((size, size, 3), np.uint8)
     img[:] = RGB[background]
     yy, xx = np.mgrid[:size, :size]
@@ -138,7 +138,7 @@ def shape_image(colour: str, background: str, size: int, offset: tuple[int, int]
 
 
 def moving_shape_video(colour: str, background: str, size: int, frames: int) -> np.ndarray:
-    """A disc sliding left to right, uint8 (frames, size, size, 3); the demo's sample video."""
+    """A disc sliding left to right, uint8 (frames, size, size, 3); the readers' tests draw it."""
     steps = np.linspace(-size // 4, size // 4, frames).astype(int)
     return np.stack([shape_image(colour, background, size, (0, int(dx))) for dx in steps])
 
@@ -241,7 +241,7 @@ def caption_corpus() -> list[str]:
 # ---------------------------------------------------------------- records
 
 
-def _follow_ups(modality: str, a: dict[str, str]) -> list[tuple[str, str]]:
+def follow_ups(modality: str, a: dict[str, str]) -> list[tuple[str, str]]:
     """Questions about one attribute each, with their answers."""
     if modality == "audio":
         return [
@@ -269,7 +269,7 @@ def _turn(human: str, assistant: str) -> dict[str, str]:
 def _x_to_text_turns(modality: str, a: dict[str, str], rng: np.random.Generator, multi: bool) -> list[dict[str, str]]:
     turns = [_turn(str(rng.choice(DESCRIBE[modality])), CAPTION[modality](a))]
     if multi:
-        qa = _follow_ups(modality, a)
+        qa = follow_ups(modality, a)
         for i in rng.choice(len(qa), size=2, replace=False):
             turns.append(_turn(*qa[int(i)]))
     return turns

@@ -16,7 +16,7 @@ TASKS = ("caption", "signal", "dialogue")
 TRAINABLE = ("input_projection", "projectors", "signal_rows", "lora")
 KEYS = {
     "seed", "epochs", "batch_size", "grad_accum", "max_length", "optimizer", "clip_grad_norm", "schedule",
-    "mixed_precision", "save_every", "caption_prompt", "loss", "presets", "task", "train", "extends",
+    "mixed_precision", "save_every", "caption_prompt", "loss", "presets", "task", "train", "extends", "cache_media",
 }
 
 

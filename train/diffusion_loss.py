@@ -1,0 +1,48 @@
+"""The denoising objective shared by stage 0 (training the UNets) and the generation loss of stages 2-3
+(training the projectors through the frozen UNets): latents from the VAE, ε-prediction MSE at a
+random timestep, Min-SNR weighting where asked."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import Tensor, nn
+
+
+def min_snr_weight(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-γ (Hang et al. 2023) for ε-prediction: min(SNR, γ) / SNR."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+@torch.no_grad()
+def vae_latents(vae: nn.Module, x: Tensor) -> Tensor:
+    """Scaled latents of images (B, C, H, W) or videos (B, C, F, H, W), the frames encoded one by one
+    as the video pipelines decode them."""
+    video = x.ndim == 5
+    frames = x.shape[2] if video else 1
+    flat = x.transpose(1, 2).flatten(0, 1) if video else x
+    latents = vae.encode(flat).latent_dist.sample() * vae.config.scaling_factor
+    return latents.unflatten(0, (-1, frames)).transpose(1, 2) if video else latents
+
+
+def noise_prediction_error(
+    unet: nn.Module,
+    scheduler: DDPMScheduler,
+    latents: Tensor,
+    conditions: Tensor,
+    class_labels: bool,
+    snr_gamma: float | None = None,
+) -> Tensor:
+    """(B,) per-sample ε-prediction MSE. `class_labels`: the conditioning enters as AudioLDM's class
+    labels (B, dim), else through cross-attention (B, tokens, dim)."""
+    noise = torch.randn_like(latents)
+    steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, steps)
+    if class_labels:
+        prediction = unet(noisy, steps, encoder_hidden_states=None, class_labels=conditions.flatten(1)).sample
+    else:
+        prediction = unet(noisy, steps, encoder_hidden_states=conditions).sample
+    error = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
+    return error * min_snr_weight(scheduler, steps, snr_gamma) if snr_gamma else error

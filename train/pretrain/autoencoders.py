@@ -1,0 +1,127 @@
+"""Stage 0, autoencoders: the VAEs (pixels and AudioLDM's log-mel) and the HiFi-GAN vocoder.
+
+A VAE learns reconstruction (L1 + MSE) with a light KL term, from a narrow posterior,, as SD's does (without its GAN and LPIPS
+terms). Its latents are then put at the scale the decoder's pipeline assumes: the encoder's output
+is multiplied and the decoder's input divided by one factor, an exact reparametrisation after which
+`latent × scaling_factor` has unit variance over the world. SD and ZeroScope share one VAE, trained
+on images and video frames, as ZeroScope reuses SD's. The vocoder learns mel → waveform with a
+multi-resolution STFT loss and a mel loss (HiFi-GAN's generator losses without its discriminators).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import Tensor, nn
+
+from train.mel import log_mel
+from train.model import NextGPT
+from train.pretrain.loop import fit
+from train.pretrain.world_data import WorldData
+
+STFT_SIZES = ((512, 128), (1024, 256), (256, 64))  # (n_fft, hop) of the multi-resolution STFT loss
+
+
+INITIAL_LOG_VARIANCE = -6.0  # the posterior starts narrow (std 0.05), see _train_vae
+
+
+def _vae_loss(vae: AutoencoderKL, x: Tensor, kl_weight: float) -> dict[str, Tensor]:
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    l1, kl = F.l1_loss(recon, x), posterior.kl().mean() / x[0].numel()
+    return {"loss": l1 + F.mse_loss(recon, x) + kl_weight * kl, "l1": l1, "kl": kl}
+
+
+def _frames(data: WorldData, index: Tensor, modality: str) -> Tensor:
+    x = data.pixels(modality, index)
+    if modality == "video":  # one random frame of each video
+        pick = torch.randint(x.shape[2], (len(x),))
+        x = x[torch.arange(len(x)), :, pick]
+    return x
+
+
+@torch.no_grad()
+def rescale_latents(vae: AutoencoderKL, samples: Tensor) -> float:
+    """Scale the latent space so that `mean latent × scaling_factor` has unit standard deviation over
+    `samples`; returns the factor. quant_conv's mean channels and log-variance move with it."""
+    std = vae.encode(samples).latent_dist.mean.std().item()
+    factor = 1.0 / (vae.config.scaling_factor * std)
+    channels = vae.config.latent_channels
+    vae.quant_conv.weight[:channels] *= factor
+    vae.quant_conv.bias[:channels] *= factor
+    vae.quant_conv.bias[channels:] += 2 * math.log(factor)
+    vae.post_quant_conv.weight /= factor
+    return factor
+
+
+def _train_vae(vae: AutoencoderKL, batch: Any, settings: dict[str, Any], desc: str, progress: bool) -> dict[str, float]:
+    # From a unit-variance posterior the decoder first learns from latents drowned in noise, and the
+    # light KL term lets the variance fall only slowly: most of a short run is lost to that
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels :] = INITIAL_LOG_VARIANCE
+    vae.requires_grad_(True).train()
+    result = fit(vae.parameters(), lambda step: _vae_loss(vae, batch(step), settings["kl_weight"]), settings, desc, progress)
+    vae.requires_grad_(False).eval()
+    return result
+
+
+def pretrain_vaes(model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True) -> dict[str, float]:
+    """`settings` for the `pixels` VAE (images and video frames, half and half) and the `mel` one."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def pixels(step: int) -> Tensor:
+        half = settings["pixels"]["batch"] // 2
+        picks = {m: torch.randint(data.count(m), (half,), generator=gen) for m in ("image", "video")}
+        return torch.cat([_frames(data, i, m) for m, i in picks.items()])
+
+    def mels(step: int) -> Tensor:
+        return data.mels[torch.randint(len(data.mels), (settings["mel"]["batch"],), generator=gen)]
+
+    decoders = model.decoders
+    image_vae = decoders["image"]["vae"]
+    results = {"pixels": _train_vae(image_vae, pixels, settings["pixels"], "stage 0: image/video vae", progress)["l1"]}
+    rescale_latents(image_vae, pixels(0))
+    decoders["video"]["vae"].load_state_dict(image_vae.state_dict())
+    audio_vae = decoders["audio"]["vae"]
+    results["mel"] = _train_vae(audio_vae, mels, settings["mel"], "stage 0: audio vae", progress)["l1"]
+    rescale_latents(audio_vae, data.mels)
+    return results
+
+
+def _stft_loss(fake: Tensor, real: Tensor) -> Tensor:
+    total = fake.new_zeros(())
+    for n_fft, hop in STFT_SIZES:
+        window = torch.hann_window(n_fft)
+        f, r = (torch.stft(w, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-5) for w in (fake, real))
+        total = total + (f - r).norm() / r.norm() + (f.log() - r.log()).abs().mean()
+    return total / len(STFT_SIZES)
+
+
+def pretrain_vocoder(model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True) -> dict[str, float]:
+    """AudioLDM's vocoder on the world's sounds: the mel the VAE reconstructs in, the waveform out."""
+    section = model.config["decoders"]["audio"]
+    vocoder: nn.Module = model.decoders["audio"]["vocoder"]
+    mels = data.mels[:, 0]  # (N, frames, mel bins), as the pipeline hands the vocoder
+    waves = data.waves
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(step: int) -> dict[str, Tensor]:
+        index = torch.randint(len(mels), (settings["batch"],), generator=gen)
+        fake = vocoder(mels[index])
+        real = waves[index]
+        stft = _stft_loss(fake, real)
+        mel = torch.stack([(log_mel(f, section) - log_mel(r, section)).abs().mean() for f, r in zip(fake, real)]).mean()
+        return {"loss": stft + mel, "stft": stft, "mel": mel}
+
+    # transformers initialises HiFi-GAN's convolutions at std 0.01: at this width the stack's output
+    # and its gradient are zero to float precision, and nothing trains; PyTorch's own init passes signal
+    for module in vocoder.modules():
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            module.reset_parameters()
+    vocoder.requires_grad_(True).train()
+    result = fit(vocoder.parameters(), loss, settings, "stage 0: vocoder", progress)
+    vocoder.requires_grad_(False).eval()
+    return {"stft": result["stft"], "mel": result["mel"]}

@@ -1,0 +1,67 @@
+"""Stage 0, diffusion: each decoder's UNet learns to denoise the world's media, conditioned on its own
+text encoder's caption embedding, which is replaced by the unconditional one (the encoder on "") for
+a fraction of samples, so that classifier-free guidance has both predictions to mix."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+from train.decoders import encode_captions, takes_class_labels
+from train.diffusion_loss import noise_prediction_error
+from train.model import NextGPT
+from train.pretrain.loop import fit
+from train.pretrain.world_data import WorldData
+
+
+@torch.no_grad()
+def _latent_moments(vae: torch.nn.Module, media: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """The VAE posterior's mean and std of every medium (images, frames of videos, mels), encoded once;
+    a training step samples from them as `vae_latents` would."""
+    video = media.ndim == 5
+    frames = media.shape[2] if video else 1
+    flat = media.transpose(1, 2).flatten(0, 1) if video else media
+    means, stds = [], []
+    for x in flat.split(chunk):
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    scale = vae.config.scaling_factor
+    mean, std = torch.cat(means) * scale, torch.cat(stds) * scale
+    if video:
+        mean, std = (t.unflatten(0, (-1, frames)).transpose(1, 2) for t in (mean, std))
+    return mean, std
+
+
+def _media(data: WorldData, modality: str) -> Tensor:
+    if modality == "audio":
+        return data.mels
+    return torch.cat([data.pixels(modality, i) for i in torch.arange(data.count(modality)).split(256)])
+
+
+def pretrain_unets(model: NextGPT, data: WorldData, settings: dict[str, dict[str, Any]], seed: int, progress: bool = True) -> dict[str, float]:
+    """`settings` per modality (steps, batch, lr, drop: the fraction trained unconditionally, snr_gamma)."""
+    gen = torch.Generator().manual_seed(seed)
+    results = {}
+    for modality, section in model.config["decoders"].items():
+        components = model.decoders[modality]
+        part = settings[modality]
+        mean, std = _latent_moments(components["vae"], _media(data, modality))
+        captions = encode_captions(components["text_encoder"], components["tokenizer"], data.captions[modality], section)
+        uncond = components["uncond_embedding"].float()[None]
+        unet, scheduler = components["unet"], DDPMScheduler.from_config(components["scheduler"].config)
+        labels = takes_class_labels(section)
+
+        def loss(step: int, mean: Tensor = mean, std: Tensor = std, captions: Tensor = captions, uncond: Tensor = uncond, unet: Any = unet, scheduler: Any = scheduler, labels: bool = labels, part: dict = part) -> dict[str, Tensor]:
+            index = torch.randint(len(mean), (part["batch"],), generator=gen)
+            latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=gen)
+            dropped = torch.rand(len(index), generator=gen) < part["drop"]
+            cond = torch.where(dropped[:, None, None], uncond, captions[index])
+            return {"loss": noise_prediction_error(unet, scheduler, latents, cond, labels, part["snr_gamma"]).mean()}
+
+        unet.requires_grad_(True).train()
+        results[modality] = fit(unet.parameters(), loss, part, f"stage 0: {section['name']} unet", progress)["loss"]
+        unet.requires_grad_(False).eval()
+    return results

@@ -1,0 +1,134 @@
+"""Stage 0, encoders: ImageBind's trunks and each decoder's text encoder, trained contrastively.
+
+ImageBind binds every modality to text with InfoNCE; here the vision trunk (images and videos) and
+the audio trunk learn against a small caption transformer that exists only for this and is
+discarded, as ImageBind's own text trunk is not part of NExT-GPT. Each decoder's text encoder (the
+CLIP or CLAP that SD, ZeroScope and AudioLDM condition on) then learns to meet the frozen ImageBind
+embedding of the medium its caption describes, through a linear head that is discarded too.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from train.decoders import refresh_unconditional
+from train.model import NextGPT
+from train.pretrain.loop import fit
+from train.pretrain.world_data import AUDIO_VARIANTS, WorldData
+
+WORDS = 24  # the longest world caption has 14 words
+
+
+class CaptionTower(nn.Module):
+    """Words (with their positions: "a red circle on a blue background" is not "a blue circle on a red
+    background") through one transformer layer, mean-pooled, projected to ImageBind's width."""
+
+    def __init__(self, captions: list[str], width: int, out_dim: int) -> None:
+        super().__init__()
+        words = sorted({w for c in captions for w in c.split()})
+        self.index = {w: i + 1 for i, w in enumerate(words)}  # 0 pads
+        self.embed = nn.Embedding(len(words) + 1, width, padding_idx=0)
+        self.position = nn.Parameter(torch.randn(WORDS, width) * width**-0.5)
+        self.layer = nn.TransformerEncoderLayer(width, nhead=max(1, width // 32), dim_feedforward=2 * width, dropout=0.0, batch_first=True)
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, captions: list[str]) -> Tensor:
+        ids = torch.zeros(len(captions), WORDS, dtype=torch.long)
+        for r, caption in enumerate(captions):
+            words = [self.index[w] for w in caption.split()][:WORDS]
+            ids[r, : len(words)] = torch.tensor(words)
+        pad = ids == 0
+        x = self.layer(self.embed(ids) + self.position, src_key_padding_mask=pad)
+        x = (x * ~pad[..., None]).sum(1) / (~pad).sum(1, keepdim=True)
+        return F.normalize(self.out(x), dim=-1)
+
+
+class Temperature(nn.Module):
+    """CLIP's learnable logit scale, from 1/0.07, capped at 100."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """Symmetric InfoNCE of matching rows of two L2-normalised batches."""
+        logits = self.log_scale.exp().clamp(max=100.0) * a @ b.T
+        target = torch.arange(len(a))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def pretrain_imagebind(model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True) -> dict[str, float]:
+    """The vision trunk on images and videos in turn, then the audio trunk, each against captions;
+    `settings` per trunk."""
+    encoder = model.encoder
+    out_dim = model.config["imagebind"]["out_embed_dim"]
+    gen = torch.Generator().manual_seed(seed)
+    results = {}
+    # videos twice as often as images: a video's motion is a smaller part of what its caption says
+    for trunk, modalities in (("vision", ("image", "video", "video")), ("audio", ("audio",))):
+        captions = [c for m in modalities for c in data.captions[m]]
+        tower, temperature = CaptionTower(captions, 64, out_dim), Temperature()
+        parts = [encoder.modality_preprocessors[trunk], encoder.modality_trunks[trunk], encoder.modality_heads[trunk]]
+
+        def loss(step: int, trunk: str = trunk, modalities: tuple[str, ...] = modalities, tower: CaptionTower = tower, temperature: Temperature = temperature) -> dict[str, Tensor]:
+            modality = modalities[step % len(modalities)]
+            index = torch.randperm(data.count(modality), generator=gen)[: settings[trunk]["batch"]]
+            embeds = _embed(encoder, data, modality, index, gen)
+            return {"loss": temperature(F.normalize(embeds, dim=-1), tower([data.captions[modality][i] for i in index]))}
+
+        params = [p for part in (*parts, tower, temperature) for p in part.parameters()]
+        for part in parts:
+            part.requires_grad_(True).train()
+        results[trunk] = fit(params, loss, settings[trunk], f"stage 0: imagebind {trunk}", progress)["loss"]
+        for part in parts:
+            part.requires_grad_(False).eval()
+    return results
+
+
+def _embed(encoder: nn.Module, data: WorldData, modality: str, index: Tensor, gen: torch.Generator) -> Tensor:
+    if modality == "audio":
+        variant = torch.randint(AUDIO_VARIANTS, (len(index),), generator=gen)
+        return encoder.encode_audio(data.audio_fbank[index, variant])
+    return encoder.encode_vision(data.vision_clips(modality, index))
+
+
+@torch.no_grad()
+def medium_embeddings(model: NextGPT, data: WorldData, modality: str, chunk: int = 256) -> Tensor:
+    """(N, out) frozen ImageBind embeddings of every train medium of a modality, normalised."""
+    index = torch.arange(data.count(modality))
+    gen = torch.Generator().manual_seed(0)
+    return torch.cat([F.normalize(_embed(model.encoder, data, modality, i, gen), dim=-1) for i in index.split(chunk)])
+
+
+def _text_features(encoder: nn.Module, tokens: dict[str, Tensor]) -> Tensor:
+    out = encoder(**tokens)
+    return out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+
+
+def pretrain_text_encoders(model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True) -> dict[str, float]:
+    """Each decoder's text encoder against the ImageBind embeddings of its modality's media; then its
+    unconditional embedding (the encoder on "") is computed again."""
+    gen = torch.Generator().manual_seed(seed)
+    results = {}
+    for modality, section in model.config["decoders"].items():
+        components = model.decoders[modality]
+        encoder, tokenizer = components["text_encoder"], components["tokenizer"]
+        targets = medium_embeddings(model, data, modality)
+        tokens = tokenizer(data.captions[modality], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        width = _text_features(encoder, {k: v[:1] for k, v in tokens.items()}).shape[-1]
+        head, temperature = nn.Linear(width, targets.shape[1]), Temperature()
+
+        def loss(step: int, encoder: nn.Module = encoder, head: nn.Linear = head, temperature: Temperature = temperature, targets: Tensor = targets, tokens: Any = tokens) -> dict[str, Tensor]:
+            index = torch.randperm(len(targets), generator=gen)[: settings["batch"]]
+            text = F.normalize(head(_text_features(encoder, {k: v[index] for k, v in tokens.items()})), dim=-1)
+            return {"loss": temperature(text, targets[index])}
+
+        encoder.requires_grad_(True).train()
+        results[modality] = fit([*encoder.parameters(), *head.parameters(), *temperature.parameters()], loss, settings, f"stage 0: {section['name']} text encoder", progress)["loss"]
+        encoder.requires_grad_(False).eval()
+        refresh_unconditional(components, section)
+    return results

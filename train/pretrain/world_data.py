@@ -1,0 +1,122 @@
+"""Stage 0's data: every train-split combination of the synthetic world, rendered once and held in memory.
+
+Held-out combinations are never rendered here (`synthetic.combination_splits`), so stage 0 sees no
+more of the evaluation than stages 1 to 3 do. What the encoders see goes through the runtime's own
+preprocessing, videos through an MP4 round trip, as a user's files would; what the decoders learn to
+draw is the clean render at the decoder's size.
+"""
+from __future__ import annotations
+
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from runtime import media, preprocess
+from train import synthetic
+from train.mel import clip_wave, mel_target
+
+AUDIO_VARIANTS = 4  # renders per audio combination, at different loudness and noise (115 combinations only)
+
+
+class WorldData:
+    def __init__(self, config: dict[str, Any], seed: int = 0, progress: bool = True, limit: int | None = None) -> None:
+        """`limit`: at most this many combinations per modality (for quick checks)."""
+        self.config, self.seed, self.progress = config, seed, progress
+        self.combos = {m: split["train"][:limit] for m, split in synthetic.combination_splits(seed).items()}
+        self.captions = {m: [synthetic.CAPTION[m](a) for a in combos] for m, combos in self.combos.items()}
+
+    def _bar(self, items: list, desc: str) -> Any:
+        return tqdm(items, desc=desc, unit="medium", disable=not self.progress, leave=False)
+
+    # ------------------------------------------------------------ what ImageBind reads
+
+    @cached_property
+    def vision_pixels(self) -> dict[str, np.ndarray]:
+        """uint8 (N, T, S, S, 3) resized and cropped frames: images T = 1, videos the clip's frames
+        (every clip of a world video is the same two frames, the first and the last)."""
+        size = self.config["imagebind"]["vision"]["image_size"]
+        images = [
+            preprocess.resize_and_crop(synthetic.render("image", a), size)
+            for a in self._bar(self.combos["image"], "render images")
+        ]
+        return {"image": np.stack(images)[:, None], "video": self._video_clip_pixels(size)}
+
+    def _video_clip_pixels(self, size: int) -> np.ndarray:
+        vision = self.config["imagebind"]["vision"]
+        out = []
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "clip.mp4"
+            for a in self._bar(self.combos["video"], "render videos"):
+                synthetic.write_medium(path, "video", a)
+                frames, fps = media.read_video(path)
+                index = preprocess.clip_frame_indices(len(frames), fps, vision["video_clips"], vision["num_frames"], vision["clip_duration"])[0]
+                out.append([preprocess.resize_and_crop(frames[i], size) for i in index])
+        return np.stack(out)
+
+    def vision_clips(self, modality: str, index: Tensor) -> Tensor:
+        """(B, 1, 3, T, S, S) float clips as `encode_vision` takes them, CLIP-normalised."""
+        pixels = self.vision_pixels[modality][index.numpy()]
+        x = preprocess.normalise(pixels)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))[:, None]
+
+    @cached_property
+    def audio_fbank(self) -> Tensor:
+        """(N, AUDIO_VARIANTS, 1, 1, mel, frames): one fbank clip per render (a world sound is shorter
+        than a clip, so its clips are all the same)."""
+        audio = self.config["imagebind"]["audio"]
+        rng = np.random.default_rng(self.seed)
+        out = []
+        for wave in self._bar(self._waves(audio["sample_rate"]), "fbank sounds"):
+            variants = []
+            for _ in range(AUDIO_VARIANTS):
+                noisy = wave * rng.uniform(0.3, 1.6) + rng.normal(0, 0.003, wave.shape).astype(np.float32)
+                clip = preprocess.fbank_clips(
+                    [noisy], audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"]
+                )
+                variants.append(clip)
+            out.append(np.stack(variants))
+        return torch.from_numpy(np.stack(out))
+
+    def _waves(self, rate: int) -> list[np.ndarray]:
+        world = {**synthetic.WORLD, "sample_rate": rate}
+        return [synthetic.render("audio", a, world) for a in self.combos["audio"]]
+
+    # ------------------------------------------------------------ what the decoders draw
+
+    @cached_property
+    def decoder_pixels(self) -> dict[str, np.ndarray]:
+        """uint8 images (N, H, W, 3) and videos (N, F, H, W, 3) at the decoders' sizes."""
+        dec = self.config["decoders"]
+        image = {**synthetic.WORLD, "image_size": dec["image"]["height"]}
+        video = {**synthetic.WORLD, "video_size": dec["video"]["height"], "video_frames": dec["video"]["frames"]}
+        return {
+            "image": np.stack([synthetic.render("image", a, image) for a in self._bar(self.combos["image"], "render images")]),
+            "video": np.stack([synthetic.render("video", a, video) for a in self._bar(self.combos["video"], "render videos")]),
+        }
+
+    def pixels(self, modality: str, index: Tensor) -> Tensor:
+        """Images (B, 3, H, W) or videos (B, 3, F, H, W) in [-1, 1]."""
+        x = torch.from_numpy(self.decoder_pixels[modality][index.numpy()]).float() / 127.5 - 1.0
+        return x.permute(0, 3, 1, 2) if modality == "image" else x.permute(0, 4, 1, 2, 3)
+
+    @cached_property
+    def waves(self) -> Tensor:
+        """(N, samples) float32: the world's sounds at the vocoder's rate as AudioLDM cuts a clip."""
+        section = self.config["decoders"]["audio"]
+        waves = self._waves(section["vocoder"]["sampling_rate"])
+        return torch.from_numpy(np.stack([clip_wave(w, section) for w in waves]))
+
+    @cached_property
+    def mels(self) -> Tensor:
+        """(N, 1, frames, mel bins): AudioLDM's log-mel of each sound, what its VAE encodes."""
+        section = self.config["decoders"]["audio"]
+        return torch.stack([mel_target(w, section) for w in self._waves(section["vocoder"]["sampling_rate"])])
+
+    def count(self, modality: str) -> int:
+        return len(self.combos[modality])
