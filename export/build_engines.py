@@ -38,6 +38,7 @@ from train.model import NextGPT, load_checkpoint
 
 BACKENDS = ("onnxruntime", "tensorrt")
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}  # atol = rtol, elementwise (numpy.allclose rule)
+VERIFY_POINTS = ("opt", "min")  # profile points an engine may be checked at against PyTorch
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")
 STAGING = ".staging"
 CONSTANTS = "constants.safetensors"
@@ -82,9 +83,10 @@ def _tree_bytes(path: Path) -> int:
 
 
 @torch.no_grad()
-def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, precision: str) -> float:
-    """Run the engine and PyTorch on the same sample; raise naming the first output out of tolerance."""
-    feeds = spec.sample(spec.point("opt"), seed=1)
+def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, precision: str, at: str = "opt") -> float:
+    """Run the engine and PyTorch on the same sample, every dynamic axis at the profile point `at`;
+    raise naming the first output out of tolerance."""
+    feeds = spec.sample(spec.point(at), seed=1)
     expected = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = engine.run(feeds)
@@ -100,7 +102,7 @@ def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, prec
     return worst
 
 
-def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str) -> tuple[dict[str, Any], dict[str, float]]:
+def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, verify_at: str) -> tuple[dict[str, Any], dict[str, float]]:
     """The component's files (relative to the build) and each verified file's max abs error."""
     module = build_component(model, spec.name)
     portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision)
@@ -108,13 +110,13 @@ def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, p
     rel = lambda path: f"{spec.name}/{path.name}"  # noqa: E731
     if backend == "onnxruntime":
         cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
-        errors = {rel(f): verify(spec, module, OrtEngine(f, io), precision) for f in (cpu, portable)}
+        errors = {rel(f): verify(spec, module, OrtEngine(f, io), precision, verify_at) for f in (cpu, portable)}
         # which file each ONNX Runtime execution provider runs: the CPU fusions are the CPU provider's only
         files = {"engine": rel(cpu), "provider_files": {"cpu": rel(cpu), "cuda": rel(portable), "tensorrt": rel(portable)}}
         return {"onnx": rel(portable), **files}, errors
     trt = tensorrt_info()
     plan = build_plan(spec, portable, stage / spec.name / f"model.{trt['gpu_arch']}.{precision}.plan", stage / TIMING_CACHE)
-    errors = {rel(plan): verify(spec, module, TrtEngine(plan, io), precision)}
+    errors = {rel(plan): verify(spec, module, TrtEngine(plan, io), precision, verify_at)}
     return {"onnx": rel(portable), "engine": rel(plan), "tensorrt": trt}, errors
 
 
@@ -140,8 +142,8 @@ def _old_components(out: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _up_to_date(out: Path, entry: dict[str, Any] | None, key: str) -> bool:
-    if not entry or entry.get("build_key") != key:
+def _up_to_date(out: Path, entry: dict[str, Any] | None, key: str, verify_at: str) -> bool:
+    if not entry or entry.get("build_key") != key or entry["verify"].get("point", "opt") != verify_at:
         return False
     return all((out / rel).exists() and sha256_tree(out / rel) == digest for rel, digest in entry["files"].items())
 
@@ -165,8 +167,13 @@ def build(
     precision: str = "fp32",
     components: list[str] | None = None,
     progress: bool = True,
+    verify_at: str = "opt",
 ) -> list[Outcome]:
+    """`verify_at`: the profile point (min or opt) at which each engine is compared with PyTorch; min
+    where opt does not fit the machine (a full-width UNet's attention at opt needs more RAM than 24 GB)."""
     check_backend(backend, precision)
+    if verify_at not in VERIFY_POINTS:
+        raise BuildError(f"verify_at must be one of {', '.join(VERIFY_POINTS)}, got {verify_at!r}")
     model = load_checkpoint(checkpoint)
     specs = component_specs(model.config)
     unknown = sorted(set(components or []) - set(specs))
@@ -187,13 +194,13 @@ def build(
         for spec in tqdm(chosen, desc="components", unit="component", disable=not progress):
             parts = {p: part_hashes[p] for p in spec.parts}
             key = build_key(spec, parts, backend, precision)
-            if _up_to_date(out, old.get(spec.name), key):
+            if _up_to_date(out, old.get(spec.name), key, verify_at):
                 entry = old[spec.name]
                 outcomes.append(Outcome(spec.name, "up to date", 0.0, _tree_bytes(out / spec.name), entry["verify"]["max_abs_error"]))
                 continue
             start = time.perf_counter()
             try:
-                files, errors = _build_one(spec, model, stage_root, backend, precision)
+                files, errors = _build_one(spec, model, stage_root, backend, precision, verify_at)
             except BuildError:
                 raise
             except Exception as e:  # an exporter or builder failure: name the component, keep the cause
@@ -201,7 +208,10 @@ def build(
             seconds, error = time.perf_counter() - start, max(errors.values())
             entries[spec.name] = {
                 "backend": backend, "precision": precision, "parts": parts, "build_key": key, **files,
-                "verify": {"max_abs_error": error, "by_file": errors, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision]},
+                "verify": {
+                    "max_abs_error": error, "by_file": errors, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision],
+                    "point": verify_at,
+                },
                 "build_seconds": round(seconds, 2),
             }
             outcomes.append(Outcome(spec.name, "built", seconds, _tree_bytes(stage_root / spec.name), error))
@@ -247,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--components", help="comma-separated subset (default: all)")
+    p.add_argument("--verify-at", choices=VERIFY_POINTS, default="opt", help="profile point of the check against PyTorch")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     chosen = [c.strip() for c in args.components.split(",")] if args.components else None
     try:
-        outcomes = build(args.checkpoint, args.out, args.backend, args.precision, chosen, progress=not args.quiet)
+        outcomes = build(args.checkpoint, args.out, args.backend, args.precision, chosen, not args.quiet, args.verify_at)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -77,6 +77,16 @@ def test_a_component_subset_keeps_the_others(tiny_build, tiny_dir, tmp_path):
     assert len(read_manifest(out).components) == 13
 
 
+def test_the_verification_point_is_recorded_and_a_change_of_it_rebuilds(tiny_build, tiny_dir, tmp_path):
+    out = shutil.copytree(tiny_build[0], tmp_path / "engines")
+    assert read_manifest(out).component("projector_image")["verify"]["point"] == "opt"
+    outcomes = build(tiny_dir, out, components=["projector_image"], progress=False, verify_at="min")
+    assert [(o.name, o.status) for o in outcomes] == [("projector_image", "built")]
+    assert read_manifest(out).component("projector_image")["verify"]["point"] == "min"
+    with pytest.raises(BuildError, match="verify_at must be one of opt, min"):
+        build(tiny_dir, out, components=["projector_image"], progress=False, verify_at="max")
+
+
 def test_out_of_tolerance_fails_naming_component_and_output(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(build_engines.TOLERANCE, "fp32", 0.0)
     with pytest.raises(BuildError, match="projector_image: output 'embeds' differs from PyTorch by up to"):

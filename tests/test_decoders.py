@@ -157,7 +157,7 @@ def test_save_load_round_trip(
 @pytest.mark.parametrize(
     ("modality", "component", "field", "value"),
     [
-        ("image", "unet", "cross_attention_dim", 64),
+        ("image", "unet", "cross_attention_dim", 48),
         ("image", "vae", "latent_channels", 8),
         ("image", "scheduler", "_class_name", "DDIMScheduler"),
         ("video", "unet", "block_out_channels", [32, 32]),

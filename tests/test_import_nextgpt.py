@@ -453,7 +453,7 @@ def test_vicuna_of_another_size_names_the_field(
     src = dataclasses.replace(release.src, vicuna=tmp_path / "vicuna")
     loads: list[Any] = []
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args))
-    with pytest.raises(ckpt.CheckpointError, match="hidden_size is 32, preset tiny says 64") as e:
+    with pytest.raises(ckpt.CheckpointError, match="hidden_size is 32, preset tiny says 128") as e:
         import_nextgpt(src, tmp_path / "out", get_preset("tiny"))
     assert str(src.vicuna) in str(e.value)
     assert loads == []  # found from config.json, before the large files are read

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -123,7 +125,8 @@ def test_video_frames_decode_in_chunks_of_the_vae_batch_range(engines, build) ->
     decoder.vae_batch = 3
     chunked = decoder.generate(embeds, SEED, steps=1)
     vae_batches = [len(feeds["latent"]) for name, feeds in spy.calls if name == "zeroscope_vae_decoder"]
-    assert vae_batches == [4, 3, 1]
+    frames = decoder.section["frames"]
+    assert vae_batches == [frames, *[3] * (frames // 3), *([frames % 3] if frames % 3 else [])]
     assert psnr(chunked, whole) >= 40.0
 
 
@@ -141,9 +144,10 @@ def test_bad_requests_are_refused(engines, build) -> None:
     embeds = _embeds(decoder.section)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         decoder.generate(embeds, SEED, steps=0)
-    with pytest.raises(ValueError, match=r"float32 \(1, 8, 32\)"):
+    want = re.escape(f"float32 {tuple(embeds.shape)}")
+    with pytest.raises(ValueError, match=want):
         decoder.generate(embeds[:, :4], SEED, steps=1)
-    with pytest.raises(ValueError, match=r"float32 \(1, 8, 32\)"):
+    with pytest.raises(ValueError, match=want):
         decoder.generate(embeds.astype(np.float64), SEED, steps=1)
     with pytest.raises(ValueError, match="no 'smell' decoder"):
         Decoder(engines["onnxruntime"], build, "smell")

@@ -108,10 +108,11 @@ def random_token(hidden: int) -> np.ndarray:
 # prompt, media token ("image": the real ImageBind token of a synthetic image), max_new_tokens, required
 CASES = {
     "short": ("what colour is the sky?", None, 5, []),
-    "eos_and_own_run": ("describe this", None, 110, []),  # ends on EOS after a self-started audio run
+    # ends by itself (the stop marker, trimmed) after a self-started audio run
+    "stop_after_own_run": ("let me hear the sound of a low tone at c", None, 110, []),
     "image_in_video_out": ("describe this", "image", 40, ["video"]),
     "random_token_image_out": ("show me a red circle", "random", 24, ["image"]),
-    "run_at_the_limit": ("a", None, 48, ["audio"]),  # its own audio run fills the last 8 tokens
+    "run_at_the_limit": ("describe this", None, 10, ["audio"]),  # cut at the limit, the required run appended
 }
 
 
@@ -163,15 +164,16 @@ def test_onnxruntime_greedy_equals_the_reference(generator, expected, media_toke
     check_same(got, expected[case])
 
 
-def test_the_cases_cover_eos_natural_runs_and_appended_runs(expected, generator):
-    eos = generator.tokenizer.eos_id
-    assert expected["eos_and_own_run"][1][-1] == eos and "audio" in expected["eos_and_own_run"][3]
+def test_the_cases_cover_stops_natural_runs_and_appended_runs(expected, generator):
+    ids, text, hidden = expected["stop_after_own_run"][1:]
+    assert len(ids) < 110 and "audio" in hidden and generator.stop not in text
     at_limit = expected["run_at_the_limit"][1]
-    assert len(at_limit) == 48 and at_limit[-8:] == generator.vocab.runs["audio"]
+    run = generator.vocab.runs["audio"]
+    assert len(at_limit) == CASES["run_at_the_limit"][2] + len(run) and at_limit[-len(run):] == run
     assert expected["image_in_video_out"][1][-24:] == generator.vocab.runs["video"]
 
 
-@pytest.mark.parametrize("case", ["eos_and_own_run", "image_in_video_out"])
+@pytest.mark.parametrize("case", ["stop_after_own_run", "image_in_video_out"])
 def test_torch_backend_greedy_equals_the_reference(torch_generator, expected, media_tokens, case):
     text, media, max_new, required = CASES[case]
     prompt = torch_generator.build_prompt(text, media is not None)

@@ -205,7 +205,7 @@ def test_gen_audio_mel_front_end():
 
     peak = mel[0, mel.shape[1] // 2].argmax().item()
     assert peak == filters[round(tone_hz / rate * N_FFT)].argmax()
-    torch.testing.assert_close(mel_target(3 * wave, section), mel)
+    torch.testing.assert_close(mel_target(3 * wave, section), mel, atol=1e-4, rtol=1e-5)  # float32 rounding only
 
 
 def test_bad_runs_stop_with_one_line(tmp_path, tiny_dir, capsys):

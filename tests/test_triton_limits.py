@@ -14,6 +14,7 @@ import soundfile
 from tritonclient.utils import InferenceServerException
 
 from runtime import media
+from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from triton_repo.build_repo import build_repo, parse_instances
@@ -116,11 +117,12 @@ def test_a_file_name_over_255_bytes_is_invalid_argument(client, files):
     assert client.infer(Request("hi", max_new_tokens=4)).token_ids
 
 
-def test_the_llm_step_called_on_its_own_checks_the_request_too(client):
+def test_the_llm_step_called_on_its_own_checks_the_request_too(client, tiny_build):
     import tritonclient.grpc as grpcclient
 
+    hidden = read_manifest(tiny_build[0]).config["llm"]["hidden_size"]
     values = {"PROMPT": (np.array([b"hi"], dtype=object), "BYTES"), "MAX_NEW_TOKENS": (np.array([17], np.int64), "INT64"),
-              "MEDIA_TOKEN": (np.zeros((0, 64), np.float32), "FP32")}
+              "MEDIA_TOKEN": (np.zeros((0, hidden), np.float32), "FP32")}
     inputs = []
     for name, (value, dtype) in values.items():
         inputs.append(grpcclient.InferInput(name, list(value.shape), dtype))
@@ -139,10 +141,13 @@ def test_at_the_limits_requests_are_served(client, files):
 def test_engine_inputs_outside_the_spec_range_are_invalid_argument(client, tiny_build):
     import tritonclient.grpc as grpcclient
 
+    video = read_manifest(tiny_build[0]).config["decoders"]["video"]
+    frames_max, side = video["frames"], video["unet"]["sample_size"]
+
     def unet_inputs(frames: int) -> list:
         values = {
-            "sample": np.zeros((1, 4, frames, 16, 16), np.float32), "timestep": np.zeros((1, 1), np.float32),
-            "encoder_hidden_states": np.zeros((1, 8, 32), np.float32),
+            "sample": np.zeros((1, 4, frames, side, side), np.float32), "timestep": np.zeros((1, 1), np.float32),
+            "encoder_hidden_states": np.zeros((1, video["embed_tokens"], video["embed_dim"]), np.float32),
         }
         inputs = []
         for name, value in values.items():
@@ -152,10 +157,11 @@ def test_engine_inputs_outside_the_spec_range_are_invalid_argument(client, tiny_
         return inputs
 
     with pytest.raises(InferenceServerException) as refused:
-        client.client.infer("zeroscope_unet", unet_inputs(5))
+        client.client.infer("zeroscope_unet", unet_inputs(frames_max + 1))
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "input 'sample' axis 'frames' is 5, outside the engine's range 1..4" in refused.value.message()
-    assert client.client.infer("zeroscope_unet", unet_inputs(4)).as_numpy("noise_pred").shape == (1, 4, 4, 16, 16)
+    assert f"input 'sample' axis 'frames' is {frames_max + 1}, outside the engine's range 1..{frames_max}" in refused.value.message()
+    shape = client.client.infer("zeroscope_unet", unet_inputs(frames_max)).as_numpy("noise_pred").shape
+    assert shape == (1, 4, frames_max, side, side)
 
 
 def test_flac_and_webm_are_served_as_the_runtime_reads_them(client, files, tiny_build):

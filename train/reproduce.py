@@ -6,7 +6,8 @@
 2. stage 0 (train/pretrain, train/configs/stage_0.yaml): the LLM, ImageBind, the decoders' text
    encoders, VAEs, vocoder and UNets pre-trained on the synthetic world's train split;
 3. the synthetic world written to WORK/world and its captions embedded by the stage-0 text encoders;
-4. stages 1, 2 and 3 (train/train.py with train/configs/stage_{1,2,3}.yaml) on it;
+4. stages 1, 2 and 3 (train/train.py with train/configs/recipe/stage_{1,2,3}.yaml: the stage configs,
+   trained longer) on it;
 5. the last checkpoint copied to OUT, and a closing table (stage, time, final losses) printed and
    written to WORK/reproduce.json.
 
@@ -47,8 +48,11 @@ def reset_adapter(model: NextGPT) -> None:
 
 
 def _final(rows: list[dict[str, float]]) -> dict[str, float]:
-    last = rows[-1] if rows else {}
-    return {k: v for k, v in last.items() if k not in ("step", "lr", "samples_per_s")}
+    """Each loss term's mean over the last 10% of optimizer steps (one batch is noisy, and a batch
+    without a modality logs its cap loss as 0)."""
+    tail = rows[-max(1, len(rows) // 10) :]
+    keys = [k for k in (rows[-1] if rows else {}) if k not in ("step", "lr", "samples_per_s")]
+    return {k: sum(r[k] for r in tail) / len(tail) for k in keys}
 
 
 def reproduce(
@@ -83,7 +87,7 @@ def reproduce(
     for stage in STAGES:
         started = time.perf_counter()
         run = work / f"stage_{stage}"
-        logged = stage_runner.run(CONFIGS / f"stage_{stage}.yaml", checkpoint, run, world, max_steps, progress=progress)
+        logged = stage_runner.run(CONFIGS / "recipe" / f"stage_{stage}.yaml", checkpoint, run, world, max_steps, progress=progress)
         rows.append({"stage": str(stage), "seconds": time.perf_counter() - started, "losses": _final(logged)})
         checkpoint = run / "checkpoint"
     staging = out.with_name(out.name + ".staging")
