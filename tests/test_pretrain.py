@@ -10,6 +10,7 @@ from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import rescale_latents
+from train.pretrain.encoders import _batch
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
 
@@ -23,7 +24,10 @@ def fresh(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(fresh):
-    return WorldData(fresh.config, seed=0, progress=False, limit=LIMIT)
+    data = WorldData(fresh.config, seed=0, progress=False, limit=LIMIT)
+    # the caption embeddings the language part reads are left by the imagebind part
+    PARTS["imagebind"](copy.deepcopy(fresh), data, _settings(1)["imagebind"], 0, False)
+    return data
 
 
 def _settings(steps: int) -> dict:
@@ -43,6 +47,23 @@ def test_every_part_of_stage_0_learns(fresh, data, part):
         losses[steps] = PARTS[part](model, data, _settings(steps)[part], 0, False)
     # every loss term the part reports falls (the mean of the last steps against the first step)
     assert all(losses[30][k] < losses[1][k] for k in losses[1]), losses
+
+
+def test_the_language_part_needs_the_imagebind_part_first(fresh):
+    with pytest.raises(RuntimeError, match="run imagebind first"):
+        PARTS["language"](copy.deepcopy(fresh), WorldData(fresh.config, seed=0, progress=False, limit=LIMIT), _settings(1)["language"], 0, False)
+
+
+def test_video_batches_pair_videos_that_differ_only_in_motion(fresh):
+    data = WorldData(fresh.config, seed=0, progress=False)  # combinations only: nothing is rendered
+    index = _batch(data, "video", 128, torch.Generator().manual_seed(0)).tolist()
+    assert len(set(index)) == len(index) == 128
+    combos = [data.combos["video"][i] for i in index]
+    scene = ("shape", "colour", "background")
+    pairs = [(a, b) for a, b in zip(combos[::2], combos[1::2])]
+    assert sum(all(a[k] == b[k] for k in scene) and a["motion"] != b["motion"] for a, b in pairs) >= 0.8 * len(pairs)
+    images = _batch(data, "image", 128, torch.Generator().manual_seed(0)).tolist()
+    assert len(set(images)) == 128
 
 
 def test_latent_rescaling_is_exact(fresh, data):

@@ -6,8 +6,8 @@ frozen once trained:
 
 | part | trains | on |
 |---|---|---|
-| language | the LLM (adapter off) | the world's dialogues as text |
 | imagebind | vision and audio trunks | InfoNCE against a caption transformer |
+| language | the LLM (adapter off) | the world's dialogues as text, and X→text exchanges reading that transformer's caption embedding in the media slot |
 | text_encoders | each decoder's CLIP / CLAP | InfoNCE against the frozen ImageBind embedding of the medium |
 | vaes | SD's VAE (shared by ZeroScope), AudioLDM's | reconstruction, light KL |
 | vocoder | HiFi-GAN | multi-resolution STFT and mel losses |
@@ -33,8 +33,8 @@ from train.pretrain.language import pretrain_language
 from train.pretrain.world_data import WorldData
 
 PARTS: dict[str, Callable[..., dict[str, float]]] = {
-    "language": lambda model, data, settings, seed, progress: pretrain_language(model, data.combos, settings, seed, progress),
     "imagebind": pretrain_imagebind,
+    "language": pretrain_language,
     "text_encoders": pretrain_text_encoders,
     "vaes": pretrain_vaes,
     "vocoder": pretrain_vocoder,

@@ -30,6 +30,9 @@ class WorldData:
         self.config, self.seed, self.progress = config, seed, progress
         self.combos = {m: split["train"][:limit] for m, split in synthetic.combination_splits(seed).items()}
         self.captions = {m: [synthetic.CAPTION[m](a) for a in combos] for m, combos in self.combos.items()}
+        # per modality, each caption's embedding by the caption tower ImageBind trained against
+        # (N, out): left by the imagebind part for the language part, which runs after it
+        self.meanings: dict[str, Tensor] = {}
 
     def _bar(self, items: list, desc: str) -> Any:
         return tqdm(items, desc=desc, unit="medium", disable=not self.progress, leave=False)
