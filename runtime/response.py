@@ -1,7 +1,8 @@
 """Writing an answer: `response.json` plus one media file per generated modality.
 
 Everything is written to a temporary folder beside `out` first and moved in at the end, so a
-failure never leaves a half-written answer behind.
+failure never leaves a half-written answer behind, and media files of an earlier answer in `out`
+that this one does not have are removed, so the folder holds one answer (other files are left alone).
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ VIDEO_FORMATS = ("mp4", "gif")
 
 def media_filename(modality: str, video_format: str = "mp4") -> str:
     return {"image": "image.png", "audio": "audio.wav", "video": f"video.{video_format}"}[modality]
+
+
+def _all_media_names() -> set[str]:
+    return {media_filename(m, f) for m in ("image", "audio", "video") for f in VIDEO_FORMATS}
 
 
 def _write_one(path: Path, modality: str, value: np.ndarray, meta: dict[str, Any]) -> None:
@@ -49,6 +54,8 @@ def write_response(
             _write_one(staging / files[modality], modality, value, meta.get(modality, {}))
         (staging / "response.json").write_text(json.dumps(body, indent=2) + "\n")
         out.mkdir(exist_ok=True)
+        for name in _all_media_names() - set(files.values()):
+            (out / name).unlink(missing_ok=True)
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)
     return body

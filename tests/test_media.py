@@ -1,6 +1,7 @@
 """runtime.media: round trips through real files, and the failures MediaError must report."""
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import wave
@@ -546,3 +547,14 @@ def test_video_frames_and_seconds_are_limited(tmp_path, name):
     assert "limit max_video_seconds=2.5" in _raises_naming(path, media.read_video, path, None, Limits(max_video_seconds=2.5))
     assert "limit max_image_pixels" in _raises_naming(path, media.read_video, path, None, Limits(max_image_pixels=32 * 31))
     assert len(media.read_video(path, limits=Limits(max_video_frames=12, max_video_seconds=3.0))[0]) == 12
+
+
+def test_an_answer_replaces_the_media_of_the_last_one_in_its_folder(tmp_path):
+    from runtime.response import write_response
+
+    meta = {"audio": {"sample_rate": 16000}}
+    write_response(tmp_path, "a picture", {"image": np.zeros((8, 8, 3), np.uint8)}, meta)
+    (tmp_path / "notes.txt").write_text("mine")
+    body = write_response(tmp_path, "a sound", {"audio": np.zeros(160, np.float32)}, meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio.wav", "notes.txt", "response.json"]
+    assert json.loads((tmp_path / "response.json").read_text()) == body
