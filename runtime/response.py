@@ -23,8 +23,7 @@ def media_filename(modality: str, video_format: str = "mp4") -> str:
     return {"image": "image.png", "audio": "audio.wav", "video": f"video.{video_format}"}[modality]
 
 
-def _all_media_names() -> set[str]:
-    return {media_filename(m, f) for m in ("image", "audio", "video") for f in VIDEO_FORMATS}
+MEDIA_NAMES = frozenset(media_filename(m, f) for m in ("image", "audio", "video") for f in VIDEO_FORMATS)
 
 
 def _write_one(path: Path, modality: str, value: np.ndarray, meta: dict[str, Any]) -> None:
@@ -54,7 +53,7 @@ def write_response(
             _write_one(staging / files[modality], modality, value, meta.get(modality, {}))
         (staging / "response.json").write_text(json.dumps(body, indent=2) + "\n")
         out.mkdir(exist_ok=True)
-        for name in _all_media_names() - set(files.values()):
+        for name in MEDIA_NAMES - set(files.values()):
             (out / name).unlink(missing_ok=True)
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)

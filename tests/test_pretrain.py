@@ -10,7 +10,7 @@ from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import rescale_latents
-from train.pretrain.encoders import _batch
+from train.pretrain.encoders import SCENE, _batch, video_siblings
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
 
@@ -56,13 +56,13 @@ def test_the_language_part_needs_the_imagebind_part_first(fresh):
 
 def test_video_batches_pair_videos_that_differ_only_in_motion(fresh):
     data = WorldData(fresh.config, seed=0, progress=False)  # combinations only: nothing is rendered
-    index = _batch(data, "video", 128, torch.Generator().manual_seed(0)).tolist()
+    siblings = video_siblings(data)
+    index = _batch(data, "video", 128, torch.Generator().manual_seed(0), siblings).tolist()
     assert len(set(index)) == len(index) == 128
     combos = [data.combos["video"][i] for i in index]
-    scene = ("shape", "colour", "background")
     pairs = [(a, b) for a, b in zip(combos[::2], combos[1::2])]
-    assert sum(all(a[k] == b[k] for k in scene) and a["motion"] != b["motion"] for a, b in pairs) >= 0.8 * len(pairs)
-    images = _batch(data, "image", 128, torch.Generator().manual_seed(0)).tolist()
+    assert sum(all(a[k] == b[k] for k in SCENE) and a["motion"] != b["motion"] for a, b in pairs) >= 0.8 * len(pairs)
+    images = _batch(data, "image", 128, torch.Generator().manual_seed(0), siblings).tolist()
     assert len(set(images)) == 128
 
 

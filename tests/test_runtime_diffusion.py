@@ -1,10 +1,9 @@
 """runtime/diffusion.py against the diffusers pipelines of train/decoders.py, on the tiny build."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
-
-import re
 
 import numpy as np
 import pytest

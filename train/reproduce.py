@@ -3,7 +3,7 @@
     python train/reproduce.py [--out train/checkpoints/tiny] [--work runs/reproduce] [--seed 0]
 
 1. `make_tiny`: every architecture with seeded random weights and the world's tokenizers;
-2. stage 0 (train/pretrain, train/configs/stage_0.yaml): the LLM, ImageBind, the decoders' text
+2. stage 0 (train/pretrain, train/configs/stage_0.yaml): ImageBind, the LLM, the decoders' text
    encoders, VAEs, vocoder and UNets pre-trained on the synthetic world's train split;
 3. the synthetic world written to WORK/world and its captions embedded by the stage-0 text encoders;
 4. stages 1, 2 and 3 (train/train.py with train/configs/recipe/stage_{1,2,3}.yaml: the stage configs,

@@ -26,7 +26,7 @@ from train.pretrain.world_data import WorldData
 from train.presets import PROMPT
 
 MEANING_NOISE = 0.5  # norm of the noise added to a unit caption embedding: a medium's embedding is near its caption's, not on it
-Sequence = tuple[list[int], list[int]]  # ids, labels
+Row = tuple[list[int], list[int]]  # ids, labels
 
 
 def _exchange(question: str, answer: str) -> str:
@@ -71,7 +71,7 @@ def world_corpus() -> list[str]:
     ]
 
 
-def _pad(rows: list[Sequence], pad: int) -> tuple[Tensor, Tensor, Tensor]:
+def _pad(rows: list[Row], pad: int) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids, attention mask and labels."""
     ids = torch.full((len(rows), max(len(r[0]) for r in rows)), pad)
     labels = torch.full_like(ids, IGNORE)
