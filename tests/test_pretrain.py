@@ -10,6 +10,7 @@ from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import rescale_latents
+from train.pretrain.diffusion import init_from_image_unet
 from train.pretrain.encoders import SCENE, _batch, video_siblings
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
@@ -75,6 +76,21 @@ def test_latent_rescaling_is_exact(fresh, data):
     assert factor != pytest.approx(1.0)
     torch.testing.assert_close(vae.decode(posterior.mean).sample, before, atol=1e-4, rtol=1e-4)
     assert (posterior.mean * vae.config.scaling_factor).std().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_zeroscope_starts_from_the_sd_unet_in_every_spatial_layer(fresh):
+    image, video = fresh.decoders["image"]["unet"], copy.deepcopy(fresh.decoders["video"]["unet"])
+    before = {k: v.clone() for k, v in video.state_dict().items()}
+    copied = init_from_image_unet(video, image)
+    sd, after = image.state_dict(), video.state_dict()
+    assert copied == len(sd)  # every SD tensor has its place in the video UNet
+    assert all(torch.equal(after[k].flatten(), v.flatten()) for k, v in sd.items())
+    assert after["down_blocks.0.attentions.0.proj_in.weight"].ndim == 2  # a 1×1 conv's weight as a Linear's
+    temporal = [k for k in after if k not in sd]
+    assert temporal and all("temp_" in k or k.startswith("transformer_in") for k in temporal)
+    assert all(torch.equal(after[k], before[k]) for k in temporal)
+    with pytest.raises(ValueError, match="not one spatial layout"):
+        init_from_image_unet(video, fresh.decoders["audio"]["unet"])
 
 
 def test_stage_0_is_seeded(fresh):

@@ -60,21 +60,25 @@ def _vae(in_out: int, latent: int, channels: list[int], groups: int) -> dict[str
     }
 
 
+CAPTION_VOCAB = 256  # ids of the tiny decoders' caption tokenizers
+
+
 def _tiny_clip_text_encoder(activation: str) -> dict[str, Any]:
     """CLIPTextConfig whose last_hidden_state is max_position_embeddings × hidden_size = embed_tokens ×
     embed_dim. The tiny vocab has no id 49406/49407, so BOS/EOS are its last two ids as in CLIP's
-    vocab, and pad = EOS as SD-1.5's tokenizer pads."""
+    vocab, and pad = EOS as SD-1.5's tokenizer pads. The world's captions need under 200 tokens
+    (caption_tokenizer): 256 ids leave no row of the embedding untrained for nothing."""
     return {
-        "vocab_size": 1000,
+        "vocab_size": CAPTION_VOCAB,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
         "max_position_embeddings": 8,
         "hidden_act": activation,
-        "bos_token_id": 998,
-        "eos_token_id": 999,
-        "pad_token_id": 999,
+        "bos_token_id": CAPTION_VOCAB - 2,
+        "eos_token_id": CAPTION_VOCAB - 1,
+        "pad_token_id": CAPTION_VOCAB - 1,
     }
 
 
@@ -163,8 +167,9 @@ TINY: dict[str, Any] = {
             "fps": 8,
             "steps": 8,
             "guidance": 7.5,
-            # UNet3D ties the head count of its blocks to the head width of its input temporal
-            # attention (8 heads × attention_head_dim); 2 gives blocks of 2 heads (16, 32 wide)
+            # UNet3D's blocks read `attention_head_dim` as the head width (channels // it heads) and
+            # its input temporal attention takes 8 heads of that width: 8 gives heads 8 wide (4 and 8
+            # heads in the 32- and 64-channel blocks). 2, before, made heads 2 wide (16 and 32 heads)
             "unet": {
                 "sample_size": 16,
                 "in_channels": 4,
@@ -174,7 +179,7 @@ TINY: dict[str, Any] = {
                 "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
                 "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
                 "cross_attention_dim": 64,
-                "attention_head_dim": 2,
+                "attention_head_dim": 8,
                 "norm_num_groups": 32,
             },
             "vae": _vae(3, 4, [32, 64, 64], 32),
@@ -221,7 +226,7 @@ TINY: dict[str, Any] = {
             # AudioLDM's tokenizer. AudioLDM pads "" to projection_dim tokens and RoBERTa positions start
             # after the pad id: max_position_embeddings = projection_dim + 2 (CLAP: 514 for 512).
             "text_encoder": {
-                "vocab_size": 1000,
+                "vocab_size": CAPTION_VOCAB,
                 "hidden_size": 64,
                 "intermediate_size": 128,
                 "num_hidden_layers": 2,

@@ -1,6 +1,10 @@
 """Stage 0, diffusion: each decoder's UNet learns to denoise the world's media, conditioned on its own
 text encoder's caption embedding, which is replaced by the unconditional one (the encoder on "") for
-a fraction of samples, so that classifier-free guidance has both predictions to mix."""
+a fraction of samples, so that classifier-free guidance has both predictions to mix.
+
+ZeroScope starts from the trained SD UNet, as ModelScope's text-to-video UNet starts from Stable
+Diffusion's: every spatial layer (ResNets, spatial and cross attention, time embedding, in and out
+convolutions) takes SD's weights, and only the temporal layers start new."""
 from __future__ import annotations
 
 from typing import Any
@@ -41,6 +45,20 @@ def _media(data: WorldData, modality: str) -> Tensor:
     return torch.cat([data.pixels(modality, i) for i in torch.arange(data.count(modality)).split(256)])
 
 
+@torch.no_grad()
+def init_from_image_unet(video_unet: torch.nn.Module, image_unet: torch.nn.Module) -> int:
+    """Copy every weight of `image_unet` whose name `video_unet` shares; a 1×1 convolution's weight
+    goes into the Linear that takes its place (UNet3D's spatial transformers project with Linear).
+    Returns how many tensors were copied; a shared name of another size is an error."""
+    own = video_unet.state_dict()
+    shared = {k: v for k, v in image_unet.state_dict().items() if k in own}
+    wrong = [k for k, v in shared.items() if v.numel() != own[k].numel()]
+    if wrong:
+        raise ValueError(f"image and video UNets differ in {wrong[0]} ({len(wrong)} tensors): not one spatial layout")
+    video_unet.load_state_dict({k: v.reshape(own[k].shape) for k, v in shared.items()}, strict=False)
+    return len(shared)
+
+
 def pretrain_unets(model: NextGPT, data: WorldData, settings: dict[str, dict[str, Any]], seed: int, progress: bool = True) -> dict[str, float]:
     """`settings` per modality (steps, batch, lr, drop: the fraction trained unconditionally, snr_gamma)."""
     gen = torch.Generator().manual_seed(seed)
@@ -53,6 +71,8 @@ def pretrain_unets(model: NextGPT, data: WorldData, settings: dict[str, dict[str
         uncond = components["uncond_embedding"].float()[None]
         unet, scheduler = components["unet"], DDPMScheduler.from_config(components["scheduler"].config)
         labels = takes_class_labels(section)
+        if modality == "video" and "image" in model.decoders:
+            init_from_image_unet(unet, model.decoders["image"]["unet"])
 
         def loss(step: int, mean: Tensor = mean, std: Tensor = std, captions: Tensor = captions, uncond: Tensor = uncond, unet: Any = unet, scheduler: Any = scheduler, labels: bool = labels, part: dict = part) -> dict[str, Tensor]:
             index = torch.randint(len(mean), (part["batch"],), generator=gen)
