@@ -215,7 +215,12 @@ def test_stop_marker_ends_generation_and_is_trimmed_like_the_reference(generator
 
 def test_streaming_pieces_arrive_early_and_add_up_to_the_text(generator):
     runs = generator.vocab.runs
-    biased, spy = spied(generator, {6: {runs["video"][0]: 1e4}, 40: {generator.tokenizer.encode("#")[0]: 1e4}})
+    tokenizer = generator.tokenizer
+    hashes = [i for i in tokenizer.backend.get_vocab().values() if "#" in tokenizer.decode([i])]
+    # words until step 40 whatever the trained model would say: a run at step 6, no end before 40
+    bias = {step: {token: -1e4 for token in [*hashes, tokenizer.eos_id]} for step in range(40)}
+    bias |= {6: {runs["video"][0]: 1e4}, 40: {tokenizer.encode("#")[0]: 1e4}}
+    biased, spy = spied(generator, bias)
     pieces: list[tuple[int, str]] = []
     got = biased.generate(
         biased.build_prompt("show me a red circle", False), max_new_tokens=60, temperature=0.0,
