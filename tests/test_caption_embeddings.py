@@ -80,6 +80,19 @@ def test_one_embedding_per_captioned_record(uninterrupted, tiny_dir):
     assert len({tuple(sd[r.id].flatten().tolist()) for r in records}) == len(set(captions))  # captions differ, so do they
 
 
+def test_every_world_caption_keeps_its_words_within_the_tokenizer_s_ids_and_positions(tiny_dir):
+    """The tiny caption vocabularies (256 ids) are sized to the world: its merges end before the
+    ids do, no caption word is unknown, and every word fits the positions (only CLIP's EOS is cut,
+    as CLIP cuts a long prompt)."""
+    config = read_config(tiny_dir)
+    for modality, section in config["decoders"].items():
+        _, tokenizer = load_text_encoder(tiny_dir / "decoders" / section["name"], section)
+        assert any(token.startswith("<|unused") for token in tokenizer.get_vocab())
+        ids = tokenizer([synthetic.CAPTION[modality](a) for a in synthetic.combinations(modality)]).input_ids
+        assert not any(tokenizer.unk_token_id in row for row in ids)
+        assert max(len(row) for row in ids) - 1 <= caption_length(section)
+
+
 def test_captions_are_encoded_as_the_unconditional_embedding_was(tiny_dir):
     """The committed "" embedding, reproduced through the stored tokenizer and encoder."""
     config = read_config(tiny_dir)
