@@ -3,11 +3,12 @@ reads answers, and every backend gives the same verdicts on the same held-out sa
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from train import synthetic
 from train.evaluate import SCORED, TASKS, evaluate, main, read_answer, samples
-from train.judges import DEFAULT_JUDGES, HEADS, TRUST, accuracy, load_judges
+from train.judges import DEFAULT_JUDGES, HEADS, SILENT_RMS, TRUST, accuracy, load_judges
 
 SPLITS = synthetic.combination_splits(0)
 
@@ -30,6 +31,17 @@ def test_a_judge_is_not_fooled_by_a_changed_colour(judges):
     other = next(c for c in synthetic.COLOURS if c not in (a["colour"], a["background"]))
     seen = judges["image"].judge(synthetic.render("image", {**a, "colour": other}))
     assert seen["colour"] == other
+
+
+def test_the_audio_judge_hears_nothing_in_silence_but_hears_a_quiet_sound(judges):
+    # near silence once read as a tone, crediting a silent answer to "a tone at c"
+    rng = np.random.default_rng(0)
+    for quiet in (np.zeros(16000, np.float32), rng.normal(0, 0.3 * SILENT_RMS, 16000).astype(np.float32)):
+        assert judges["audio"].judge(quiet, 16000) == {}
+    combos = SPLITS["audio"]["heldout"][::4]
+    waves = [synthetic.render("audio", a) for a in combos]
+    heard = [judges["audio"].judge(w * (3 * SILENT_RMS / np.sqrt(np.mean(w**2))), 16000) for w in waves]
+    assert np.mean([h.get("sound") == a["sound"] for h, a in zip(heard, combos)]) >= TRUST
 
 
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])

@@ -38,6 +38,11 @@ HEADS = {"image": ("shape", "colour"), "video": ("shape", "colour", "motion"), "
 TRUST = 0.95
 AUDIO_FFT = 4096  # 3.9 Hz bins at 16 kHz: neighbouring semitones of the low register are 2 bins apart
 AUDIO_HOP = 512
+# An answer 40 dB below a world sound (a sine at its peak) is silence to a listener who hears the
+# world's sounds at ease, so the judge hears nothing in it. Without this, silence and faint noise got
+# labels (all-zero features read "tone"): the judge reads the world's held-out sounds right 100% at
+# -31 dB and 97% at -41 dB, but 76% at -51 dB, where its own verdicts stop meaning anything.
+SILENT_RMS = synthetic.AMPLITUDE / np.sqrt(2) * 10 ** (-40 / 20)
 PIXELS = 32  # the judges look at 32×32: enough to tell a dot from a ring, and cheap to train
 LOWEST_HZ = 110.0  # A2, three semitones below the world's lowest pitch (C3)
 SEMITONES = 54  # A2 to D7: above the highest chirp's end (an octave over B5)
@@ -136,6 +141,9 @@ class Judge:
         return [{h: self.vocab[h][picks[h][i]] for h in self.vocab} for i in range(len(batch))]
 
     def judge(self, medium: np.ndarray, rate: float | None = None) -> dict[str, str]:
+        """The attributes one medium shows; none for a silent sound (below SILENT_RMS)."""
+        if self.modality == "audio" and np.sqrt(np.mean(np.square(medium, dtype=np.float64))) < SILENT_RMS:
+            return {}
         return self([features(self.modality, medium, rate)])[0]
 
 

@@ -146,7 +146,10 @@ def moving_shape_video(colour: str, background: str, size: int, frames: int) -> 
 # ---------------------------------------------------------------- sound
 
 
-def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+AMPLITUDE = 0.5  # a world sound's peak
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = AMPLITUDE) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
@@ -166,7 +169,7 @@ def _fade(wave: np.ndarray, rate: int) -> np.ndarray:
     return wave
 
 
-def sound(kind: str, pitch: str, register: str, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+def sound(kind: str, pitch: str, register: str, seconds: float, rate: int, amplitude: float = AMPLITUDE) -> np.ndarray:
     """A float32 waveform: a tone at the pitch, an octave chirp from (rising) or down to (falling) it,
     or a rhythm of four short beeps at it."""
     f = pitch_hz(pitch, register)
