@@ -1,7 +1,7 @@
 """Latency of the engines against PyTorch, measured side by side in one run.
 
     python benchmarks/compare_latency.py --engines engines/tiny [--backends torch,onnxruntime] \
-        [--triton 127.0.0.1:8001] [--json benchmarks/results/latency.json] [--quick]
+        [--triton 127.0.0.1:8001] [--json benchmarks/results/latency.json] [--precision fp16] [--inputs DIR] [--quick]
 
 Per component: warm-up, then median / p90 / p99 at the spec's `opt` shapes, the runs interleaved
 across backends so that machine noise hits them alike. End to end per route: latency with its
@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.machine import backend_engines, describe_machine, open_pipeline, thread_budget
+from benchmarks.machine import ASKED_PRECISION, backend_engines, describe_machine, open_pipeline, thread_budget
 from benchmarks.report import save_report
 from export.specs import component_specs
+from export.tensorrt_build import PRECISIONS
 from runtime.backends import Engines
 from runtime.manifest import read_manifest
 from runtime.request import Request
-from train.demo import ROUTES, write_sample_inputs
+from train.demo import ROUTES, existing_sample_inputs, write_sample_inputs
 from train.model import load_checkpoint
 from train.reference import ReferencePipeline
 
@@ -122,12 +123,20 @@ def breakdown(log: CallLog, start: float, config: dict[str, Any]) -> dict[str, f
 
 
 def bench_routes(
-    engines_dir: Path, backends: list[str], runs: int, steps: int | None, inputs: dict[str, Path], threads: int
+    engines_dir: Path,
+    backends: list[str],
+    runs: int,
+    steps: int | None,
+    inputs: dict[str, Path],
+    threads: int,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     build = read_manifest(engines_dir)
     reference = ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
     logs = {b: CallLog() for b in backends}
-    pipelines = {b: open_pipeline(engines_dir, b, threads, wrap=lambda e, b=b: TimedEngines(e, logs[b])) for b in backends}
+    pipelines = {
+        b: open_pipeline(engines_dir, b, threads, wrap=lambda e, b=b: TimedEngines(e, logs[b]), precision=precision) for b in backends
+    }
     rows = []
     for route, (prompt, files, output) in ROUTES.items():
         req = Request(prompt, {m: inputs[m] for m in files}, output=output, seed=0, steps=steps)
@@ -150,30 +159,64 @@ def bench_routes(
     return rows
 
 
-def bench_decode(engines_dir: Path, backends: list[str], new_tokens: int, threads: int) -> dict[str, Any]:
-    """Decode tokens/s: HF generate (the reference) vs each backend's step loop, same prompt."""
+def engine_decode(generator: Any, prompt_ids: list[int], new_tokens: int) -> int:
+    """gpt-fast's loop on the `llm` engine: prefill, then exactly `new_tokens` greedy decode steps
+    (no stop rule: a throughput figure must not depend on when the model chooses to stop)."""
+    logits, _, cache = generator.prefill(prompt_ids, None, None)
+    for _ in range(new_tokens):
+        logits, _, cache = generator.decode_one_token(int(np.argmax(logits)), cache)
+    return new_tokens
+
+
+def reference_decode(reference: ReferencePipeline, embeds: torch.Tensor, new_tokens: int) -> int:
+    """HF generate, greedy, made to produce exactly `new_tokens` tokens."""
+    tok = reference.model.tokenizer
+    out = reference.model.llm.generate(
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tok.unk_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return out.shape[1]
+
+
+def tokens_per_s(decode: Callable[[], int], runs: int) -> dict[str, Any]:
+    """Best of `runs` timed decodes after one untimed warm-up (the first call pays for kernel
+    loading, allocator growth and autotuning, on a GPU far more than the decode itself)."""
+    decode()
+    best, tokens = float("inf"), 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        tokens = decode()
+        best = min(best, time.perf_counter() - start)
+    return {"tokens": tokens, "tokens_per_s": tokens / best}
+
+
+def bench_decode(
+    engines_dir: Path, backends: list[str], new_tokens: int, threads: int, precision: str = "fp32", runs: int = 3
+) -> dict[str, Any]:
+    """Decode tokens/s: HF generate (the reference) vs each backend's step loop, same prompt, the
+    same fixed number of new tokens."""
     build = read_manifest(engines_dir)
     reference = ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
-    req = Request("tell me a long story about a red circle", max_new_tokens=new_tokens, temperature=1.0, seed=0)
-    out: dict[str, Any] = {}
-    prompt = reference.build_prompt(req.prompt, False, new_tokens + 36)
-    embeds = reference.prompt_embeds(prompt, None)
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    ids = reference.generate_ids(embeds, req)
-    out["reference"] = {"tokens": len(ids), "tokens_per_s": len(ids) / (time.perf_counter() - start)}
+    text = "tell me a long story about a red circle"
+    embeds = reference.prompt_embeds(reference.build_prompt(text, False, new_tokens), None)
+    out: dict[str, Any] = {"reference": tokens_per_s(lambda: reference_decode(reference, embeds, new_tokens), runs)}
     for b in backends:
-        p = open_pipeline(engines_dir, b, threads)
-        start = time.perf_counter()
-        gen = p.llm.generate(p.llm.build_prompt(req.prompt, False), None, max_new_tokens=new_tokens, temperature=1.0, seed=0)
-        out[b] = {"tokens": len(gen.ids), "tokens_per_s": len(gen.ids) / (time.perf_counter() - start)}
+        gen = open_pipeline(engines_dir, b, threads, precision=precision).llm
+        ids = list(gen.build_prompt(text, False).ids)
+        out[b] = tokens_per_s(lambda g=gen: engine_decode(g, ids, new_tokens), runs)
     for b in backends:
         out[b]["ratio_to_reference"] = out[b]["tokens_per_s"] / out["reference"]["tokens_per_s"]
     return out
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Latency ({result['machine']['cpu']}, {result['machine']['threads']} threads)", ""]
+    gpu = f", {result['machine']['gpu']} at {result['precision']}" if result["machine"]["gpu"] else ""
+    lines = [f"# Latency ({result['machine']['cpu']}, {result['machine']['threads']} threads{gpu})", ""]
     lines += ["## Components (median ms at opt shapes; ratio to PyTorch)", "", "| component | " + " | ".join(result["backends"]) + " |", "|---" * (len(result["backends"]) + 1) + "|"]
     for row in result["components"]:
         cells = [f"{s['median_ms']:.2f} ({s['ratio_to_torch']:.2f}x)" for s in row["backends"].values()]
@@ -227,23 +270,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20, help="timed runs per component")
     p.add_argument("--route-runs", type=int, default=5, help="timed runs per route")
     p.add_argument("--threads", type=int, default=0, help="threads for every CPU backend, torch and ONNX Runtime alike (0: all cores)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
+    p.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
     p.add_argument("--quick", action="store_true", help="few runs and 2 denoising steps: a smoke test")
     args = p.parse_args(argv)
     threads = thread_budget(args.threads)
     runs, route_runs, steps = (3, 1, 2) if args.quick else (args.runs, args.route_runs, None)
     build = read_manifest(args.engines)
-    engines, unavailable = backend_engines(build, args.backends.split(","), threads)
-    result: dict[str, Any] = {"machine": describe_machine(threads), "backends": list(engines), "unavailable": unavailable}
+    engines, unavailable = backend_engines(build, args.backends.split(","), threads, args.precision)
+    result: dict[str, Any] = {"machine": describe_machine(threads), "precision": args.precision, "backends": list(engines), "unavailable": unavailable}
     result["components"] = bench_components(build, engines, runs)
     runnable = [b for b in engines if b != "torch"]
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = write_sample_inputs(Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
-        result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs, threads)
+        rate = build.config["imagebind"]["audio"]["sample_rate"]
+        inputs = existing_sample_inputs(args.inputs) if args.inputs else write_sample_inputs(Path(tmp), rate)
+        result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs, threads, args.precision)
         if args.triton:
             from triton_repo.client import time_routes  # only with a server to talk to
 
             result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
-    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64, threads)
+    result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64, threads, args.precision)
     md = markdown(result)
     save_report(args.json, result, md)
     charts(result, args.json.parent)

@@ -1,7 +1,8 @@
 """Numerical parity of a build's backends: components, the LLM's top-1 choice, every route end to end.
 
     python benchmarks/compare_precision.py --engines engines/tiny [--backends torch,onnxruntime] \
-        [--json benchmarks/results/precision.json] [--seed 0] [--quick] [--tolerance C.O=ATOL[,RTOL]]
+        [--json benchmarks/results/precision.json] [--seed 0] [--quick] [--tolerance C.O=ATOL[,RTOL]] \
+        [--precision fp32|fp16|bf16] [--inputs DIR]
     python benchmarks/compare_precision.py --engines engines/tiny --bisect sd_vae_decoder
 
 The first backend in --backends is the baseline; every other one is compared with it. Backends
@@ -14,6 +15,8 @@ not fail the run; an unavailable baseline does, and so does having no backend to
   default 0 so that runs repeat) at the min, opt and max profile points: max abs, max rel and mean
   abs error, cosine similarity, pass/fail by benchmarks/metrics.py's `compare` (atol = rtol = 1e-4
   for fp32 engines element by element; 1e-3 on the median for fp16/bf16; --tolerance overrides).
+  --precision: what torch-cuda and onnxruntime-trt compute in (default fp32), and so the
+  tolerance they are judged by.
 - LLM top-1: for each route's prompt, the llm component's last-position argmax after the prefill
   and after each of 8 greedy decode steps, every backend fed the baseline's tokens (teacher
   forcing, so that one early flip does not cascade). A flip between two tokens whose baseline
@@ -45,15 +48,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.machine import BACKENDS, backend_engines, describe_machine
+from benchmarks.machine import ASKED_PRECISION, BACKENDS, backend_engines, computes_in, describe_machine
 from benchmarks.metrics import PSNR_PASS_DB, TOLERANCE, compare, psnr, rule_for
 from export.specs import PROFILE_POINTS, component_specs
+from export.tensorrt_build import PRECISIONS
 from runtime.backends import ORT_PROVIDERS, BackendUnavailable, Engines
 from runtime.generation import LlmGenerator
 from runtime.manifest import Build, ManifestError, read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request, Response
-from train.demo import ROUTES, write_sample_inputs
+from train.demo import ROUTES, existing_sample_inputs, write_sample_inputs
 
 Overrides = dict[str, tuple[float, float]]
 # Per-output (COMPONENT.OUTPUT) or per-component (COMPONENT) (atol, rtol) in place of the precision
@@ -80,9 +84,13 @@ def parse_tolerance(text: str) -> tuple[str, tuple[float, float]]:
     return key, (numbers[0], numbers[-1])
 
 
-def tolerance(build: Build, component: str, output: str, overrides: Overrides) -> tuple[float, float, str]:
-    """(atol, rtol, rule) for one output: an override, else the default for the engine's precision."""
-    precision = build.component(component)["precision"]
+def tolerance(
+    build: Build, component: str, output: str, overrides: Overrides, asked: str = "fp32"
+) -> tuple[float, float, str]:
+    """(atol, rtol, rule) for one output: an override, else the default for the precision the
+    candidate computes in (the engine's, or `asked` where that is lower)."""
+    built = build.component(component)["precision"]
+    precision = asked if built == "fp32" else built
     default = (TOLERANCE[precision], TOLERANCE[precision])
     atol, rtol = overrides.get(f"{component}.{output}", overrides.get(component, default))
     return atol, rtol, rule_for(precision)
@@ -118,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="C[.O]=ATOL[,RTOL]",
         help="tolerance for one output of a component, or all of them (and, with --bisect, its intermediates)",
     )
+    p.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
     p.add_argument(
         "--bisect",
         metavar="COMPONENT",
@@ -129,11 +139,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- backends -----------------------------------------------------------------------------------
 
 
-def available_engines(build: Build, labels: list[str]) -> tuple[dict[str, Engines], dict[str, str]]:
+def available_engines(build: Build, labels: list[str], precision: str) -> tuple[dict[str, Engines], dict[str, str]]:
     """benchmarks/machine.py's engines for each backend that runs here, with one engine opened (engines
     open on first use, so a missing execution provider would otherwise show only mid-run), and the
     reason for each that does not; BackendUnavailable when the baseline or every candidate is missing."""
-    engines, unavailable = backend_engines(build, labels)
+    engines, unavailable = backend_engines(build, labels, precision=precision)
     for label in list(engines):
         try:
             engines[label][next(iter(build.components))]
@@ -148,7 +158,7 @@ def available_engines(build: Build, labels: list[str]) -> tuple[dict[str, Engine
     return engines, unavailable
 
 
-def pipeline_for(build: Build, label: str, baseline: bool) -> Any:
+def pipeline_for(build: Build, label: str, baseline: bool, precision: str) -> Any:
     """The end-to-end pipeline of a backend; for a torch baseline, the reference pipeline itself."""
     backend, device = BACKENDS[label]
     if baseline and label == "torch":
@@ -156,14 +166,20 @@ def pipeline_for(build: Build, label: str, baseline: bool) -> Any:
         from train.reference import ReferencePipeline
 
         return ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
-    return Any2AnyPipeline(build.root, backend, device)
+    return Any2AnyPipeline(build.root, backend, device, precision=computes_in(label, precision))
 
 
 # --- components ---------------------------------------------------------------------------------
 
 
 def compare_components(
-    build: Build, engines: dict[str, Engines], baseline: str, points: tuple[str, ...], seed: int, overrides: Overrides
+    build: Build,
+    engines: dict[str, Engines],
+    baseline: str,
+    points: tuple[str, ...],
+    seed: int,
+    overrides: Overrides,
+    precision: str,
 ) -> list[dict[str, Any]]:
     """One row per candidate, component, profile point and output."""
     specs = component_specs(build.config)
@@ -181,7 +197,7 @@ def compare_components(
                 except Exception as e:  # noqa: BLE001  an engine that cannot run this point fails it; the run goes on
                     got, error = {}, f"{type(e).__name__}: {e}"
                 for output in spec.output_names:
-                    atol, rtol, rule = tolerance(build, name, output, overrides)
+                    atol, rtol, rule = tolerance(build, name, output, overrides, computes_in(label, precision))
                     where = {"backend": label, "component": name, "output": output, "point": point}
                     if output not in got:
                         rows.append({**where, "pass": False, "reason": error})
@@ -227,10 +243,9 @@ def top1_agreement(expected: np.ndarray, got: np.ndarray, atol: float, rtol: flo
 
 
 def compare_top1(
-    build: Build, engines: dict[str, Engines], baseline: str, prompts: list[str], overrides: Overrides
+    build: Build, engines: dict[str, Engines], baseline: str, prompts: list[str], overrides: Overrides, precision: str
 ) -> list[dict[str, Any]]:
     gens = {label: LlmGenerator.from_engines(e) for label, e in engines.items()}
-    atol, rtol, _ = tolerance(build, "llm", "logits", overrides)
     rows = []
     for prompt in prompts:
         ids = gens[baseline].build_prompt(prompt, False).ids
@@ -238,6 +253,7 @@ def compare_top1(
         for label, gen in gens.items():
             if label != baseline:
                 got, _ = step_logits(gen, ids, TOP1_STEPS, tokens)
+                atol, rtol, _ = tolerance(build, "llm", "logits", overrides, computes_in(label, precision))
                 rows.append({"backend": label, "prompt": prompt, **top1_agreement(expected, got, atol, rtol)})
     return rows
 
@@ -291,18 +307,25 @@ def route_request(route: str, files: dict[str, Path], seed: int, steps: int | No
 
 
 def compare_routes(
-    build: Build, labels: list[str], routes: list[str], seed: int, steps: int | None
+    build: Build,
+    labels: list[str],
+    routes: list[str],
+    seed: int,
+    steps: int | None,
+    precision: str,
+    inputs: Path | None = None,
 ) -> list[dict[str, Any]]:
     """The baseline answers every route first and is released, then each candidate answers them."""
     with tempfile.TemporaryDirectory(prefix="precision-inputs-") as tmp:
-        files = write_sample_inputs(Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
+        rate = build.config["imagebind"]["audio"]["sample_rate"]
+        files = existing_sample_inputs(inputs) if inputs else write_sample_inputs(Path(tmp), rate)
         requests = {r: route_request(r, files, seed, steps) for r in routes}
-        reference = pipeline_for(build, labels[0], baseline=True)
+        reference = pipeline_for(build, labels[0], baseline=True, precision=precision)
         expected = {r: reference(req) for r, req in requests.items()}
         del reference
         rows = []
         for label in labels[1:]:
-            pipeline = pipeline_for(build, label, baseline=False)
+            pipeline = pipeline_for(build, label, baseline=False, precision=precision)
             for route, req in requests.items():
                 rows.append({"backend": label, "route": route, **compare_response(expected[route], pipeline(req))})
     return rows
@@ -427,6 +450,7 @@ def metadata(
         "backends": backends,
         "unavailable": unavailable,
         "seed": args.seed,
+        "precision": args.precision,
         "quick": args.quick,
         "tolerances": {"defaults": TOLERANCE, "overrides": {k: list(v) for k, v in overrides.items()}},
         "machine": describe_machine(0),  # CPU model, cores, threads, GPU, library versions
@@ -533,10 +557,10 @@ def run_checks(
     routes = list(QUICK_ROUTES if args.quick else ROUTES)
     points = ("opt",) if args.quick else PROFILE_POINTS
     steps = QUICK_STEPS if args.quick else None
-    components = compare_components(build, engines, labels[0], points, args.seed, overrides)
-    top1 = compare_top1(build, engines, labels[0], [ROUTES[r][0] for r in routes], overrides)
+    components = compare_components(build, engines, labels[0], points, args.seed, overrides, args.precision)
+    top1 = compare_top1(build, engines, labels[0], [ROUTES[r][0] for r in routes], overrides, args.precision)
     engines.clear()  # the pipelines open their own: do not hold every engine twice
-    e2e = compare_routes(build, labels, routes, args.seed, steps)
+    e2e = compare_routes(build, labels, routes, args.seed, steps, args.precision, args.inputs)
     failures = sum(not r["pass"] for r in components + top1 + e2e)
     return {
         "points": list(points),
@@ -565,10 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {**OVERRIDES, **dict(args.tolerance)}
     try:
         build = read_manifest(args.engines)
-        build.verify_files()
+        if args.bisect or any(BACKENDS[b][0] != "torch" for b in args.backends):
+            build.verify_files()  # a torch-only comparison reads the checkpoint, not the engine files
         if args.bisect:
             return run_bisect(build, args, overrides)
-        engines, unavailable = available_engines(build, args.backends)
+        engines, unavailable = available_engines(build, args.backends, args.precision)
         meta = metadata(args, build, list(engines), unavailable, overrides)
         results = {**meta, **run_checks(build, args, engines, overrides)}
     except (ManifestError, BackendUnavailable) as e:

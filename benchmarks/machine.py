@@ -18,6 +18,15 @@ BACKENDS = {
     "tensorrt": ("tensorrt", "cuda"),
     "torch-cuda": ("torch", "cuda"),
 }
+# the backends that compute in a run's --precision (torch under autocast, the TensorRT provider's
+# flags); the others compute in what the build made (ONNX Runtime CPU and CUDA: the file's fp32, a
+# TensorRT plan: its own precision)
+ASKED_PRECISION = ("torch-cuda", "onnxruntime-trt")
+
+
+def computes_in(label: str, precision: str) -> str:
+    """The precision a backend computes in when a run asks for `precision`."""
+    return precision if label in ASKED_PRECISION else "fp32"
 
 
 def _cpu_model() -> str:
@@ -46,8 +55,20 @@ def describe_machine(threads: int) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": threads or os.cpu_count(),
         "gpu": gpu,
+        "cuda": _cuda(torch) if gpu else None,
         "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
+    }
+
+
+def _cuda(torch: Any) -> dict[str, Any]:
+    """What decides GPU numbers besides the chip: driver-side versions and whether fp32 is really fp32."""
+    return {
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
     }
 
 
@@ -60,16 +81,19 @@ def thread_budget(threads: int) -> int:
     return budget
 
 
-def open_pipeline(build_dir: Any, label: str, threads: int, wrap: Any = None) -> Any:
+def open_pipeline(build_dir: Any, label: str, threads: int, wrap: Any = None, precision: str = "fp32") -> Any:
     """The engine pipeline of a benchmark backend label (`onnxruntime-cuda` and friends)."""
     from runtime.pipeline import Any2AnyPipeline
 
     backend, device = BACKENDS[label]
-    return Any2AnyPipeline(build_dir, backend, device, threads, wrap)
+    return Any2AnyPipeline(build_dir, backend, device, threads, wrap, precision=computes_in(label, precision))
 
 
-def backend_engines(build: Any, names: list[str], threads: int = 0) -> tuple[dict[str, Engines], dict[str, str]]:
-    """Engines for each backend that can run here, and the reason for each that cannot."""
+def backend_engines(
+    build: Any, names: list[str], threads: int = 0, precision: str = "fp32"
+) -> tuple[dict[str, Engines], dict[str, str]]:
+    """Engines for each backend that can run here, and the reason for each that cannot; the
+    `ASKED_PRECISION` backends compute in `precision`."""
     import torch
 
     engines: dict[str, Engines] = {}
@@ -82,7 +106,7 @@ def backend_engines(build: Any, names: list[str], threads: int = 0) -> tuple[dic
             unavailable[name] = "no CUDA GPU on this machine"
             continue
         try:
-            engines[name] = Engines(build, backend, device, threads)
+            engines[name] = Engines(build, backend, device, threads, computes_in(name, precision))
         except BackendUnavailable as e:
             unavailable[name] = str(e)
     return engines, unavailable

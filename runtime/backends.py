@@ -364,6 +364,11 @@ class Engines:
 
             if not torch.cuda.is_available():
                 raise BackendUnavailable(f"the torch backend on {device} needs a CUDA GPU; torch.cuda.is_available() is False")
+            if precision == "fp32":
+                # fp32 means IEEE fp32: torch lets cuDNN convolutions round through TF32 by default
+                # (a 10-bit mantissa), which would put the GPU reference itself outside fp32 tolerances.
+                # Set here, not when an engine opens, so that a benchmark records the state it runs in.
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         if backend != "torch":
             build.verify_files()
             wrong = [n for n, c in build.components.items() if c["backend"] != backend]
@@ -393,9 +398,17 @@ class Engines:
 
     def _torch_module(self, name: str) -> Any:
         # The torch backend needs the training code and the checkpoint the build was made from.
-        from train.components import build_component
         from train.model import load_checkpoint
 
         if self._model is None:
             self._model = load_checkpoint(Path(self.build.data["checkpoint"]["path"]))
-        return build_component(self._model, name)
+        return torch_component(self._model, name, self.device)
+
+
+def torch_component(model: Any, name: str, where: Any) -> Any:
+    """A component's module with everything it computes with moved `where` (a device or a dtype).
+    Both moves are needed: a component reaches parts of the model that are not its submodules (an
+    encoder's bound method), and the model does not hold the decoders as submodules."""
+    from train.components import build_component
+
+    return build_component(model.to(where), name).to(where)

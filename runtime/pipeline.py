@@ -35,13 +35,14 @@ class Any2AnyPipeline:
         threads: int = 0,
         wrap: Callable[[Engines], Engines] | None = None,
         limits: Limits | None = None,
+        precision: str = "fp32",
     ) -> None:
         """`wrap` lets a caller interpose on every engine call (timing, remote execution);
-        `limits` default to the build's (`Limits.for_build`)."""
+        `limits` default to the build's (`Limits.for_build`); `precision` as in `Engines`."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
         self.limits = limits or Limits.for_build(self.build)
-        engines = Engines(self.build, backend, device, threads)
+        engines = Engines(self.build, backend, device, threads, precision)
         self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)
         self.decoders = {m: Decoder(self.engines, self.build, m) for m in OUTPUT_MODALITIES}

@@ -33,11 +33,16 @@ def test_interleaved_times_each_call_round_robin():
     assert np.median(times["fast"]) < np.median(times["slow"])
 
 
-def test_quick_run_writes_json_markdown_and_charts(tiny_build, tmp_path):
+def test_quick_run_writes_json_markdown_and_charts(tiny_build, sample_inputs, tmp_path):
     out = tmp_path / "latency.json"
-    assert main(["--engines", str(tiny_build[0]), "--backends", "torch,onnxruntime,tensorrt", "--quick", "--json", str(out)]) == 0
+    folder = str(sample_inputs["image"].parent)  # --inputs: files written before, as a GPU machine without an MP4 encoder takes them
+    argv = ["--engines", str(tiny_build[0]), "--backends", "torch,onnxruntime,tensorrt", "--quick", "--json", str(out)]
+    assert main(argv + ["--inputs", folder, "--precision", "fp16"]) == 0
     result = json.loads(out.read_text())
     assert result["backends"] == ["torch", "onnxruntime"] and "tensorrt" in result["unavailable"]
+    assert result["precision"] == "fp16"  # asked of the GPU backends; the CPU ones stay fp32 (test_backends_compute_in)
+    # a throughput figure over the same fixed number of tokens everywhere, whenever the model would stop
+    assert {d["tokens"] for d in result["decode"].values()} == {16}
     assert len(result["components"]) == 13 and {r["route"] for r in result["routes"]} == set(ROUTES)
     for row in result["components"]:
         torch_ms, ort = row["backends"]["torch"]["median_ms"], row["backends"]["onnxruntime"]
@@ -47,3 +52,23 @@ def test_quick_run_writes_json_markdown_and_charts(tiny_build, tmp_path):
     assert result["decode"]["onnxruntime"]["tokens_per_s"] > 0 and result["machine"]["cores"] >= 1
     assert out.with_suffix(".md").read_text().startswith("# Latency")
     assert (tmp_path / "latency_routes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_decode_throughput_counts_exactly_the_asked_tokens(tiny_build):
+    from benchmarks.compare_latency import engine_decode
+    from benchmarks.machine import open_pipeline
+
+    gen = open_pipeline(tiny_build[0], "onnxruntime", threads=1).llm
+    calls = []
+    run = gen.engine.run
+    gen.engine.run = lambda feeds: (calls.append(feeds["input_ids"].shape[1]), run(feeds))[1]
+    prompt = list(gen.build_prompt("hi", False).ids)
+    assert engine_decode(gen, prompt, 5) == 5 and calls == [len(prompt), 1, 1, 1, 1, 1]
+
+
+def test_missing_sample_inputs_are_named(tmp_path):
+    from train.demo import existing_sample_inputs
+
+    (tmp_path / "image.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="audio.wav.*video.mp4"):
+        existing_sample_inputs(tmp_path)

@@ -3,6 +3,7 @@
 What needs TensorRT and a GPU (plans, CUDA graphs, the device-resident cache) is in
 tests/test_tensorrt_gpu.py, skipped here with the reason.
 """
+import copy
 import os
 import re
 from pathlib import Path
@@ -14,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.machine import backend_engines, open_pipeline, thread_budget
+from benchmarks.machine import backend_engines, computes_in, open_pipeline, thread_budget
 from export.build_engines import verify
 from export.onnx_export import TENSORRT_OPSETS, export_portable, non_standard_ops
 from export.specs import component_specs
-from runtime.backends import BackendUnavailable, OrtEngine, check_feeds, ort_providers
+from runtime.backends import BackendUnavailable, OrtEngine, check_feeds, ort_providers, torch_component
 from runtime.generation import LlmGenerator, Tokenizer
 from runtime.manifest import read_manifest
 from runtime.prompt import PromptIds
@@ -161,6 +162,28 @@ def test_benchmark_labels_reach_their_backend_and_device(tiny_build):
     for label in labels:  # a label is a backend and a device, never passed on as a backend name
         with pytest.raises(BackendUnavailable, match="CUDA GPU|TensorRT|CUDAExecutionProvider|TensorrtExecutionProvider"):
             open_pipeline(tiny_build[0], label, threads=1)
+
+
+def test_backends_compute_in_the_asked_precision_only_where_it_applies(tiny_build):
+    # an fp16 run asks torch-cuda and the TensorRT provider for fp16; the CPU baseline stays the fp32 reference
+    assert [computes_in(b, "fp16") for b in ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")] == ["fp32"] * 4
+    assert computes_in("torch-cuda", "fp16") == computes_in("onnxruntime-trt", "fp16") == "fp16"
+    engines, _ = backend_engines(read_manifest(tiny_build[0]), ["torch", "onnxruntime"], threads=1, precision="fp16")
+    assert engines["torch"].precision == engines["onnxruntime"].precision == "fp32"
+
+
+def test_a_torch_component_moves_with_everything_it_computes_with(tiny_model):
+    """What broke the first run on a GPU: the ImageBind components reach the encoder through a bound
+    method, which the component's own .to() leaves behind. A dtype move takes the same path as a device
+    move, so float64 shows here what cuda would."""
+    model = copy.deepcopy(tiny_model)
+    for name, spec in component_specs(model.config).items():
+        module = torch_component(model, name, torch.float64)
+        feeds = spec.sample(spec.point("min"), seed=0)
+        args = [torch.from_numpy(np.asarray(feeds[n])) for n in spec.input_names]
+        with torch.no_grad():
+            out = module(*[a.double() if a.is_floating_point() else a for a in args])
+        assert all(o.dtype == torch.float64 for o in (out if isinstance(out, tuple) else (out,)) if o.is_floating_point()), name
 
 
 def test_every_cpu_backend_gets_one_thread_budget():

@@ -35,7 +35,7 @@ class ProjectorWithSignalEmbeds(nn.Module):
     def __init__(self, model: nn.Module, modality: str) -> None:
         super().__init__()
         self.projector = model.projectors[modality]
-        ids = torch.tensor(model.config["tokens"]["signal_ids"][modality])
+        ids = torch.tensor(model.config["tokens"]["signal_ids"][modality], device=model.embed_tokens.weight.device)
         self.register_buffer("signal_embeds", model.embed_tokens(ids).detach()[None].clone())
 
     def forward(self, hidden: Tensor) -> Tensor:

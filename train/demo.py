@@ -47,6 +47,16 @@ def write_sample_inputs(folder: Path, sample_rate: int) -> dict[str, Path]:
     return files
 
 
+def existing_sample_inputs(folder: Path) -> dict[str, Path]:
+    """The files `write_sample_inputs` wrote to `folder` before: for a machine that can read MP4 but
+    has no encoder to write it, the inputs are written elsewhere and carried there."""
+    files = {m: folder / f"{m}{synthetic.EXT[m]}" for m in SAMPLES}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"sample inputs missing (write them with train.demo.write_sample_inputs): {', '.join(missing)}")
+    return files
+
+
 def route_args(checkpoint: Path, out: Path, route: str, files: dict[str, Path], seed: int) -> argparse.Namespace:
     prompt, inputs, output = ROUTES[route]
     argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--out", str(out / route), "--seed", str(seed), "--quiet"]
