@@ -26,14 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.machine import ASKED_PRECISION, backend_engines, describe_machine, open_pipeline, thread_budget
+from benchmarks.machine import add_precision_and_inputs, backend_engines, describe_machine, open_pipeline, thread_budget
 from benchmarks.report import save_report
 from export.specs import component_specs
-from export.tensorrt_build import PRECISIONS
 from runtime.backends import Engines
 from runtime.manifest import read_manifest
 from runtime.request import Request
-from train.demo import ROUTES, existing_sample_inputs, write_sample_inputs
+from train.demo import ROUTES, sample_inputs
 from train.model import load_checkpoint
 from train.reference import ReferencePipeline
 
@@ -270,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20, help="timed runs per component")
     p.add_argument("--route-runs", type=int, default=5, help="timed runs per route")
     p.add_argument("--threads", type=int, default=0, help="threads for every CPU backend, torch and ONNX Runtime alike (0: all cores)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
-    p.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
+    add_precision_and_inputs(p)
     p.add_argument("--quick", action="store_true", help="few runs and 2 denoising steps: a smoke test")
     args = p.parse_args(argv)
     threads = thread_budget(args.threads)
@@ -282,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     result["components"] = bench_components(build, engines, runs)
     runnable = [b for b in engines if b != "torch"]
     with tempfile.TemporaryDirectory() as tmp:
-        rate = build.config["imagebind"]["audio"]["sample_rate"]
-        inputs = existing_sample_inputs(args.inputs) if args.inputs else write_sample_inputs(Path(tmp), rate)
+        inputs = sample_inputs(args.inputs, Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
         result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs, threads, args.precision)
         if args.triton:
             from triton_repo.client import time_routes  # only with a server to talk to

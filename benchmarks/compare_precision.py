@@ -48,16 +48,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.machine import ASKED_PRECISION, BACKENDS, backend_engines, computes_in, describe_machine
+from benchmarks.machine import BACKENDS, add_precision_and_inputs, backend_engines, computes_in, describe_machine, open_pipeline
 from benchmarks.metrics import PSNR_PASS_DB, TOLERANCE, compare, psnr, rule_for
 from export.specs import PROFILE_POINTS, component_specs
-from export.tensorrt_build import PRECISIONS
 from runtime.backends import ORT_PROVIDERS, BackendUnavailable, Engines
 from runtime.generation import LlmGenerator
 from runtime.manifest import Build, ManifestError, read_manifest
-from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request, Response
-from train.demo import ROUTES, existing_sample_inputs, write_sample_inputs
+from train.demo import ROUTES, sample_inputs
 
 Overrides = dict[str, tuple[float, float]]
 # Per-output (COMPONENT.OUTPUT) or per-component (COMPONENT) (atol, rtol) in place of the precision
@@ -126,8 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="C[.O]=ATOL[,RTOL]",
         help="tolerance for one output of a component, or all of them (and, with --bisect, its intermediates)",
     )
-    p.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
+    add_precision_and_inputs(p)
     p.add_argument(
         "--bisect",
         metavar="COMPONENT",
@@ -160,13 +157,12 @@ def available_engines(build: Build, labels: list[str], precision: str) -> tuple[
 
 def pipeline_for(build: Build, label: str, baseline: bool, precision: str) -> Any:
     """The end-to-end pipeline of a backend; for a torch baseline, the reference pipeline itself."""
-    backend, device = BACKENDS[label]
     if baseline and label == "torch":
         from train.model import load_checkpoint
         from train.reference import ReferencePipeline
 
         return ReferencePipeline(load_checkpoint(Path(build.data["checkpoint"]["path"])), progress=False)
-    return Any2AnyPipeline(build.root, backend, device, precision=computes_in(label, precision))
+    return open_pipeline(build.root, label, threads=0, precision=precision)
 
 
 # --- components ---------------------------------------------------------------------------------
@@ -317,8 +313,7 @@ def compare_routes(
 ) -> list[dict[str, Any]]:
     """The baseline answers every route first and is released, then each candidate answers them."""
     with tempfile.TemporaryDirectory(prefix="precision-inputs-") as tmp:
-        rate = build.config["imagebind"]["audio"]["sample_rate"]
-        files = existing_sample_inputs(inputs) if inputs else write_sample_inputs(Path(tmp), rate)
+        files = sample_inputs(inputs, Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
         requests = {r: route_request(r, files, seed, steps) for r in routes}
         reference = pipeline_for(build, labels[0], baseline=True, precision=precision)
         expected = {r: reference(req) for r, req in requests.items()}

@@ -1,11 +1,14 @@
 """What a benchmark ran on, and which backends can run here."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
+from export.tensorrt_build import PRECISIONS
 from runtime.backends import BackendUnavailable, Engines
 
 LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "diffusers", "numpy", "tritonclient")
@@ -27,6 +30,12 @@ ASKED_PRECISION = ("torch-cuda", "onnxruntime-trt")
 def computes_in(label: str, precision: str) -> str:
     """The precision a backend computes in when a run asks for `precision`."""
     return precision if label in ASKED_PRECISION else "fp32"
+
+
+def add_precision_and_inputs(parser: argparse.ArgumentParser) -> None:
+    """--precision and --inputs, as compare_latency and compare_precision both take them."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
+    parser.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
 
 
 def _cpu_model() -> str:

@@ -57,6 +57,11 @@ def existing_sample_inputs(folder: Path) -> dict[str, Path]:
     return files
 
 
+def sample_inputs(folder: Path | None, scratch: Path, sample_rate: int) -> dict[str, Path]:
+    """The inputs written to `folder` before when it is given, else freshly written to `scratch`."""
+    return existing_sample_inputs(folder) if folder else write_sample_inputs(scratch, sample_rate)
+
+
 def route_args(checkpoint: Path, out: Path, route: str, files: dict[str, Path], seed: int) -> argparse.Namespace:
     prompt, inputs, output = ROUTES[route]
     argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--out", str(out / route), "--seed", str(seed), "--quiet"]
