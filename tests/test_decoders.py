@@ -159,7 +159,7 @@ def test_save_load_round_trip(
     [
         ("image", "unet", "cross_attention_dim", 48),
         ("image", "vae", "latent_channels", 8),
-        ("image", "scheduler", "_class_name", "DDIMScheduler"),
+        ("image", "scheduler", "prediction_type", "epsilon"),
         ("video", "unet", "block_out_channels", [32, 32]),
         ("audio", "vocoder", "model_in_dim", 64),
     ],

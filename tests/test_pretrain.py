@@ -10,7 +10,7 @@ from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import rescale_latents
-from train.pretrain.diffusion import init_from_image_unet
+from train.pretrain.diffusion import init_from_image_part
 from train.pretrain.encoders import SCENE, _batch, video_siblings
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
@@ -81,7 +81,7 @@ def test_latent_rescaling_is_exact(fresh, data):
 def test_zeroscope_starts_from_the_sd_unet_in_every_spatial_layer(fresh):
     image, video = fresh.decoders["image"]["unet"], copy.deepcopy(fresh.decoders["video"]["unet"])
     before = {k: v.clone() for k, v in video.state_dict().items()}
-    copied = init_from_image_unet(video, image)
+    copied = init_from_image_part(video, image)
     sd, after = image.state_dict(), video.state_dict()
     assert copied == len(sd)  # every SD tensor has its place in the video UNet
     assert all(torch.equal(after[k].flatten(), v.flatten()) for k, v in sd.items())
@@ -90,7 +90,7 @@ def test_zeroscope_starts_from_the_sd_unet_in_every_spatial_layer(fresh):
     assert temporal and all("temp_" in k or k.startswith("transformer_in") for k in temporal)
     assert all(torch.equal(after[k], before[k]) for k in temporal)
     with pytest.raises(ValueError, match="not one spatial layout"):
-        init_from_image_unet(video, fresh.decoders["audio"]["unet"])
+        init_from_image_part(video, fresh.decoders["audio"]["unet"])
 
 
 def test_stage_0_is_seeded(fresh):

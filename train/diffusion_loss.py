@@ -10,10 +10,12 @@ from torch import Tensor, nn
 
 
 def min_snr_weight(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -> Tensor:
-    """Min-SNR-γ (Hang et al. 2023) for ε-prediction: min(SNR, γ) / SNR."""
+    """Min-SNR-γ (Hang et al. 2023): min(SNR, γ) / SNR for ε-prediction, min(SNR, γ) / (SNR + 1) for
+    v-prediction; either way the x0 error is weighted by min(SNR, γ)."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+    velocity = scheduler.config.prediction_type == "v_prediction"
+    return torch.clamp(snr, max=gamma) / (snr + 1 if velocity else snr)
 
 
 @torch.no_grad()
@@ -35,8 +37,9 @@ def noise_prediction_error(
     class_labels: bool,
     snr_gamma: float | None = None,
 ) -> Tensor:
-    """(B,) per-sample ε-prediction MSE. `class_labels`: the conditioning enters as AudioLDM's class
-    labels (B, dim), else through cross-attention (B, tokens, dim)."""
+    """(B,) per-sample MSE of the UNet's prediction against the scheduler's target: the noise for
+    ε-prediction, the velocity for v-prediction. `class_labels`: the conditioning enters as
+    AudioLDM's class labels (B, dim), else through cross-attention (B, tokens, dim)."""
     noise = torch.randn_like(latents)
     steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
     noisy = scheduler.add_noise(latents, noise, steps)
@@ -44,5 +47,6 @@ def noise_prediction_error(
         prediction = unet(noisy, steps, encoder_hidden_states=None, class_labels=conditions.flatten(1)).sample
     else:
         prediction = unet(noisy, steps, encoder_hidden_states=conditions).sample
-    error = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
+    target = scheduler.get_velocity(latents, noise, steps) if scheduler.config.prediction_type == "v_prediction" else noise
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     return error * min_snr_weight(scheduler, steps, snr_gamma) if snr_gamma else error

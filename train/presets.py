@@ -45,6 +45,24 @@ def _ddim_scheduler() -> dict[str, Any]:
     }
 
 
+def _v_zero_snr(scheduler: dict[str, Any]) -> dict[str, Any]:
+    """DDIM with v-prediction on a schedule rescaled to zero terminal SNR, sampled from t = 999
+    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"). The tiny UNets
+    train for minutes: with ε-prediction the high-noise steps, where a sample's colours and layout
+    are decided, weigh on the loss by their SNR (about 0.005 at the first sampling step), and at
+    SD's schedule the model also learns to read them from the signal left at t = 999, which sampling
+    from pure noise does not have. Measured on SD from true captions (64 held-out captions, 8
+    steps): the asked shape and colour 70% with ε, 92% with this; ZeroScope's motion stayed at chance."""
+    return {
+        **{k: v for k, v in scheduler.items() if k != "skip_prk_steps"},
+        "_class_name": "DDIMScheduler",
+        "clip_sample": False,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "trailing",
+    }
+
+
 def _vae(in_out: int, latent: int, channels: list[int], groups: int) -> dict[str, Any]:
     n = len(channels)
     return {
@@ -154,7 +172,7 @@ TINY: dict[str, Any] = {
             },
             # three blocks: a 4× smaller latent (16×16 for 64×64), as SD's VAE takes 8×
             "vae": _vae(3, 4, [32, 64, 64], 32),
-            "scheduler": _sd_scheduler(),
+            "scheduler": _v_zero_snr(_sd_scheduler()),
             "text_encoder": _tiny_clip_text_encoder("quick_gelu"),
         },
         "video": {
@@ -166,7 +184,8 @@ TINY: dict[str, Any] = {
             "frames": 8,
             "fps": 8,
             "steps": 8,
-            "guidance": 7.5,
+            # v-prediction, 40 training captions: the asked motion 30% at 3 and 25% at 7.5, colour 90% and 85%
+            "guidance": 3.0,
             # UNet3D's blocks read `attention_head_dim` as the head width (channels // it heads) and
             # its input temporal attention takes 8 heads of that width: 8 gives heads 8 wide (4 and 8
             # heads in the 32- and 64-channel blocks). 2, before, made heads 2 wide (16 and 32 heads)
@@ -183,7 +202,7 @@ TINY: dict[str, Any] = {
                 "norm_num_groups": 32,
             },
             "vae": _vae(3, 4, [32, 64, 64], 32),
-            "scheduler": _ddim_scheduler(),
+            "scheduler": _v_zero_snr(_ddim_scheduler()),
             # gelu like ZeroScope's OpenCLIP text encoder
             "text_encoder": _tiny_clip_text_encoder("gelu"),
         },
@@ -221,7 +240,7 @@ TINY: dict[str, Any] = {
                 "resblock_dilation_sizes": [[1, 3]],
                 "normalize_before": False,
             },
-            "scheduler": _ddim_scheduler(),
+            "scheduler": _v_zero_snr(_ddim_scheduler()),
             # ClapTextConfig: text_embeds is 1 × projection_dim = 1 × embed_dim. RoBERTa's special ids, as
             # AudioLDM's tokenizer. AudioLDM pads "" to projection_dim tokens and RoBERTa positions start
             # after the pad id: max_position_embeddings = projection_dim + 2 (CLAP: 514 for 512).
@@ -262,6 +281,9 @@ def _nextgpt_7b() -> dict[str, Any]:
     p["projector"] = {"hidden": 512, "heads": 4, "encoder_layers": 4, "decoder_layers": 4, "ffn": 2048}
     p["generation"] = {"max_new_tokens": 246, "temperature": 0.4, "top_p": 0.01}
     dec = p["decoders"]
+    # the released decoders' own ε-prediction schedulers (the tiny ones are v-prediction, zero SNR)
+    for modality, scheduler in {"image": _sd_scheduler(), "video": _ddim_scheduler(), "audio": _ddim_scheduler()}.items():
+        dec[modality]["scheduler"] = scheduler
     dec["image"].update(embed_tokens=77, embed_dim=768, height=512, width=512, steps=50, guidance=7.5)
     dec["image"]["unet"] = {
         "sample_size": 64,

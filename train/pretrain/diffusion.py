@@ -46,16 +46,17 @@ def _media(data: WorldData, modality: str) -> Tensor:
 
 
 @torch.no_grad()
-def init_from_image_unet(video_unet: torch.nn.Module, image_unet: torch.nn.Module) -> int:
-    """Copy every weight of `image_unet` whose name `video_unet` shares; a 1×1 convolution's weight
-    goes into the Linear that takes its place (UNet3D's spatial transformers project with Linear).
-    Returns how many tensors were copied; a shared name of another size is an error."""
-    own = video_unet.state_dict()
-    shared = {k: v for k, v in image_unet.state_dict().items() if k in own}
+def init_from_image_part(video_part: torch.nn.Module, image_part: torch.nn.Module) -> int:
+    """Copy every weight of SD's `image_part` (UNet or text encoder) whose name ZeroScope's `video_part`
+    shares; a 1×1 convolution's weight goes into the Linear that takes its place (UNet3D's spatial
+    transformers project with Linear). Returns how many tensors were copied; a shared name of another
+    size is an error."""
+    own = video_part.state_dict()
+    shared = {k: v for k, v in image_part.state_dict().items() if k in own}
     wrong = [k for k, v in shared.items() if v.numel() != own[k].numel()]
     if wrong:
-        raise ValueError(f"image and video UNets differ in {wrong[0]} ({len(wrong)} tensors): not one spatial layout")
-    video_unet.load_state_dict({k: v.reshape(own[k].shape) for k, v in shared.items()}, strict=False)
+        raise ValueError(f"image and video parts differ in {wrong[0]} ({len(wrong)} tensors): not one spatial layout")
+    video_part.load_state_dict({k: v.reshape(own[k].shape) for k, v in shared.items()}, strict=False)
     return len(shared)
 
 
@@ -72,7 +73,7 @@ def pretrain_unets(model: NextGPT, data: WorldData, settings: dict[str, dict[str
         unet, scheduler = components["unet"], DDPMScheduler.from_config(components["scheduler"].config)
         labels = takes_class_labels(section)
         if modality == "video" and "image" in model.decoders:
-            init_from_image_unet(unet, model.decoders["image"]["unet"])
+            init_from_image_part(unet, model.decoders["image"]["unet"])
 
         def loss(step: int, mean: Tensor = mean, std: Tensor = std, captions: Tensor = captions, uncond: Tensor = uncond, unet: Any = unet, scheduler: Any = scheduler, labels: bool = labels, part: dict = part) -> dict[str, Tensor]:
             index = torch.randint(len(mean), (part["batch"],), generator=gen)
