@@ -78,7 +78,7 @@ def test_latent_rescaling_is_exact(fresh, data):
     assert (posterior.mean * vae.config.scaling_factor).std().item() == pytest.approx(1.0, rel=1e-3)
 
 
-def test_zeroscope_starts_from_the_sd_unet_in_every_spatial_layer(fresh):
+def test_zeroscope_unet_starts_from_the_sd_unet_in_every_spatial_layer(fresh):
     image, video = fresh.decoders["image"]["unet"], copy.deepcopy(fresh.decoders["video"]["unet"])
     before = {k: v.clone() for k, v in video.state_dict().items()}
     copied = init_from_image_part(video, image)
@@ -91,6 +91,19 @@ def test_zeroscope_starts_from_the_sd_unet_in_every_spatial_layer(fresh):
     assert all(torch.equal(after[k], before[k]) for k in temporal)
     with pytest.raises(ValueError, match="not one spatial layout"):
         init_from_image_part(video, fresh.decoders["audio"]["unet"])
+
+
+def test_zeroscope_text_encoder_starts_from_the_trained_sd_one(fresh, data):
+    settings = {**_settings(1)["text_encoders"], "lr": 0.0}  # no step moves a weight: what is left is the start
+    model = copy.deepcopy(fresh)
+    sd, video = (model.decoders[m]["text_encoder"] for m in ("image", "video"))
+    assert not all(torch.equal(v, video.state_dict()[k]) for k, v in sd.state_dict().items())
+    PARTS["text_encoders"](model, data, settings, 0, False)
+    after, trained = video.state_dict(), sd.state_dict()
+    assert after.keys() == trained.keys() and all(torch.equal(after[k], v) for k, v in trained.items())
+    model.decoders["video"]["tokenizer"] = copy.deepcopy(model.decoders["audio"]["tokenizer"])
+    with pytest.raises(ValueError, match="caption tokenizers must be one"):
+        PARTS["text_encoders"](model, data, settings, 0, False)
 
 
 def test_stage_0_is_seeded(fresh):

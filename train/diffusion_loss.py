@@ -1,6 +1,6 @@
 """The denoising objective shared by stage 0 (training the UNets) and the generation loss of stages 2-3
-(training the projectors through the frozen UNets): latents from the VAE, ε-prediction MSE at a
-random timestep, Min-SNR weighting where asked."""
+(training the projectors through the frozen UNets): latents from the VAE, the MSE of the UNet's
+prediction (ε or v, as the decoder's scheduler says) at a random timestep, Min-SNR weighting where asked."""
 from __future__ import annotations
 
 import torch
@@ -9,13 +9,16 @@ from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
 
+def predicts_velocity(scheduler: DDPMScheduler) -> bool:
+    return scheduler.config.prediction_type == "v_prediction"
+
+
 def min_snr_weight(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -> Tensor:
     """Min-SNR-γ (Hang et al. 2023): min(SNR, γ) / SNR for ε-prediction, min(SNR, γ) / (SNR + 1) for
     v-prediction; either way the x0 error is weighted by min(SNR, γ)."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)
-    velocity = scheduler.config.prediction_type == "v_prediction"
-    return torch.clamp(snr, max=gamma) / (snr + 1 if velocity else snr)
+    return torch.clamp(snr, max=gamma) / (snr + 1 if predicts_velocity(scheduler) else snr)
 
 
 @torch.no_grad()
@@ -47,6 +50,6 @@ def noise_prediction_error(
         prediction = unet(noisy, steps, encoder_hidden_states=None, class_labels=conditions.flatten(1)).sample
     else:
         prediction = unet(noisy, steps, encoder_hidden_states=conditions).sample
-    target = scheduler.get_velocity(latents, noise, steps) if scheduler.config.prediction_type == "v_prediction" else noise
+    target = scheduler.get_velocity(latents, noise, steps) if predicts_velocity(scheduler) else noise
     error = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     return error * min_snr_weight(scheduler, steps, snr_gamma) if snr_gamma else error

@@ -194,7 +194,8 @@ class StageModel(nn.Module):
         return self.model.projectors[modality](states, signal)
 
     def gen_loss(self, modality: str, conditions: Tensor, media: list[Tensor]) -> Tensor:
-        """Σ over samples of the frozen UNet's ε-prediction MSE, conditioned on the projector output.
+        """Σ over samples of the frozen UNet's prediction MSE (ε or v, as its scheduler says),
+        conditioned on the projector output.
         `media` are what the VAE encodes: images, video frames or log-mel spectrograms (1, frames, mels)."""
         latents = vae_latents(self.vaes[modality], torch.stack(media).to(conditions.dtype))
         # the newer reference weights only the image loss by Min-SNR

@@ -8,10 +8,10 @@ frozen once trained:
 |---|---|---|
 | imagebind | vision and audio trunks | InfoNCE against a caption transformer |
 | language | the LLM (adapter off) | the world's dialogues as text, and X→text exchanges reading that transformer's caption embedding in the media slot |
-| text_encoders | each decoder's CLIP / CLAP | InfoNCE against the frozen ImageBind embedding of the medium |
+| text_encoders | each decoder's CLIP / CLAP (ZeroScope's from SD's) | InfoNCE against the frozen ImageBind embedding of the medium |
 | vaes | SD's VAE (shared by ZeroScope), AudioLDM's | reconstruction, light KL |
-| vocoder | HiFi-GAN | multi-resolution STFT and mel losses |
-| unets | SD, ZeroScope, AudioLDM UNets | ε-prediction on the VAE latents, caption dropped for CFG |
+| vocoder | HiFi-GAN | multi-resolution spectral convergence |
+| unets | SD, ZeroScope, AudioLDM UNets | v-prediction on the VAE latents (zero terminal SNR), caption dropped for CFG |
 
 Settings (steps, batch, rate per part; `limit`, combinations per modality, only for quick checks)
 are train/configs/stage_0.yaml.
