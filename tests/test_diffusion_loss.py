@@ -1,6 +1,8 @@
 """The denoising objective against the scheduler's prediction type, and the tiny decoders' schedules."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import diffusers
 import pytest
 import torch
@@ -18,12 +20,9 @@ class Oracle(nn.Module):
         super().__init__()
         self.scheduler, self.latents, self.noise, self.answer = scheduler, latents, noise, answer
 
-    def forward(self, noisy: torch.Tensor, steps: torch.Tensor, encoder_hidden_states: torch.Tensor) -> object:
-        if self.answer == "velocity":
-            out = self.scheduler.get_velocity(self.latents, self.noise, steps)
-        else:
-            out = self.noise
-        return type("Out", (), {"sample": out})()
+    def forward(self, noisy: torch.Tensor, steps: torch.Tensor, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
+        velocity = self.answer == "velocity"
+        return SimpleNamespace(sample=self.scheduler.get_velocity(self.latents, self.noise, steps) if velocity else self.noise)
 
 
 def _tiny_training_scheduler(modality: str) -> DDPMScheduler:
