@@ -45,6 +45,17 @@ def test_the_audio_judge_hears_nothing_in_silence_but_hears_a_quiet_sound(judges
     assert np.mean([h.get("sound") == a["sound"] for h, a in zip(heard, combos)]) >= TRUST
 
 
+def test_the_audio_judge_hears_a_sound_through_white_noise(judges):
+    # a generated sound has a noise floor; trained on clean renders alone, the judge heard 41% of the
+    # held-out sounds right at -20 dB, every chirp as a rhythm
+    rate = synthetic.WORLD["sample_rate"]
+    rng = np.random.default_rng(1)
+    combos = SPLITS["audio"]["heldout"]
+    hiss = synthetic.AMPLITUDE / np.sqrt(2) * 10 ** (-20 / 20)
+    heard = [judges["audio"].judge(synthetic.render("audio", a) + rng.normal(0, hiss, rate).astype(np.float32), rate) for a in combos]
+    assert np.mean([h.get("sound") == a["sound"] for h, a in zip(heard, combos)]) >= TRUST
+
+
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
 def test_captions_are_read_back_to_their_attributes(modality):
     for a in SPLITS[modality]["heldout"]:
