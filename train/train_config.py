@@ -14,9 +14,11 @@ import yaml
 
 TASKS = ("caption", "signal", "dialogue")
 TRAINABLE = ("input_projection", "projectors", "signal_rows", "lora")
+MEDIA = ("image", "video", "audio")
 KEYS = {
     "seed", "epochs", "batch_size", "grad_accum", "max_length", "optimizer", "clip_grad_norm", "schedule",
     "mixed_precision", "save_every", "caption_prompt", "loss", "presets", "task", "train", "extends", "cache_media",
+    "repeat",
 }
 
 
@@ -58,8 +60,11 @@ def _check(config: dict[str, Any], where: Path) -> None:
     for key in ("batch_size", "grad_accum", "epochs", "save_every", "max_length"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ConfigError(f"{where}: {key} must be a positive integer, got {config.get(key)!r}")
+    repeat = config.get("repeat") or {}
+    if not isinstance(repeat, dict) or any(m not in MEDIA or not isinstance(n, int) or n < 1 for m, n in repeat.items()):
+        raise ConfigError(f"{where}: repeat maps image, video or audio to a positive integer, got {repeat!r}")
     loss = config["loss"]
-    if loss["gen_loss"] and not set(loss["gen_modalities"]) <= {"image", "video", "audio"}:
+    if loss["gen_loss"] and not set(loss["gen_modalities"]) <= set(MEDIA):
         raise ConfigError(f"{where}: gen_modalities are image, video and audio, got {loss['gen_modalities']!r}")
 
 
