@@ -8,7 +8,7 @@ import pytest
 
 from train import synthetic
 from train.evaluate import SCORED, TASKS, evaluate, main, read_answer, samples
-from train.judges import DEFAULT_JUDGES, HEADS, SILENT_RMS, TRUST, accuracy, load_judges
+from train.judges import DEFAULT_JUDGES, HEADS, SILENT_RMS, TRUST, accuracy, load_judges, rms_below_a_world_sound
 
 SPLITS = synthetic.combination_splits(0)
 
@@ -51,7 +51,7 @@ def test_the_audio_judge_hears_a_sound_through_white_noise(judges):
     rate = synthetic.WORLD["sample_rate"]
     rng = np.random.default_rng(1)
     combos = SPLITS["audio"]["heldout"]
-    hiss = synthetic.AMPLITUDE / np.sqrt(2) * 10 ** (-20 / 20)
+    hiss = rms_below_a_world_sound(20)
     heard = [judges["audio"].judge(synthetic.render("audio", a) + rng.normal(0, hiss, rate).astype(np.float32), rate) for a in combos]
     assert np.mean([h.get("sound") == a["sound"] for h, a in zip(heard, combos)]) >= TRUST
 

@@ -122,7 +122,7 @@ class RecordDataset(Dataset):
         # `repeat`: an example whose answer is a signal-token run of a modality appears that many times
         # an epoch (a modality with few captions, such as the world's 115 sounds, against 1344 images)
         repeat = train_config.get("repeat") or {}
-        self.examples += [e for e in list(self.examples) for m in e.targets for _ in range(repeat.get(m, 1) - 1)]
+        self.examples += [e for e in self.examples for m in e.targets for _ in range(repeat.get(m, 1) - 1)]
 
     def _example(self, record: Record) -> Example | str:
         """The record as an example, or the reason it does not fit."""

@@ -36,6 +36,13 @@ from train.presets import WORLD
 
 HEADS = {"image": ("shape", "colour"), "video": ("shape", "colour", "motion"), "audio": ("sound", "pitch", "register")}
 TRUST = 0.95
+
+
+def rms_below_a_world_sound(db: float) -> float:
+    """The RMS `db` decibels below a world sound (a sine at its peak, RMS 0.35)."""
+    return synthetic.AMPLITUDE / np.sqrt(2) * 10 ** (-db / 20)
+
+
 AUDIO_FFT = 4096  # 3.9 Hz bins at 16 kHz: neighbouring semitones of the low register are 2 bins apart
 AUDIO_HOP = 512
 # An answer 40 dB below a world sound (a sine at its peak) is silence to a listener who hears the
@@ -43,11 +50,11 @@ AUDIO_HOP = 512
 # labels (all-zero features read "tone"). The judge trained on clean renders read the world's
 # held-out sounds right 100% at -31 dB, 83% at -41 dB and 76% at -51 dB; the one trained in noise
 # (HISS_RMS) reads 100% at all three.
-SILENT_RMS = synthetic.AMPLITUDE / np.sqrt(2) * 10 ** (-40 / 20)
+SILENT_RMS = rms_below_a_world_sound(40)
 # A generated sound comes with a noise floor. Trained on clean renders only, the judge heard every
 # chirp and half the tones of the held-out sounds as rhythms in white noise at -20 dB (45% right):
-# it trains on them in noise down to -10 dB (the RMS of a world sound, 0.35, over 10 ** 0.5).
-HISS_RMS = synthetic.AMPLITUDE / np.sqrt(2) * 10 ** (-10 / 20)
+# it trains on them in noise down to -10 dB.
+HISS_RMS = rms_below_a_world_sound(10)
 HISS_CLIPS = 64
 PIXELS = 32  # the judges look at 32×32: enough to tell a dot from a ring, and cheap to train
 LOWEST_HZ = 110.0  # A2, three semitones below the world's lowest pitch (C3)
@@ -205,8 +212,8 @@ def _hiss(count: int, seed: int) -> torch.Tensor:
 def _in_hiss(x: torch.Tensor, hiss: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Semitone magnitudes of sounds → log features of the same sounds in white noise of RMS drawn
     from 0 to HISS_RMS. The magnitudes of a sine and of broadband noise nearly add band by band (they
-    share few FFT bins): 0.03 mean error in the log features of a tone or chirp at -20 dB, 0.2 for a
-    rhythm, whose gating spreads it, against a change of 2 that the noise makes."""
+    share few FFT bins): at -20 dB the sum is 0.03 from the log features of the noisy tone or chirp,
+    which the noise moves by 2; a rhythm's gating spreads it over more bins, 0.2 against 0.5."""
     pick = torch.randint(len(hiss), (x.shape[0],), generator=gen)
     level = torch.rand(x.shape[0], 1, 1, generator=gen) * HISS_RMS
     return torch.log1p(x + level * hiss[pick])

@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
+from train.data.records import MODALITIES
+
 TASKS = ("caption", "signal", "dialogue")
 TRAINABLE = ("input_projection", "projectors", "signal_rows", "lora")
-MEDIA = ("image", "video", "audio")
 KEYS = {
     "seed", "epochs", "batch_size", "grad_accum", "max_length", "optimizer", "clip_grad_norm", "schedule",
     "mixed_precision", "save_every", "caption_prompt", "loss", "presets", "task", "train", "extends", "cache_media",
@@ -61,10 +62,10 @@ def _check(config: dict[str, Any], where: Path) -> None:
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ConfigError(f"{where}: {key} must be a positive integer, got {config.get(key)!r}")
     repeat = config.get("repeat") or {}
-    if not isinstance(repeat, dict) or any(m not in MEDIA or not isinstance(n, int) or n < 1 for m, n in repeat.items()):
+    if not isinstance(repeat, dict) or any(m not in MODALITIES or not isinstance(n, int) or n < 1 for m, n in repeat.items()):
         raise ConfigError(f"{where}: repeat maps image, video or audio to a positive integer, got {repeat!r}")
     loss = config["loss"]
-    if loss["gen_loss"] and not set(loss["gen_modalities"]) <= set(MEDIA):
+    if loss["gen_loss"] and not set(loss["gen_modalities"]) <= set(MODALITIES):
         raise ConfigError(f"{where}: gen_modalities are image, video and audio, got {loss['gen_modalities']!r}")
 
 
