@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from train.mel import frame_count
 from train.presets import SIGNAL_TOKEN_COUNTS
 
 Dim = int | str  # a fixed size or the name of a dynamic axis
@@ -183,17 +184,10 @@ def _vae_factor(dec: dict[str, Any]) -> int:
     return 2 ** (len(dec["vae"]["block_out_channels"]) - 1)
 
 
-def _mel_frames(dec: dict[str, Any]) -> int:
-    """Spectrogram frames as AudioLDMPipeline sizes them: whole hops, rounded up to the VAE factor."""
-    hop = int(np.prod(dec["vocoder"]["upsample_rates"]))
-    frames, factor = int(dec["audio_length_s"] * dec["sample_rate"] / hop), _vae_factor(dec)
-    return -(-frames // factor) * factor
-
-
 def _pixel_shape(dec: dict[str, Any]) -> tuple[int, int, int]:
     """What the VAE decodes to: RGB frames, or AudioLDM's one-channel (frames, mel bins) spectrogram."""
     if "vocoder" in dec:
-        return 1, _mel_frames(dec), dec["vocoder"]["model_in_dim"]
+        return 1, frame_count(dec), dec["vocoder"]["model_in_dim"]
     return 3, dec["height"], dec["width"]
 
 

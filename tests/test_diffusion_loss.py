@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from train.diffusion_loss import min_snr_weight, noise_prediction_error
+from train.diffusion_loss import min_snr_weight, noise_prediction_error, sample_timesteps
 from train.presets import get_preset
 
 
@@ -69,3 +69,14 @@ def test_tiny_decoders_sample_from_zero_terminal_snr_and_the_released_ones_keep_
     released = get_preset("nextgpt-7b")["decoders"]
     assert released["image"]["scheduler"]["_class_name"] == "PNDMScheduler"
     assert all(s["scheduler"].get("prediction_type", "epsilon") == "epsilon" for s in released.values())
+
+
+def test_skewed_timesteps_favour_high_noise_and_skew_one_is_the_uniform_draw() -> None:
+    torch.manual_seed(0)
+    uniform = torch.randint(0, 1000, (20000,))
+    torch.manual_seed(0)
+    assert torch.equal(sample_timesteps(20000, 1000, 1.0), uniform)  # the draw the recipe made before
+    skewed = sample_timesteps(20000, 1000, 2.0)
+    assert skewed.min() >= 0 and skewed.max() <= 999 and skewed.dtype == torch.long
+    assert abs((skewed >= 500).float().mean().item() - 0.5**0.5) < 0.01  # 71% in the noisier half
+    assert (skewed >= 900).float().mean() > 2 * (uniform >= 900).float().mean()

@@ -10,7 +10,7 @@ from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import rescale_latents
-from train.pretrain.diffusion import init_from_image_part
+from train.pretrain.diffusion import init_from_image_part, jitter
 from train.pretrain.encoders import SCENE, _batch, video_siblings
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
@@ -104,6 +104,16 @@ def test_zeroscope_text_encoder_starts_from_the_trained_sd_one(fresh, data):
     model.decoders["video"]["tokenizer"] = copy.deepcopy(model.decoders["audio"]["tokenizer"])
     with pytest.raises(ValueError, match="caption tokenizers must be one"):
         PARTS["text_encoders"](model, data, settings, 0, False)
+
+
+def test_cond_noise_moves_each_token_by_about_its_scale_and_zero_draws_nothing():
+    captions = torch.nn.functional.normalize(torch.randn(4000, 1, 64), dim=-1)
+    gen = torch.Generator().manual_seed(0)
+    moved = jitter(captions, 0.4, gen) - captions
+    assert abs(moved.norm(dim=-1).mean().item() - 0.4) < 0.01
+    assert abs(moved.mean().item()) < 1e-3  # no direction is favoured
+    state = gen.get_state()
+    assert jitter(captions, 0.0, gen) is captions and torch.equal(gen.get_state(), state)
 
 
 def test_stage_0_is_seeded(fresh):

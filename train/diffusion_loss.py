@@ -32,6 +32,16 @@ def vae_latents(vae: nn.Module, x: Tensor) -> Tensor:
     return latents.unflatten(0, (-1, frames)).transpose(1, 2) if video else latents
 
 
+def sample_timesteps(count: int, total: int, skew: float = 1.0, device: torch.device | None = None) -> Tensor:
+    """`count` training timesteps in [0, total): uniform at `skew` 1; above 1, t = total·(1 − u^skew)
+    for uniform u, which puts more of them at high noise (skew 2: 71% in the noisier half), where a
+    sample's layout is decided and, for a video, its motion."""
+    if skew == 1.0:
+        return torch.randint(0, total, (count,), device=device)
+    u = torch.rand(count, device=device)
+    return ((1 - u**skew) * total).long().clamp(0, total - 1)
+
+
 def noise_prediction_error(
     unet: nn.Module,
     scheduler: DDPMScheduler,
@@ -39,12 +49,14 @@ def noise_prediction_error(
     conditions: Tensor,
     class_labels: bool,
     snr_gamma: float | None = None,
+    skew: float = 1.0,
 ) -> Tensor:
     """(B,) per-sample MSE of the UNet's prediction against the scheduler's target: the noise for
-    ε-prediction, the velocity for v-prediction. `class_labels`: the conditioning enters as
-    AudioLDM's class labels (B, dim), else through cross-attention (B, tokens, dim)."""
+    ε-prediction, the velocity for v-prediction, at timesteps drawn by `sample_timesteps`.
+    `class_labels`: the conditioning enters as AudioLDM's class labels (B, dim), else through
+    cross-attention (B, tokens, dim)."""
     noise = torch.randn_like(latents)
-    steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    steps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, skew, latents.device)
     noisy = scheduler.add_noise(latents, noise, steps)
     if class_labels:
         prediction = unet(noisy, steps, encoder_hidden_states=None, class_labels=conditions.flatten(1)).sample

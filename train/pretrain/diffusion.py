@@ -60,8 +60,18 @@ def init_from_image_part(video_part: torch.nn.Module, image_part: torch.nn.Modul
     return len(shared)
 
 
+def jitter(conditions: Tensor, scale: float, gen: torch.Generator) -> Tensor:
+    """Each conditioning token moved by a random vector of expected norm `scale` (`cond_noise`): the
+    UNet learns to draw the same medium from near its caption's embedding, which is where a projector
+    lands on a request it has not seen. No draw is made at 0, so other decoders' batches stay as they were."""
+    if not scale:
+        return conditions
+    return conditions + scale * torch.randn(conditions.shape, generator=gen) / conditions.shape[-1] ** 0.5
+
+
 def pretrain_unets(model: NextGPT, data: WorldData, settings: dict[str, dict[str, Any]], seed: int, progress: bool = True) -> dict[str, float]:
-    """`settings` per modality (steps, batch, lr, drop: the fraction trained unconditionally, snr_gamma)."""
+    """`settings` per modality (steps, batch, lr, drop: the fraction trained unconditionally, snr_gamma,
+    optionally cond_noise, see `jitter`, and skew, see `sample_timesteps`)."""
     gen = torch.Generator().manual_seed(seed)
     results = {}
     for modality, section in model.config["decoders"].items():
@@ -79,8 +89,8 @@ def pretrain_unets(model: NextGPT, data: WorldData, settings: dict[str, dict[str
             index = torch.randint(len(mean), (part["batch"],), generator=gen)
             latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=gen)
             dropped = torch.rand(len(index), generator=gen) < part["drop"]
-            cond = torch.where(dropped[:, None, None], uncond, captions[index])
-            return {"loss": noise_prediction_error(unet, scheduler, latents, cond, labels, part["snr_gamma"]).mean()}
+            cond = torch.where(dropped[:, None, None], uncond, jitter(captions[index], part.get("cond_noise", 0.0), gen))
+            return {"loss": noise_prediction_error(unet, scheduler, latents, cond, labels, part["snr_gamma"], part.get("skew", 1.0)).mean()}
 
         unet.requires_grad_(True).train()
         results[modality] = fit(unet.parameters(), loss, part, f"stage 0: {section['name']} unet", progress)["loss"]
