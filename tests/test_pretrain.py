@@ -12,6 +12,7 @@ from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import rescale_latents
 from train.pretrain.diffusion import init_from_image_part, jitter
 from train.pretrain.encoders import SCENE, _batch, video_siblings
+from train.pretrain.loop import fit
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
 
@@ -114,6 +115,23 @@ def test_cond_noise_moves_each_token_by_about_its_scale_and_zero_draws_nothing()
     assert abs(moved.mean().item()) < 1e-3  # no direction is favoured
     state = gen.get_state()
     assert jitter(captions, 0.0, gen) is captions and torch.equal(gen.get_state(), state)
+
+
+def test_bf16_precision_autocasts_the_forward_and_keeps_fp32_weights():
+    layer = torch.nn.Linear(4, 4)
+    seen = []
+
+    def loss(step):
+        y = layer(torch.randn(8, 4))
+        seen.append(y.dtype)
+        return {"loss": y.float().pow(2).mean()}
+
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen.clear()
+        fit(layer.parameters(), loss, {"steps": 2, "lr": 1e-3, "precision": precision}, "probe", False)
+        assert seen == [dtype, dtype] and layer.weight.dtype == layer.weight.grad.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        fit(layer.parameters(), loss, {"steps": 1, "lr": 1e-3, "precision": "fp16"}, "probe", False)
 
 
 def test_stage_0_is_seeded(fresh):

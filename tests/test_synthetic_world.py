@@ -146,6 +146,26 @@ def test_dialogues_both_ways(records):
     assert any(len(r.turns) > 1 and r.target != "text" for r in plan)
 
 
+def test_every_request_asks_for_each_rendered_train_combination_in_every_phrasing(tmp_path):
+    plain = synthetic.plan_world(3, COUNTS)
+    world = dict(WORLD, every_request=["audio"])
+    extended = synthetic.plan_world(3, COUNTS, world)
+    extra = [r for r in extended if r.id not in {p.id for p in plain}]
+    assert [r for r in extended if r not in extra] == plain  # every counted record as it was, held-out included
+    sounds = [r for r in plain if r.split == "train" and "audio" in {**r.inputs, **r.outputs}]
+    rendered = [r.attributes for r in sounds]
+    assert len(rendered) == COUNTS["train"]["audio"] + COUNTS["train"]["text_to_audio"]
+    asks = [*synthetic.REQUEST["audio"], synthetic.ASK_FOR["audio"]]  # each phrasing, then the two-turn form
+    for a in rendered:
+        mine = [r for r in extra if r.attributes == a]
+        assert sorted(r.turns[0]["human"] for r in mine) == sorted(t.format(mine[0].caption) for t in asks)
+        assert all(r.split == "train" and r.target == "audio" and r.turns[-1]["human"].endswith(r.caption) for r in mine)
+    medium = {tuple(sorted(a.items())): {**r.inputs, **r.outputs}["audio"] for a, r in zip(rendered, sounds)}
+    assert all(r.outputs["audio"] == medium[tuple(sorted(r.attributes.items()))] for r in extra)  # the one rendered
+    written = synthetic.write_world(tmp_path / "w", seed=3, counts=COUNTS, world=world, progress=False)
+    assert _hashes(written).keys() == _hashes(synthetic.write_world(tmp_path / "p", seed=3, counts=COUNTS, progress=False)).keys()
+
+
 def test_asking_for_more_combinations_than_exist_is_refused():
     too_many = {"train": {"text_to_audio": len(synthetic.combinations("audio"))}}
     with pytest.raises(ValueError, match="text_to_audio asks for"):

@@ -13,7 +13,9 @@ truth for judges) and told by its caption. Each modality's combinations are shuf
 and split once: the held-out ones are never rendered for train, and no combination is rendered
 twice, so the splits share no sample and no combination. Records are X→text (describe the medium,
 some with follow-up questions) and text→X (a request answered with a short text and the signal-token
-run, the medium being the target), some multi-turn. Sizes and counts live in `presets.WORLD`.
+run, the medium being the target), some multi-turn. For the modalities in `every_request`, every
+rendered train combination is also requested once in each phrasing (extra train records answered
+with the medium already rendered for it). Sizes and counts live in `presets.WORLD`.
 """
 from __future__ import annotations
 
@@ -278,12 +280,19 @@ def _x_to_text_turns(modality: str, a: dict[str, str], rng: np.random.Generator,
     return turns
 
 
-def _text_to_x_turns(modality: str, a: dict[str, str], rng: np.random.Generator, multi: bool) -> list[dict[str, str]]:
+def _requests(modality: str, a: dict[str, str]) -> list[list[dict[str, str]]]:
+    """Every way the world asks for a combination's medium: each REQUEST phrasing in one turn, then
+    the two-turn form (ask for the modality, be asked back, give the caption)."""
     answer = f"{HERE[modality]} {''.join(signal_tokens(modality))}"
     caption = CAPTION[modality](a)
+    single = [[_turn(template.format(caption), answer)] for template in REQUEST[modality]]
+    return [*single, [_turn(ASK_FOR[modality], ASK_BACK), _turn(caption, answer)]]
+
+
+def _text_to_x_turns(modality: str, a: dict[str, str], rng: np.random.Generator, multi: bool) -> list[dict[str, str]]:
     if multi:
-        return [_turn(ASK_FOR[modality], ASK_BACK), _turn(caption, answer)]
-    return [_turn(str(rng.choice(REQUEST[modality])).format(caption), answer)]
+        return _requests(modality, a)[-1]
+    return _requests(modality, a)[int(rng.integers(len(REQUEST[modality])))]
 
 
 @dataclass(frozen=True)
@@ -302,23 +311,45 @@ def _items(
     to_text = kind == modality
     items = []
     for i, a in enumerate(combos):
-        rid = f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}"
-        path = f"{modality}/{rid}{EXT[modality]}"
         multi = bool(rng.random() < multi_fraction)
         turns = (_x_to_text_turns if to_text else _text_to_x_turns)(modality, a, rng, multi)
-        record = Record(
-            id=rid,
-            source=SOURCE,
-            split=split,
-            turns=turns,
-            target="text" if to_text else modality,
-            inputs={modality: path} if to_text else {},
-            outputs={} if to_text else {modality: path},
-            caption=CAPTION[modality](a),
-            attributes=dict(a),
-        )
-        items.append(_Item(record, modality, a))
+        items.append(_item(f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}", split, modality, to_text, turns, a))
     return items
+
+
+def _item(
+    rid: str, split: str, modality: str, to_text: bool, turns: list[dict[str, str]], a: dict[str, str], path: str | None = None
+) -> _Item:
+    """One record of combination `a`; its medium at `path`, by default a file of its own named by its id."""
+    path = path or f"{modality}/{rid}{EXT[modality]}"
+    record = Record(
+        id=rid,
+        source=SOURCE,
+        split=split,
+        turns=turns,
+        target="text" if to_text else modality,
+        inputs={modality: path} if to_text else {},
+        outputs={} if to_text else {modality: path},
+        caption=CAPTION[modality](a),
+        attributes=dict(a),
+    )
+    return _Item(record, modality, a)
+
+
+def _every_request_items(modality: str, rendered: list[_Item]) -> list[_Item]:
+    """Train records asking for each rendered combination in every phrasing (`WORLD["every_request"]`),
+    answered with the medium already rendered for it; they draw no random number, so every other
+    record stays as it was."""
+    rid = f"{SOURCE}-train-text-to-{modality}-request"
+    asks = [(item, turns) for item in rendered for turns in _requests(modality, item.attributes)]
+    return [
+        _item(f"{rid}-{i:05d}", "train", modality, False, turns, item.attributes, _medium(item.record))
+        for i, (item, turns) in enumerate(asks)
+    ]
+
+
+def _medium(record: Record) -> str:
+    return next(iter({**record.inputs, **record.outputs}.values()))
 
 
 def _split_combinations(
@@ -367,6 +398,9 @@ def _plan(seed: int, counts: Counts | None, world: dict[str, Any]) -> list[_Item
             combos = pool[taken[modality] : taken[modality] + n]
             taken[modality] += n
             items += _items(kind, split, combos, rng, world["multi_turn_fraction"])
+        if split == "train":
+            for modality in world["every_request"]:
+                items += _every_request_items(modality, [i for i in items if i.modality == modality])
     return items
 
 
@@ -406,8 +440,9 @@ def write_world(
     """
     root = Path(root)
     items = _plan(seed, counts, world)
-    for item in tqdm(items, desc=f"synthetic world (seed {seed})", unit="medium", disable=not progress):
-        path = root / next(iter({**item.record.inputs, **item.record.outputs}.values()))
+    media = {_medium(item.record): item for item in items}  # a medium several records share is written once
+    for name, item in tqdm(media.items(), desc=f"synthetic world (seed {seed})", unit="medium", disable=not progress):
+        path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         write_medium(path, item.modality, item.attributes, world)
     write_records(root / RECORDS_FILE, (item.record for item in items))

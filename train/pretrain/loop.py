@@ -14,6 +14,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 TAIL = 20  # steps averaged for the reported final loss
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # `precision`: the autocast dtype of the forward pass
 
 
 def fit(
@@ -23,8 +24,13 @@ def fit(
     desc: str,
     progress: bool = True,
 ) -> dict[str, float]:
-    """`settings` holds steps, lr and optionally warmup (fraction), weight_decay and clip. The
+    """`settings` holds steps, lr and optionally warmup (fraction), weight_decay, clip and precision
+    (fp32, or bf16: the closure runs under CPU autocast, weights, gradients and AdamW stay fp32). The
     closure's "loss" term is minimised; every term is reported."""
+    precision = settings.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{desc}: precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
     params = [p for p in params if p.requires_grad]
     steps = settings["steps"]
     optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
@@ -32,7 +38,8 @@ def fit(
     tail: dict[str, list[float]] = {}
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False)
     for step in bar:
-        terms = loss(step)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            terms = loss(step)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, settings.get("clip", 1.0))
