@@ -439,7 +439,8 @@ WORLD: dict[str, Any] = {
     "heldout_fraction": 0.2,  # of every modality's attribute combinations, never rendered for train
     "multi_turn_fraction": 0.25,
     # modalities whose every rendered train combination is also requested in every phrasing, as extra
-    # text→X records: 115 sounds give stages 2-3 too few requests to generalise from (README: Scores)
+    # text→X records: 115 sounds give stages 2-3 too few requests to generalise from (README: AudioLDM,
+    # "Then the requests")
     "every_request": [],
     "counts": {
         # every combination of the train split is rendered once (1344 images, 1612 videos, 115 sounds),
