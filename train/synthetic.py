@@ -340,10 +340,10 @@ def _every_request_items(modality: str, rendered: list[_Item]) -> list[_Item]:
     """Train records asking for each rendered combination in every phrasing (`WORLD["every_request"]`),
     answered with the medium already rendered for it; they draw no random number, so every other
     record stays as it was."""
-    rid = f"{SOURCE}-train-text-to-{modality}-request"
+    prefix = f"{SOURCE}-train-text-to-{modality}-request"
     asks = [(item, turns) for item in rendered for turns in _requests(modality, item.attributes)]
     return [
-        _item(f"{rid}-{i:05d}", "train", modality, False, turns, item.attributes, _medium(item.record))
+        _item(f"{prefix}-{i:05d}", "train", modality, False, turns, item.attributes, _medium(item.record))
         for i, (item, turns) in enumerate(asks)
     ]
 
