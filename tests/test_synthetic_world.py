@@ -14,6 +14,7 @@ COUNTS = {
     "train": {"image": 3, "video": 2, "audio": 3, "text_to_image": 2, "text_to_video": 1, "text_to_audio": 2},
     "heldout": {"image": 2, "video": 1, "audio": 1, "text_to_image": 1, "text_to_video": 1, "text_to_audio": 1},
 }
+PLAIN = dict(WORLD, every_request=[])  # one record per rendered medium; the recipe's extra requests have their own test
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -24,7 +25,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    return synthetic.write_world(tmp_path_factory.mktemp("world"), seed=3, counts=COUNTS, progress=False)
+    return synthetic.write_world(tmp_path_factory.mktemp("world"), seed=3, counts=COUNTS, world=PLAIN, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def records(world):
 
 
 def test_same_seed_gives_byte_identical_files(world, tmp_path):
-    again = synthetic.write_world(tmp_path / "again", seed=3, counts=COUNTS, progress=False)
+    again = synthetic.write_world(tmp_path / "again", seed=3, counts=COUNTS, world=PLAIN, progress=False)
     first = _hashes(world)
     assert len(first) == 1 + sum(sum(c.values()) for c in COUNTS.values())  # records + one medium each
     assert _hashes(again) == first
@@ -57,7 +58,9 @@ def test_splits_share_no_sample_and_no_combination(records):
 
 def test_default_world_holds_out_combinations_for_every_modality():
     plan = synthetic.plan_world(0)
-    assert len(plan) == sum(sum(c.values()) for c in WORLD["counts"].values())
+    counted = sum(sum(c.values()) for c in WORLD["counts"].values())
+    sounds = WORLD["counts"]["train"]["audio"] + WORLD["counts"]["train"]["text_to_audio"]
+    assert len(plan) == counted + 5 * sounds  # every rendered train sound asked for in each phrasing
     train = {tuple(sorted(r.attributes.items())) for r in plan if r.split == "train"}
     held = {tuple(sorted(r.attributes.items())) for r in plan if r.split == "heldout"}
     assert not train & held
@@ -147,9 +150,9 @@ def test_dialogues_both_ways(records):
 
 
 def test_every_request_asks_for_each_rendered_train_combination_in_every_phrasing(tmp_path):
-    plain = synthetic.plan_world(3, COUNTS)
-    world = dict(WORLD, every_request=["audio"])
-    extended = synthetic.plan_world(3, COUNTS, world)
+    assert WORLD["every_request"] == ["audio"]  # the recipe's world
+    plain = synthetic.plan_world(3, COUNTS, PLAIN)
+    extended = synthetic.plan_world(3, COUNTS)
     extra = [r for r in extended if r.id not in {p.id for p in plain}]
     assert [r for r in extended if r not in extra] == plain  # every counted record as it was, held-out included
     sounds = [r for r in plain if r.split == "train" and "audio" in {**r.inputs, **r.outputs}]
@@ -162,8 +165,8 @@ def test_every_request_asks_for_each_rendered_train_combination_in_every_phrasin
         assert all(r.split == "train" and r.target == "audio" and r.turns[-1]["human"].endswith(r.caption) for r in mine)
     medium = {tuple(sorted(r.attributes.items())): synthetic._medium(r) for r in sounds}
     assert all(r.outputs["audio"] == medium[tuple(sorted(r.attributes.items()))] for r in extra)  # the one rendered
-    written = synthetic.write_world(tmp_path / "w", seed=3, counts=COUNTS, world=world, progress=False)
-    assert _hashes(written).keys() == _hashes(synthetic.write_world(tmp_path / "p", seed=3, counts=COUNTS, progress=False)).keys()
+    written = synthetic.write_world(tmp_path / "w", seed=3, counts=COUNTS, progress=False)
+    assert _hashes(written).keys() == _hashes(synthetic.write_world(tmp_path / "p", seed=3, counts=COUNTS, world=PLAIN, progress=False)).keys()
 
 
 def test_asking_for_more_combinations_than_exist_is_refused():
