@@ -169,6 +169,20 @@ def test_every_request_asks_for_each_rendered_train_combination_in_every_phrasin
     assert _hashes(written).keys() == _hashes(synthetic.write_world(tmp_path / "p", seed=3, counts=COUNTS, world=PLAIN, progress=False)).keys()
 
 
+def test_every_description_describes_each_rendered_train_sound_in_every_phrasing():
+    plain = synthetic.plan_world(3, COUNTS)
+    extended = synthetic.plan_world(3, COUNTS, dict(WORLD, every_description=["audio"]))
+    extra = [r for r in extended if r.id not in {p.id for p in plain}]
+    assert [r for r in extended if r not in extra] == plain
+    rendered = {synthetic._medium(r): r for r in plain if r.split == "train" and "audio" in {**r.inputs, **r.outputs}}
+    assert len(rendered) == COUNTS["train"]["audio"] + COUNTS["train"]["text_to_audio"]
+    assert len(extra) == len(rendered) * len(synthetic.DESCRIBE["audio"])
+    for medium, r in rendered.items():
+        mine = [e for e in extra if e.inputs == {"audio": medium}]
+        assert sorted(e.turns[0]["human"] for e in mine) == sorted(synthetic.DESCRIBE["audio"])
+        assert all(e.split == "train" and e.target == "text" and e.turns == [{"human": e.turns[0]["human"], "assistant": r.caption}] for e in mine)
+
+
 def test_asking_for_more_combinations_than_exist_is_refused():
     too_many = {"train": {"text_to_audio": len(synthetic.combinations("audio"))}}
     with pytest.raises(ValueError, match="text_to_audio asks for"):

@@ -14,8 +14,9 @@ and split once: the held-out ones are never rendered for train, and no combinati
 twice, so the splits share no sample and no combination. Records are X→text (describe the medium,
 some with follow-up questions) and text→X (a request answered with a short text and the signal-token
 run, the medium being the target), some multi-turn. For the modalities in `every_request`, every
-rendered train combination is also requested once in each phrasing (extra train records answered
-with the medium already rendered for it). Sizes and counts live in `presets.WORLD`.
+rendered train combination is also requested once in each phrasing, and for those in
+`every_description` described once in each (extra train records on the medium already rendered for
+it). Sizes and counts live in `presets.WORLD`.
 """
 from __future__ import annotations
 
@@ -336,14 +337,20 @@ def _item(
     return _Item(record, modality, a)
 
 
-def _every_request_items(modality: str, rendered: list[_Item]) -> list[_Item]:
-    """Train records asking for each rendered combination in every phrasing (`WORLD["every_request"]`),
-    answered with the medium already rendered for it; they draw no random number, so every other
-    record stays as it was."""
-    prefix = f"{SOURCE}-train-text-to-{modality}-request"
-    asks = [(item, turns) for item in rendered for turns in _requests(modality, item.attributes)]
+def _descriptions(modality: str, a: dict[str, str]) -> list[list[dict[str, str]]]:
+    """Every way the world asks for a medium to be described, each answered with its caption."""
+    return [[_turn(question, CAPTION[modality](a))] for question in DESCRIBE[modality]]
+
+
+def _every_phrasing_items(modality: str, rendered: list[_Item], to_text: bool) -> list[_Item]:
+    """Train records that describe (`WORLD["every_description"]`) or ask for (`WORLD["every_request"]`)
+    each rendered combination in every phrasing, on the medium already rendered for it; they draw no
+    random number, so every other record stays as it was."""
+    prefix = f"{SOURCE}-train-{modality}-description" if to_text else f"{SOURCE}-train-text-to-{modality}-request"
+    phrasings = _descriptions if to_text else _requests
+    asks = [(item, turns) for item in rendered for turns in phrasings(modality, item.attributes)]
     return [
-        _item(f"{prefix}-{i:05d}", "train", modality, False, turns, item.attributes, _medium(item.record))
+        _item(f"{prefix}-{i:05d}", "train", modality, to_text, turns, item.attributes, _medium(item.record))
         for i, (item, turns) in enumerate(asks)
     ]
 
@@ -399,8 +406,10 @@ def _plan(seed: int, counts: Counts | None, world: dict[str, Any]) -> list[_Item
             taken[modality] += n
             items += _items(kind, split, combos, rng, world["multi_turn_fraction"])
         if split == "train":
-            for modality in world["every_request"]:
-                items += _every_request_items(modality, [i for i in items if i.modality == modality])
+            rendered = list(items)
+            for key, to_text in (("every_request", False), ("every_description", True)):
+                for modality in world[key]:
+                    items += _every_phrasing_items(modality, [i for i in rendered if i.modality == modality], to_text)
     return items
 
 
