@@ -31,7 +31,7 @@ def _files(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    plain = dict(WORLD, every_request=[])  # the seven captions the shard counts below are written for
+    plain = dict(WORLD, every_request=[], every_description=[])  # the seven captions the shard counts below are written for
     return synthetic.write_world(tmp_path_factory.mktemp("world"), seed=5, counts=COUNTS, world=plain, progress=False)
 
 

@@ -14,7 +14,7 @@ COUNTS = {
     "train": {"image": 3, "video": 2, "audio": 3, "text_to_image": 2, "text_to_video": 1, "text_to_audio": 2},
     "heldout": {"image": 2, "video": 1, "audio": 1, "text_to_image": 1, "text_to_video": 1, "text_to_audio": 1},
 }
-PLAIN = dict(WORLD, every_request=[])  # one record per rendered medium; the recipe's extra requests have their own test
+PLAIN = dict(WORLD, every_request=[], every_description=[])  # one record per medium; the recipe's extra records have their own tests
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -60,7 +60,8 @@ def test_default_world_holds_out_combinations_for_every_modality():
     plan = synthetic.plan_world(0)
     counted = sum(sum(c.values()) for c in WORLD["counts"].values())
     sounds = WORLD["counts"]["train"]["audio"] + WORLD["counts"]["train"]["text_to_audio"]
-    assert len(plan) == counted + 5 * sounds  # every rendered train sound asked for in each phrasing
+    phrasings = len(synthetic.REQUEST["audio"]) + 1 + len(synthetic.DESCRIBE["audio"])  # + the two-turn request
+    assert len(plan) == counted + phrasings * sounds  # every rendered train sound asked for and described in each phrasing
     train = {tuple(sorted(r.attributes.items())) for r in plan if r.split == "train"}
     held = {tuple(sorted(r.attributes.items())) for r in plan if r.split == "heldout"}
     assert not train & held
@@ -152,7 +153,7 @@ def test_dialogues_both_ways(records):
 def test_every_request_asks_for_each_rendered_train_combination_in_every_phrasing(tmp_path):
     assert WORLD["every_request"] == ["audio"]  # the recipe's world
     plain = synthetic.plan_world(3, COUNTS, PLAIN)
-    extended = synthetic.plan_world(3, COUNTS)
+    extended = synthetic.plan_world(3, COUNTS, dict(PLAIN, every_request=["audio"]))
     extra = [r for r in extended if r.id not in {p.id for p in plain}]
     assert [r for r in extended if r not in extra] == plain  # every counted record as it was, held-out included
     sounds = [r for r in plain if r.split == "train" and "audio" in {**r.inputs, **r.outputs}]
@@ -170,8 +171,9 @@ def test_every_request_asks_for_each_rendered_train_combination_in_every_phrasin
 
 
 def test_every_description_describes_each_rendered_train_sound_in_every_phrasing():
-    plain = synthetic.plan_world(3, COUNTS)
-    extended = synthetic.plan_world(3, COUNTS, dict(WORLD, every_description=["audio"]))
+    assert WORLD["every_description"] == ["audio"]  # the recipe's world
+    plain = synthetic.plan_world(3, COUNTS, PLAIN)
+    extended = synthetic.plan_world(3, COUNTS, dict(PLAIN, every_description=["audio"]))
     extra = [r for r in extended if r.id not in {p.id for p in plain}]
     assert [r for r in extended if r not in extra] == plain
     rendered = {synthetic._medium(r): r for r in plain if r.split == "train" and "audio" in {**r.inputs, **r.outputs}}

@@ -9,7 +9,7 @@ from train.presets import WORLD
 from train.synthetic import write_world
 
 # per stage, train records whose task keeps exactly one batch of 4, plus a held-out record that must be ignored;
-# without the recipe's extra requests for every sound, which would add five text->audio records per sound
+# without the recipe's extra requests and descriptions of every sound, which would add eight records per sound
 STAGE_COUNTS = {
     1: {"image": 2, "audio": 1, "video": 1},
     2: {"text_to_image": 2, "text_to_audio": 1, "text_to_video": 1},
@@ -19,6 +19,6 @@ STAGE_COUNTS = {
 
 def small_world(root: Path, stage: int, checkpoint: Path, seed: int = 0) -> Path:
     counts = {"train": STAGE_COUNTS[stage], "heldout": {"image": 1}}
-    write_world(root, seed, counts, dict(WORLD, every_request=[]), progress=False)
+    write_world(root, seed, counts, dict(WORLD, every_request=[], every_description=[]), progress=False)
     embed_captions(checkpoint, root, progress=False)
     return root
