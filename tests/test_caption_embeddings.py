@@ -17,7 +17,7 @@ from train.data.embeddings import INDEX, CaptionEmbeddings, EmbeddingError, embe
 from train.data.records import read_records
 from train.decoders import caption_length, encode_captions, load_text_encoder, text_encoder_embedding
 from train.embed_captions import embed_captions
-from train.presets import WORLD
+from train_world import PLAIN_WORLD
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": {"image": 3, "text_to_audio": 2, "text_to_video": 1}, "heldout": {"audio": 1}}
@@ -31,8 +31,8 @@ def _files(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    plain = dict(WORLD, every_request=[], every_description=[])  # the seven captions the shard counts below are written for
-    return synthetic.write_world(tmp_path_factory.mktemp("world"), seed=5, counts=COUNTS, world=plain, progress=False)
+    # PLAIN_WORLD: the seven captions the shard counts below are written for
+    return synthetic.write_world(tmp_path_factory.mktemp("world"), seed=5, counts=COUNTS, world=PLAIN_WORLD, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from runtime import media
 from train import synthetic
 from train.data.records import read_records
 from train.presets import WORLD, signal_tokens
+from train_world import PLAIN_WORLD as PLAIN  # the recipe's extra records have their own tests below
 
 COUNTS = {
     "train": {"image": 3, "video": 2, "audio": 3, "text_to_image": 2, "text_to_video": 1, "text_to_audio": 2},
     "heldout": {"image": 2, "video": 1, "audio": 1, "text_to_image": 1, "text_to_video": 1, "text_to_audio": 1},
 }
-PLAIN = dict(WORLD, every_request=[], every_description=[])  # one record per medium; the recipe's extra records have their own tests
 
 
 def _hashes(root: Path) -> dict[str, str]:
