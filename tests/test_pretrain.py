@@ -2,10 +2,13 @@
 seeded, and the recipe ends in a checkpoint of the embedded model's exact layout."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from runtime import media, preprocess
+from train import synthetic
 from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
@@ -49,6 +52,22 @@ def test_every_part_of_stage_0_learns(fresh, data, part):
         losses[steps] = PARTS[part](model, data, _settings(steps)[part], 0, False)
     # every loss term the part reports falls (the mean of the last steps against the first step)
     assert all(losses[30][k] < losses[1][k] for k in losses[1]), losses
+
+
+def test_imagebind_reads_each_medium_as_the_runtime_preprocesses_its_file(data, tmp_path):
+    """The clips are rendered in threads and normalised once: each must still be its own medium's,
+    bit for bit what the runtime makes of the file a user would send."""
+    vision = data.config["imagebind"]["vision"]
+    size, clip = vision["image_size"], (vision["video_clips"], vision["num_frames"], vision["clip_duration"])
+    for i in (0, 7, LIMIT - 1):
+        path = tmp_path / f"{i}.mp4"
+        synthetic.write_medium(path, "video", data.combos["video"][i])
+        frames, fps = media.read_video(path)
+        expected = preprocess.video_to_clips(frames, fps, size, *clip)[0]
+        assert torch.equal(data.vision_clips("video", torch.tensor([i]))[0, 0], torch.from_numpy(expected))
+        image = preprocess.image_to_tensor(synthetic.render("image", data.combos["image"][i]), size)
+        assert torch.equal(data.vision_clips("image", torch.tensor([i]))[0, 0, :, 0], torch.from_numpy(image))
+    assert not np.array_equal(data.vision_pixels["video"][0], data.vision_pixels["video"][1])
 
 
 def test_the_language_part_needs_the_imagebind_part_first(fresh):

@@ -25,7 +25,8 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -434,6 +435,18 @@ def write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, 
         media.write_wav(path, data, world["sample_rate"])
 
 
+MEDIA_WORKERS = 3  # threads: an MP4 is encoded and decoded by ffmpeg subprocesses, which overlap the next render
+
+
+def map_media(fn: Callable[[Any], Any], items: Iterable[Any], desc: str, progress: bool = True) -> list[Any]:
+    """`fn` over `items` in MEDIA_WORKERS threads, results in order, with a progress bar. Each item's
+    file is made alone, so the bytes are those of a serial loop; stage 0's renders (1344 images, then
+    1612 videos through MP4 this way) took 102 s serially and 49 s on 2 cores (README: Training)."""
+    items = list(items)
+    with ThreadPoolExecutor(MEDIA_WORKERS) as pool:
+        return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="medium", disable=not progress, leave=False))
+
+
 def write_world(
     root: Path,
     seed: int = 0,
@@ -450,10 +463,13 @@ def write_world(
     root = Path(root)
     items = _plan(seed, counts, world)
     media = {_medium(item.record): item for item in items}  # a medium several records share is written once
-    for name, item in tqdm(media.items(), desc=f"synthetic world (seed {seed})", unit="medium", disable=not progress):
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_medium(path, item.modality, item.attributes, world)
+    for folder in {(root / name).parent for name in media}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(entry: tuple[str, _Item]) -> None:
+        write_medium(root / entry[0], entry[1].modality, entry[1].attributes, world)
+
+    map_media(write, list(media.items()), f"synthetic world (seed {seed})", progress)
     write_records(root / RECORDS_FILE, (item.record for item in items))
     return root
 

@@ -52,21 +52,30 @@ class WorldData:
 
     def _video_clip_pixels(self, size: int) -> np.ndarray:
         vision = self.config["imagebind"]["vision"]
-        out = []
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "clip.mp4"
-            for a in self._bar(self.combos["video"], "render videos"):
-                synthetic.write_medium(path, "video", a)
+
+            def clip(numbered: tuple[int, dict[str, str]]) -> list[np.ndarray]:
+                path = Path(tmp) / f"{numbered[0]}.mp4"
+                synthetic.write_medium(path, "video", numbered[1])
                 frames, fps = media.read_video(path)
                 index = preprocess.clip_frame_indices(len(frames), fps, vision["video_clips"], vision["num_frames"], vision["clip_duration"])[0]
-                out.append([preprocess.resize_and_crop(frames[i], size) for i in index])
+                return [preprocess.resize_and_crop(frames[i], size) for i in index]
+
+            out = synthetic.map_media(clip, enumerate(self.combos["video"]), "render videos", self.progress)
         return np.stack(out)
+
+    @cached_property
+    def _vision_inputs(self) -> dict[str, Tensor]:
+        """(N, 3, T, S, S) CLIP-normalised float clips, made once: normalising a batch of 128 videos
+        took 73-91 ms of a 280 ms ImageBind step (17 ms indexed from these)."""
+        return {
+            m: torch.from_numpy(np.ascontiguousarray(preprocess.normalise(pixels).transpose(0, 4, 1, 2, 3)))
+            for m, pixels in self.vision_pixels.items()
+        }
 
     def vision_clips(self, modality: str, index: Tensor) -> Tensor:
         """(B, 1, 3, T, S, S) float clips as `encode_vision` takes them, CLIP-normalised."""
-        pixels = self.vision_pixels[modality][index.numpy()]
-        x = preprocess.normalise(pixels)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))[:, None]
+        return self._vision_inputs[modality][index][:, None]
 
     @cached_property
     def audio_fbank(self) -> Tensor:
