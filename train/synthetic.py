@@ -273,8 +273,13 @@ def _turn(human: str, assistant: str) -> dict[str, str]:
     return {"human": human, "assistant": assistant}
 
 
+def _descriptions(modality: str, a: dict[str, str]) -> list[list[dict[str, str]]]:
+    """Every way the world asks for a medium to be described, each answered with its caption."""
+    return [[_turn(question, CAPTION[modality](a))] for question in DESCRIBE[modality]]
+
+
 def _x_to_text_turns(modality: str, a: dict[str, str], rng: np.random.Generator, multi: bool) -> list[dict[str, str]]:
-    turns = [_turn(str(rng.choice(DESCRIBE[modality])), CAPTION[modality](a))]
+    turns = _descriptions(modality, a)[int(rng.integers(len(DESCRIBE[modality])))]
     if multi:
         qa = follow_ups(modality, a)
         for i in rng.choice(len(qa), size=2, replace=False):
@@ -336,11 +341,6 @@ def _item(
         attributes=dict(a),
     )
     return _Item(record, modality, a)
-
-
-def _descriptions(modality: str, a: dict[str, str]) -> list[list[dict[str, str]]]:
-    """Every way the world asks for a medium to be described, each answered with its caption."""
-    return [[_turn(question, CAPTION[modality](a))] for question in DESCRIBE[modality]]
 
 
 def _every_phrasing_items(modality: str, rendered: list[_Item], to_text: bool) -> list[_Item]:
@@ -442,7 +442,7 @@ def map_media(fn: Callable[[Any], Any], items: Iterable[Any], desc: str, progres
     """`fn` over `items` in MEDIA_WORKERS threads, results in order, with a progress bar. Each item's
     file is made alone, so the bytes are those of a serial loop; stage 0's renders (1344 images, then
     1612 videos through MP4 this way) took 102 s serially and 49 s on 2 cores (README: Training)."""
-    items = list(items)
+    items = list(items)  # a generator has no len for the progress bar
     with ThreadPoolExecutor(MEDIA_WORKERS) as pool:
         return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="medium", disable=not progress, leave=False))
 
@@ -469,7 +469,7 @@ def write_world(
     def write(entry: tuple[str, _Item]) -> None:
         write_medium(root / entry[0], entry[1].modality, entry[1].attributes, world)
 
-    map_media(write, list(media.items()), f"synthetic world (seed {seed})", progress)
+    map_media(write, media.items(), f"synthetic world (seed {seed})", progress)
     write_records(root / RECORDS_FILE, (item.record for item in items))
     return root
 
