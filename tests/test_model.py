@@ -117,3 +117,13 @@ def test_presets_differ_only_in_sizes():
     assert tiny["decoders"].keys() == big["decoders"].keys()
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("nope")
+
+
+def test_zeroscope_uses_sd_s_vae_stored_once(tiny_model, tiny_copy):
+    assert tiny_model.decoders["video"]["vae"] is tiny_model.decoders["image"]["vae"]
+    assert (tiny_copy / "decoders/sd/vae").is_dir() and not (tiny_copy / "decoders/zeroscope/vae").exists()
+    cfg = json.loads((tiny_copy / "config.json").read_text())
+    cfg["decoders"]["video"]["vae"]["latent_channels"] += 1
+    (tiny_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="'video' shares the VAE of 'image', but their vae configs differ"):
+        load_checkpoint(tiny_copy)

@@ -12,7 +12,7 @@ from train import synthetic
 from train.make_tiny import make_tiny
 from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
-from train.pretrain.autoencoders import rescale_latents
+from train.pretrain.autoencoders import _crops, _phases, rescale_latents
 from train.pretrain.diffusion import init_from_image_part, jitter
 from train.pretrain.encoders import SCENE, _batch, video_siblings
 from train.pretrain.loop import fit
@@ -39,7 +39,8 @@ def _settings(steps: int) -> dict:
     config = load_stage0_config(CONFIGS / "stage_0.yaml")
     for part in PARTS:
         for section in ([config[part]] if "steps" in config[part] else config[part].values()):
-            section.update(steps=steps, batch=min(section["batch"], 8))
+            for phase in (section, section.get("whole", {})):
+                phase.update(steps=steps, batch=min(phase.get("batch", 8), 8))
     return config
 
 
@@ -96,6 +97,22 @@ def test_latent_rescaling_is_exact(fresh, data):
     assert factor != pytest.approx(1.0)
     torch.testing.assert_close(vae.decode(posterior.mean).sample, before, atol=1e-4, rtol=1e-4)
     assert (posterior.mean * vae.config.scaling_factor).std().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_the_pixel_vae_trains_on_crops_then_on_whole_images():
+    x = torch.randn(4, 3, 8, 8)
+    crops = _crops(x, 5, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 3, 5, 5)
+    for sample, crop in zip(x, crops):  # each crop is a square of its own sample
+        assert any(torch.equal(sample[:, i : i + 5, j : j + 5], crop) for i in range(4) for j in range(4))
+    assert len({tuple(c[0, 0, :2].tolist()) for c in crops}) > 1  # not one corner for the batch
+    assert _crops(x, None, torch.Generator()) is x
+    recipe = load_stage0_config(CONFIGS / "stage_0.yaml")["vaes"]
+    crop, whole = _phases(recipe["pixels"])
+    assert crop is recipe["pixels"] and crop["crop"]
+    assert whole["crop"] is None and whole["warmup"] == 0.0
+    assert {k: whole[k] for k in recipe["pixels"]["whole"]} == recipe["pixels"]["whole"]
+    assert _phases(recipe["mel"]) == [recipe["mel"]]
 
 
 def test_zeroscope_unet_starts_from_the_sd_unet_in_every_spatial_layer(fresh):

@@ -11,7 +11,8 @@ projector_{image,video,audio}.safetensors
 decoders/{sd,zeroscope,audioldm}/   diffusers folders + uncond_embedding.safetensors, and optionally
                                text_encoder/ + tokenizer/ (save_pretrained folders): the decoder's own
                                text encoder, which training needs for caption embeddings and
-                               deployment never reads
+                               deployment never reads; a decoder whose section names a
+                               `shared_vae` has no vae/ of its own (the tiny ZeroScope uses SD's)
 ```
 Every part is checked against the config on load: a missing file, key or a wrong shape is a
 `CheckpointError` naming the file and the tensor.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,10 +300,13 @@ def encode_captions(
     return embedding.cpu()
 
 
-def save_decoder(components: Components, folder: str | Path) -> None:
-    """Diffusers layout: one `save_pretrained` subfolder per part (safetensors), plus UNCOND_FILE."""
+def save_decoder(components: Components, folder: str | Path, shared: Collection[str] = ()) -> None:
+    """Diffusers layout: one `save_pretrained` subfolder per part (safetensors), plus UNCOND_FILE.
+    `shared`: parts another decoder's folder holds (`shared_vae`), not written here."""
     folder = Path(folder)
     for name, part in components.items():
+        if name in shared:
+            continue
         if name == "tokenizer":
             part.save_pretrained(str(folder / name))
         elif name != "uncond_embedding":
@@ -322,9 +325,10 @@ def _check_config(where: Path, config: dict[str, Any], expected: dict[str, Any])
             raise ValueError(f"{where}: config field {field!r} is {have!r}, the preset section has {want!r}")
 
 
-def _load_modules(folder: Path, section: dict[str, Any], extra: tuple[str, ...]) -> Components:
-    """The networks and scheduler of a diffusers folder, checked field by field against the section."""
-    names = _module_names(section)
+def _load_modules(folder: Path, section: dict[str, Any], extra: tuple[str, ...], given: Components) -> Components:
+    """The networks and scheduler of a diffusers folder, checked field by field against the section;
+    `given` networks are taken as they are instead."""
+    names = [name for name in _module_names(section) if name not in given]
     for entry in (*names, "scheduler", *extra):
         if not (folder / entry).exists():
             raise FileNotFoundError(f"decoder folder {folder} has no {entry}")
@@ -337,13 +341,14 @@ def _load_modules(folder: Path, section: dict[str, Any], extra: tuple[str, ...])
     components["scheduler"] = _new_scheduler(scheduler_config)
     for name, part in components.items():
         _check_config(folder / name, _config_dict(part), section[name])
-    return components
+    return {**components, **given}
 
 
-def load_decoder(folder: str | Path, section: dict[str, Any]) -> Components:
-    """Components saved by `save_decoder`, checked field by field against the preset section."""
+def load_decoder(folder: str | Path, section: dict[str, Any], shared: Components | None = None) -> Components:
+    """Components saved by `save_decoder`, checked field by field against the preset section;
+    `shared`: the parts saved in another decoder's folder (`shared_vae`), already loaded."""
     folder = Path(folder)
-    components = _load_modules(folder, section, (UNCOND_FILE,))
+    components = _load_modules(folder, section, (UNCOND_FILE,), shared or {})
     embedding = load_file(folder / UNCOND_FILE)["embedding"]
     _check_uncond_shape(embedding, section, str(folder / UNCOND_FILE))
     components["uncond_embedding"] = embedding
@@ -373,7 +378,7 @@ def import_decoder(folder: str | Path, section: dict[str, Any]) -> Components:
     for the caption embeddings of training.
     """
     folder = Path(folder)
-    components = _load_modules(folder, section, TEXT_PARTS)
+    components = _load_modules(folder, section, TEXT_PARTS, {})
     spec = _spec(section)
     encoder = spec.text_encoder.from_pretrained(folder / "text_encoder", local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)

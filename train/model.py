@@ -26,7 +26,11 @@ class NextGPT(nn.Module):
         self.input_projection = build_input_projection(config)
         self.llm = with_lora(build_llm(config["llm"], config["llm"]["vocab_size"]), config["lora"])
         self.projectors = build_projectors(config)
-        self.decoders = decoders or {m: build_decoder(section) for m, section in config["decoders"].items()}
+        if decoders is None:
+            decoders = {m: build_decoder(section) for m, section in config["decoders"].items()}
+            for modality, components in decoders.items():
+                components.update(shared_parts(config, modality, decoders))
+        self.decoders = decoders
         self.eval()
 
     @property
@@ -51,6 +55,19 @@ class NextGPT(nn.Module):
         return parts
 
 
+def shared_parts(config: dict[str, Any], modality: str, decoders: dict[str, dict]) -> dict[str, nn.Module]:
+    """The parts of a decoder that another one owns: the VAE of the decoder its section names as
+    `shared_vae` (the tiny ZeroScope uses SD's, as the released one reuses SD's), one module, saved
+    once in the owner's folder."""
+    sections = config["decoders"]
+    owner = sections[modality].get("shared_vae")
+    if owner is None:
+        return {}
+    if sections.get(owner, {}).get("vae") != sections[modality]["vae"]:
+        raise ckpt.CheckpointError(f"decoder {modality!r} shares the VAE of {owner!r}, but their vae configs differ")
+    return {"vae": decoders[owner]["vae"]}
+
+
 def save_checkpoint(model: NextGPT, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     ckpt.write_config(folder, model.config)
@@ -60,7 +77,7 @@ def save_checkpoint(model: NextGPT, folder: Path) -> None:
     ckpt.save_state(model.base_llm_state(), ckpt.part_path(folder, "llm"))
     ckpt.save_state(lora_state_dict(model.llm), ckpt.part_path(folder, "lora"))
     for modality, components in model.decoders.items():
-        save_decoder(components, ckpt.decoder_path(folder, model.config, modality))
+        save_decoder(components, ckpt.decoder_path(folder, model.config, modality), shared_parts(model.config, modality, model.decoders))
 
 
 def load_checkpoint(folder: Path) -> NextGPT:
@@ -74,9 +91,9 @@ def load_checkpoint(folder: Path) -> NextGPT:
         raise ckpt.CheckpointError(
             f"{folder / ckpt.TOKENIZER}: {len(tokenizer)} tokens, config.json says {config['llm']['vocab_size']}"
         )
-    decoders = {
-        m: load_decoder(ckpt.decoder_path(folder, config, m), section) for m, section in config["decoders"].items()
-    }
+    decoders: dict[str, dict] = {}
+    for m, section in config["decoders"].items():  # an owner's section comes before its sharers'
+        decoders[m] = load_decoder(ckpt.decoder_path(folder, config, m), section, shared_parts(config, m, decoders))
     # Parameters on the meta device (buffers, computed at init, stay real): no random weights are
     # drawn and no memory is held for them; the mmap'd checkpoint tensors take their place.
     with init_empty_weights():
