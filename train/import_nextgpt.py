@@ -150,7 +150,8 @@ def import_nextgpt(src: ReleasedWeights, out: Path, preset: dict[str, Any]) -> d
     tokenizer = load_tokenizer(src.vicuna)
     token_ids = add_nextgpt_tokens(tokenizer)
     config = ckpt.make_config(preset, token_ids, tokenizer.bos_token_id, len(tokenizer))
-    # each released pipeline folder holds its own VAE: an imported checkpoint shares none
+    # each released pipeline folder holds its own VAE: an imported checkpoint shares none, whatever
+    # the preset says (the tiny one stores ZeroScope's VAE once, in SD's folder)
     config["decoders"] = {m: {k: v for k, v in d.items() if k != "shared_vae"} for m, d in config["decoders"].items()}
     delta = split_delta(load_foreign(src.delta), delta_layout(config), src.delta)
     with torch.device("meta"):

@@ -333,7 +333,6 @@ def _nextgpt_7b() -> dict[str, Any]:
         "norm_num_groups": 32,
     }
     dec["video"]["vae"] = _vae(3, 4, [128, 256, 512, 512], 32)
-    del dec["video"]["shared_vae"]  # the released ZeroScope folder holds its own
     # ZeroScope's OpenCLIP ViT-H/14 text encoder (penultimate layer kept, as in SD 2)
     dec["video"]["text_encoder"].update(
         vocab_size=49408,
