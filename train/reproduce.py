@@ -95,7 +95,9 @@ def reproduce(
     shutil.copytree(checkpoint, staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    (work / "reproduce.json").write_text(json.dumps({"seed": seed, "rows": rows}, indent=2) + "\n")
+    from benchmarks.machine import provenance
+
+    (work / "reproduce.json").write_text(json.dumps({"provenance": provenance(out), "seed": seed, "rows": rows}, indent=2) + "\n")
     return rows
 
 
