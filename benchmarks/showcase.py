@@ -1,4 +1,4 @@
-"""What the embedded model draws and says on held-out prompts: the figures the README shows.
+"""What the embedded model draws and says on held-out prompts: the figures docs/benchmarks.md shows.
 
     python benchmarks/showcase.py --engines engines/tiny [--backend onnxruntime] [--count 6] \
         [--out benchmarks/results/showcase]

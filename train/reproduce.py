@@ -11,7 +11,7 @@
 5. the last checkpoint copied to OUT, and a closing table (stage, time, final losses) printed and
    written to WORK/reproduce.json.
 
-Everything is seeded; on 2 CPU cores it took 47.6 minutes (README: Training, the embedded model).
+Everything is seeded; on 2 CPU cores it takes about 48 minutes (docs/training.md).
 """
 from __future__ import annotations
 
