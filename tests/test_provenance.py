@@ -67,3 +67,20 @@ def _case(path: Path):
 @pytest.mark.parametrize("path", [_case(p) for p in FILES], ids=lambda p: str(p.relative_to(RESULTS)))
 def test_every_result_names_where_it_comes_from(path):
     assert _named(path), f"{path} names no commit, checkpoint hash and CPU"
+
+
+def test_a_figure_carries_the_provenance_line(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.machine import provenance_line
+    from benchmarks.report import build_provenance, save_figure
+
+    build, _ = _build(tmp_path)
+    origin = build_provenance(build)
+    fig, _ = plt.subplots()
+    save_figure(fig, tmp_path / "f.png", origin)
+    plt.close(fig)
+    assert Image.open(tmp_path / "f.png").text["Description"] == provenance_line(origin)
