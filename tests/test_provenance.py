@@ -58,13 +58,7 @@ def _named(path: Path) -> bool:
     return False
 
 
-def _case(path: Path):
-    if path.name.startswith("evaluation_"):
-        return pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="train/evaluate.py does not record provenance yet"))
-    return path
-
-
-@pytest.mark.parametrize("path", [_case(p) for p in FILES], ids=lambda p: str(p.relative_to(RESULTS)))
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(RESULTS)))
 def test_every_result_names_where_it_comes_from(path):
     assert _named(path), f"{path} names no commit, checkpoint hash and CPU"
 

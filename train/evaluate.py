@@ -25,7 +25,6 @@ does not answer stops with one `error: ...` line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -265,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from benchmarks.machine import describe_machine
+    from benchmarks.report import save_report
 
     if args.set == "foreign":
         root, records_file = foreign.ensure_foreign(progress=not args.quiet), foreign.RECORDS_FILE
@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": f"triton {args.triton}" if args.triton else args.backend,
         "machine": describe_machine(0),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    save_report(args.json, result, None, args.engines)
     for task, entry in result["tasks"].items():
         acc = "untrusted judge" if entry["accuracy"] is None else f"{entry['accuracy']:.1%} (lenient {entry['lenient_accuracy']:.1%})"
         present = f"  present {entry['present']:.0%} / with --output {entry['present_with_output']:.0%}" if "present" in entry else ""

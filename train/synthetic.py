@@ -475,7 +475,7 @@ MEDIA_WORKERS = 3  # threads: an MP4 is encoded and decoded by ffmpeg subprocess
 def map_media(fn: Callable[[Any], Any], items: Iterable[Any], desc: str, progress: bool = True) -> list[Any]:
     """`fn` over `items` in MEDIA_WORKERS threads, results in order, with a progress bar. Each item's
     file is made alone, so the bytes are those of a serial loop; stage 0's renders (1344 images, then
-    1612 videos through MP4 this way) took 102 s serially and 49 s on 2 cores (README: Training)."""
+    1612 videos through MP4 this way) took 102 s serially and 49 s on 2 cores."""
     items = list(items)  # a generator has no len for the progress bar
     with ThreadPoolExecutor(MEDIA_WORKERS) as pool:
         return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="medium", disable=not progress, leave=False))
