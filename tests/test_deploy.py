@@ -132,9 +132,9 @@ def _render(overlay: str, tmp_path: Path) -> tuple[Path, list[dict]]:
     return path, list(yaml.safe_load_all(rendered))
 
 
-@pytest.mark.parametrize("name", ["volume.yaml", "deployment.yaml", "service.yaml"])
-def test_each_base_manifest_validates(name):
-    done = _validate(K8S / "base" / name)
+@pytest.mark.parametrize("name", ["base/volume.yaml", "base/deployment.yaml", "base/service.yaml", "loader.yaml"])
+def test_each_manifest_validates(name):
+    done = _validate(K8S / name)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
