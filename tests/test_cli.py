@@ -18,6 +18,14 @@ from runtime.cli import add_backend, backend_list, make_parser, refuse_non_empty
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+# every other command, as `python path/to/script.py` runs it
+SCRIPTS = {
+    p.name: f"{'.'.join(p.relative_to(ROOT).with_suffix('').parts)}:main"
+    for folder in ("benchmarks", "train", "triton_repo", "export")
+    for p in sorted((ROOT / folder).glob("*.py"))
+    if "\ndef main(" in p.read_text() and f"{folder}.{p.stem}:main" not in ENTRY_POINTS.values()
+}
+RETIRED_FLAGS = {"--device", "--triton", "--timeout"}  # the vocabulary's old words: a backend label, --url, two timeouts
 
 
 def test_the_main_commands_have_entry_points():
@@ -25,10 +33,14 @@ def test_the_main_commands_have_entry_points():
             "any2any-compare-precision", "any2any-compare-latency", "any2any-make-tiny"} <= set(ENTRY_POINTS)
 
 
-@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
-def test_every_entry_point_helps(name, monkeypatch, capsys):
-    """As the installed console script runs it: sys.argv[0] is the command's name."""
-    module, function = ENTRY_POINTS[name].split(":")
+def test_the_other_commands_are_found():
+    assert {"triton_load.py", "soak.py", "perf_analyzer.py", "generate.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", [*sorted(ENTRY_POINTS), *sorted(SCRIPTS)])
+def test_every_command_helps(name, monkeypatch, capsys):
+    """As the installed console script (or the script) runs it: sys.argv[0] is the command's name."""
+    module, function = {**ENTRY_POINTS, **SCRIPTS}[name].split(":")
     main = getattr(importlib.import_module(module), function)
     parsers = []
     print_help = argparse.ArgumentParser.print_help
@@ -40,6 +52,8 @@ def test_every_entry_point_helps(name, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"usage: {name} "), text[:200]
     flat = " ".join(text.split())
+    options = {o for action in parsers[0]._actions for o in action.option_strings}
+    assert not options & RETIRED_FLAGS or name == "embed_captions.py"  # its --device is torch's, for the text encoders
     for action in parsers[0]._actions:
         if action.option_strings and shows_default(action):
             assert f"(default: {action.default})" in flat, f"{action.option_strings[0]}'s default is not shown"
