@@ -429,7 +429,7 @@ def check_build_serves(build: Any, backend: str) -> None:
     if kind != "torch" and kinds != {kind}:
         made = "/".join(sorted(kinds))
         serves = ", ".join(label for k in sorted(kinds) for label in labels_for(k))
-        raise BackendUnavailable(f"{build.root} is a {made} build: it serves {serves} (and torch), not {backend}")
+        raise BackendUnavailable(f"{build.root} holds engines for {made}: they serve {serves} (and torch), not {backend}")
 
 
 def torch_component(model: Any, name: str, where: Any) -> Any:
