@@ -42,7 +42,9 @@ def make_parser(doc: str | None, module_prog: str | None = None) -> argparse.Arg
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
 
 
-def add_backend(p: argparse.ArgumentParser, default: str | None = "onnxruntime", labels: tuple[str, ...] = tuple(BACKENDS), help: str = "") -> None:
+def add_backend(
+    p: argparse.ArgumentParser, default: str | None = "onnxruntime", labels: tuple[str, ...] = tuple(BACKENDS), help: str = ""
+) -> None:
     """`--backend LABEL`: one of the project's backend labels (`runtime.backends.BACKENDS`)."""
     p.add_argument("--backend", choices=labels, default=default, help=help or "what runs the engines")
 

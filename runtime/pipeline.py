@@ -36,8 +36,9 @@ class Any2AnyPipeline:
         limits: Limits | None = None,
         precision: str = "fp32",
     ) -> None:
-        """`backend`: a label of `runtime.backends.BACKENDS`; `wrap` lets a caller interpose on every engine call (timing, remote execution);
-        `limits` default to the build's (`Limits.for_build`); `precision` as in `Engines`."""
+        """`backend`: a label of `runtime.backends.BACKENDS`; `wrap` lets a caller interpose on every
+        engine call (timing, remote execution); `limits` default to the build's
+        (`Limits.for_build`); `precision` as in `Engines`."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
         self.limits = limits or Limits.for_build(self.build)
