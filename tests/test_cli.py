@@ -135,7 +135,7 @@ def test_make_tiny_without_arguments_leaves_the_embedded_checkpoint_alone(tiny_d
     assert _tree_digest(tiny_dir) == before
 
 
-@pytest.mark.parametrize("module", ["export.build_engines", "train.train", "train.import_nextgpt"])
+@pytest.mark.parametrize("module", ["export.build_engines", "train.train", "train.import_nextgpt", "triton_repo.build_repo"])
 def test_writers_refuse_a_non_empty_out_before_any_work(module, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -144,6 +144,7 @@ def test_writers_refuse_a_non_empty_out_before_any_work(module, tmp_path, capsys
         "export.build_engines": ["--checkpoint", str(tmp_path / "none")],
         "train.train": ["--config", str(tmp_path / "none.yaml"), "--checkpoint", str(tmp_path / "none")],
         "train.import_nextgpt": [f"--{n}={tmp_path / 'none'}" for n in ("imagebind", "vicuna", "delta", "sd", "audioldm", "zeroscope")],
+        "triton_repo.build_repo": ["--engines", str(tmp_path / "none")],
     }[module]
     with pytest.raises(SystemExit) as done:
         importlib.import_module(module).main([*argv, "--out", str(out)])
