@@ -376,9 +376,9 @@ class Engines:
         self.threads, self.precision = threads, precision
         self.opened: dict[str, Engine] = {}
         self._model: Any = None
-        check_build_serves(build, backend)
         if kind == "tensorrt":
             require_tensorrt()
+        check_build_serves(build, backend)
         if kind == "torch" and device != "cpu":
             import torch
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from runtime.backends import BACKENDS, BackendUnavailable, Engines, check_build_serves, resolve_backend
+from runtime.backends import BACKENDS, BackendUnavailable, check_build_serves, resolve_backend
 from runtime.cli import add_backend, backend_list, make_parser, refuse_non_empty, shows_default
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_an_onnxruntime_build_refuses_the_tensorrt_label_in_one_line():
     for label in ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt"):
         check_build_serves(build, label)
     with pytest.raises(BackendUnavailable) as refused:
-        Engines(build, "tensorrt")
+        check_build_serves(build, "tensorrt")
     message = str(refused.value)
     assert "\n" not in message and "holds engines for onnxruntime" in message and "onnxruntime-trt" in message and "not tensorrt" in message
 

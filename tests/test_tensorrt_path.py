@@ -160,7 +160,7 @@ def test_benchmark_labels_reach_their_backend_and_device(tiny_build):
         pytest.skip(f"a GPU runs {sorted(engines)} here: the refusals do not apply")
     assert sorted(unavailable) == sorted(labels)
     for label in labels:  # a label is a backend and a device, never passed on as a backend name
-        with pytest.raises(BackendUnavailable, match="CUDA GPU|TensorRT|CUDAExecutionProvider|TensorrtExecutionProvider|not tensorrt"):
+        with pytest.raises(BackendUnavailable, match="CUDA GPU|TensorRT|CUDAExecutionProvider|TensorrtExecutionProvider"):
             open_pipeline(tiny_build[0], label, threads=1)
 
 
