@@ -1,12 +1,12 @@
 """Numerical parity of a build's backends: components, the LLM's top-1 choice, every route end to end.
 
-    python benchmarks/compare_precision.py --engines engines/tiny [--backends torch,onnxruntime] \
-        [--json benchmarks/results/precision.json] [--seed 0] [--quick] [--tolerance C.O=ATOL[,RTOL]] \
+    python benchmarks/compare_precision.py --engines engines/tiny [--backends torch,onnxruntime] \\
+        [--json benchmarks/results/precision.json] [--seed 0] [--quick] [--tolerance C.O=ATOL[,RTOL]] \\
         [--precision fp32|fp16|bf16] [--inputs DIR]
     python benchmarks/compare_precision.py --engines engines/tiny --bisect sd_vae_decoder
 
 The first backend in --backends is the baseline; every other one is compared with it. Backends
-(named as in benchmarks/machine.py): torch (the checkpoint's PyTorch modules; end to end,
+(the labels of runtime/backends.py): torch (the checkpoint's PyTorch modules; end to end,
 train/reference.py's pipeline), torch-cuda, onnxruntime, onnxruntime-cuda, onnxruntime-trt,
 tensorrt. A backend this machine cannot run is reported as unavailable, with the reason, and does
 not fail the run; an unavailable baseline does, and so does having no backend to compare with it.
@@ -47,11 +47,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.machine import BACKENDS, add_precision_and_inputs, backend_engines, computes_in, describe_machine, open_pipeline
+from benchmarks.machine import add_precision_and_inputs, backend_engines, computes_in, describe_machine, open_pipeline
 from benchmarks.metrics import PSNR_PASS_DB, TOLERANCE, compare, psnr, rule_for
 from benchmarks.report import save_report
 from export.specs import PROFILE_POINTS, component_specs
-from runtime.backends import ORT_PROVIDERS, BackendUnavailable, Engines
+from runtime.backends import BACKENDS, ORT_PROVIDERS, BackendUnavailable, Engines
+from runtime.cli import backend_list, make_parser
 from runtime.generation import LlmGenerator
 from runtime.manifest import Build, ManifestError, read_manifest
 from runtime.request import Request, Response
@@ -95,26 +96,24 @@ def tolerance(
 
 
 def parse_backends(text: str) -> list[str]:
-    labels = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in labels if b not in BACKENDS]
-    if unknown or len(labels) < 2 or len(set(labels)) != len(labels):
-        known = ", ".join(BACKENDS)
-        raise argparse.ArgumentTypeError(f"expected two or more distinct backends out of {known}, got {text!r}")
+    labels = backend_list(text)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct backends, got {text!r}")
     return labels
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, required=True, help="a build folder with manifest.json")
     p.add_argument(
         "--backends",
         type=parse_backends,
-        default=parse_backends("torch,onnxruntime"),
-        help="comma-separated, baseline first (default: torch,onnxruntime). A backend this machine "
-        "cannot run is reported as unavailable and does not fail the run, unless it is the baseline",
+        default="torch,onnxruntime",
+        help="comma-separated labels, baseline first. A backend this machine cannot run is reported as "
+        "unavailable and does not fail the run, unless it is the baseline",
     )
     p.add_argument("--json", type=Path, help="write the results here, and the tables to the same name with .md")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of every request (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of every request")
     p.add_argument("--quick", action="store_true", help="opt point only, 2 routes, 2 prompts, 2 denoising steps")
     p.add_argument(
         "--tolerance",

@@ -11,22 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from export.tensorrt_build import PRECISIONS
-from runtime.backends import BackendUnavailable, Engines
+from runtime.backends import BACKENDS, BackendUnavailable, Engines
 from runtime.manifest import MANIFEST, sha256_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 # the flags that decide which kernels a CPU library picks (a result on AMX is no result for AVX2)
 ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
 LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "diffusers", "numpy", "tritonclient")
-# benchmark backend name -> (runtime backend, device)
-BACKENDS = {
-    "torch": ("torch", "cpu"),
-    "onnxruntime": ("onnxruntime", "cpu"),
-    "onnxruntime-cuda": ("onnxruntime", "cuda"),
-    "onnxruntime-trt": ("onnxruntime", "tensorrt"),
-    "tensorrt": ("tensorrt", "cuda"),
-    "torch-cuda": ("torch", "cuda"),
-}
 # the backends that compute in a run's --precision (torch under autocast, the TensorRT provider's
 # flags); the others compute in what the build made (ONNX Runtime CPU and CUDA: the file's fp32, a
 # TensorRT plan: its own precision)
@@ -149,11 +140,10 @@ def thread_budget(threads: int) -> int:
 
 
 def open_pipeline(build_dir: Any, label: str, threads: int, wrap: Any = None, precision: str = "fp32") -> Any:
-    """The engine pipeline of a benchmark backend label (`onnxruntime-cuda` and friends)."""
+    """The engine pipeline of a backend label (`onnxruntime-cuda` and friends)."""
     from runtime.pipeline import Any2AnyPipeline
 
-    backend, device = BACKENDS[label]
-    return Any2AnyPipeline(build_dir, backend, device, threads, wrap, precision=computes_in(label, precision))
+    return Any2AnyPipeline(build_dir, label, threads, wrap, precision=computes_in(label, precision))
 
 
 def backend_engines(
@@ -168,12 +158,11 @@ def backend_engines(
     for name in names:
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-        backend, device = BACKENDS[name]
-        if device != "cpu" and not torch.cuda.is_available():
+        if BACKENDS[name][1] != "cpu" and not torch.cuda.is_available():
             unavailable[name] = "no CUDA GPU on this machine"
             continue
         try:
-            engines[name] = Engines(build, backend, device, threads, computes_in(name, precision))
+            engines[name] = Engines(build, name, threads, computes_in(name, precision))
         except BackendUnavailable as e:
             unavailable[name] = str(e)
     return engines, unavailable

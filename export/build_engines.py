@@ -1,17 +1,18 @@
 """Compile every component of a checkpoint into engines described by a manifest.
 
-    python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \
-        [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b]
+    python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \\
+        [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b] [--force]
 
 Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers) and, for
 onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one into a
-plan. Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
-A component whose checkpoint parts, spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
+plan. One onnxruntime build serves the onnxruntime, onnxruntime-cuda and onnxruntime-trt backends.
+Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
+An existing OUT is written into only with `--force`: then a component whose checkpoint parts,
+spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
 a failed build leaves the previous engines and manifest exactly as they were.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -30,13 +31,15 @@ from tqdm import tqdm
 from export.onnx_export import export_cpu, export_portable
 from export.specs import ComponentSpec, component_specs
 from export.tensorrt_build import PRECISIONS, TIMING_CACHE, build_plan, tensorrt_info
-from runtime.backends import OrtEngine, TrtEngine, require_tensorrt
+from runtime.backends import OrtEngine, TrtEngine, labels_for, require_tensorrt, resolve_backend
+from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
 from runtime.manifest import ManifestError, read_manifest, sha256_tree, write_manifest
 from train.checkpoint import TOKENIZER, part_path
 from train.components import build_component
 from train.model import NextGPT, load_checkpoint
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt")  # the engine kinds a build is made for
+BUILT_LABELS = tuple(label for kind in BACKENDS for label in labels_for(kind))
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}  # atol = rtol, elementwise (numpy.allclose rule)
 VERIFY_POINTS = ("opt", "min")  # profile points an engine may be checked at against PyTorch
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")
@@ -251,18 +254,20 @@ def print_table(outcomes: list[Outcome]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    add_force(p, "write into --out even if it already holds files (a build there is updated: stale components rebuilt)")
+    add_backend(p, labels=BUILT_LABELS, help="what the engines are built for (the onnxruntime labels share one build)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--components", help="comma-separated subset (default: all)")
     p.add_argument("--verify-at", choices=VERIFY_POINTS, default="opt", help="profile point of the check against PyTorch")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    refuse_non_empty(args.out, args.force)
     chosen = [c.strip() for c in args.components.split(",")] if args.components else None
     try:
-        outcomes = build(args.checkpoint, args.out, args.backend, args.precision, chosen, not args.quiet, args.verify_at)
+        outcomes = build(args.checkpoint, args.out, resolve_backend(args.backend)[0], args.precision, chosen, not args.quiet, args.verify_at)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Engines behind one interface: `engine.run(feeds) -> outputs`, both keyed by the spec's IO names.
 
 `onnxruntime` runs the optimised ONNX files (CPU, CUDA or TensorRT execution provider), `tensorrt`
-runs serialized TensorRT plans. The pipeline never knows which one it drives.
+runs serialized TensorRT plans, `torch` the checkpoint's modules. The pipeline never knows which
+one it drives.
 """
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+# The backend labels every command takes (`--backend`, `--backends`): label -> (engine kind, device).
+# The kind is what a build is made for (the manifest's `backend`); an onnxruntime build serves all
+# three onnxruntime labels, its execution provider being the device.
+BACKENDS = {
+    "torch": ("torch", "cpu"),
+    "torch-cuda": ("torch", "cuda"),
+    "onnxruntime": ("onnxruntime", "cpu"),
+    "onnxruntime-cuda": ("onnxruntime", "cuda"),
+    "onnxruntime-trt": ("onnxruntime", "tensorrt"),
+    "tensorrt": ("tensorrt", "cuda"),
+}
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -336,7 +349,16 @@ class TorchEngine:
         return {n: o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for n, o in zip(self.output_names, out)}
 
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+def resolve_backend(label: str) -> tuple[str, str]:
+    """(engine kind, device) of a backend label; an unknown label is refused by name."""
+    if label not in BACKENDS:
+        raise ValueError(f"unknown backend {label!r}; known: {', '.join(BACKENDS)}")
+    return BACKENDS[label]
+
+
+def labels_for(kind: str) -> list[str]:
+    """The labels a build of engine kind `kind` serves (torch runs from the checkpoint, beside any build)."""
+    return [label for label, (k, _) in BACKENDS.items() if k == kind]
 
 
 class Engines:
@@ -346,34 +368,29 @@ class Engines:
     missing engine is refused before any request is served.
     """
 
-    def __init__(
-        self, build: Any, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0, precision: str = "fp32"
-    ) -> None:
-        """`device`: the onnxruntime execution provider (cpu, cuda, tensorrt) or the torch device (cpu,
-        cuda); `precision`: what ONNX Runtime's TensorRT provider and torch on cuda compute in (a
-        TensorRT plan has its own, from the build)."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-        self.build, self.backend, self.device, self.threads, self.precision = build, backend, device, threads, precision
+    def __init__(self, build: Any, backend: str = "onnxruntime", threads: int = 0, precision: str = "fp32") -> None:
+        """`backend`: a label of `BACKENDS`; `precision`: what ONNX Runtime's TensorRT provider and
+        torch on cuda compute in (a TensorRT plan has its own, from the build)."""
+        kind, device = resolve_backend(backend)
+        self.build, self.backend, self.kind, self.device = build, backend, kind, device
+        self.threads, self.precision = threads, precision
         self.opened: dict[str, Engine] = {}
         self._model: Any = None
-        if backend == "tensorrt":
+        if kind == "tensorrt":
             require_tensorrt()
-        if backend == "torch" and device != "cpu":
+        check_build_serves(build, backend)
+        if kind == "torch" and device != "cpu":
             import torch
 
             if not torch.cuda.is_available():
-                raise BackendUnavailable(f"the torch backend on {device} needs a CUDA GPU; torch.cuda.is_available() is False")
+                raise BackendUnavailable(f"the {backend} backend needs a CUDA GPU; torch.cuda.is_available() is False")
             if precision == "fp32":
                 # fp32 means IEEE fp32: torch lets cuDNN convolutions round through TF32 by default
                 # (a 10-bit mantissa), which would put the GPU reference itself outside fp32 tolerances.
                 # Set here, not when an engine opens, so that a benchmark records the state it runs in.
                 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        if backend != "torch":
+        if kind != "torch":
             build.verify_files()
-            wrong = [n for n, c in build.components.items() if c["backend"] != backend]
-            if wrong:
-                raise BackendUnavailable(f"{build.root}: {wrong[0]} was built for {build.components[wrong[0]]['backend']}, not {backend}")
 
     def io(self, name: str) -> dict[str, Any]:
         return {"name": name, **self.build.component(name)}
@@ -385,14 +402,14 @@ class Engines:
 
     def _open(self, name: str) -> Engine:
         entry = self.build.component(name)
-        if self.backend == "onnxruntime":
+        if self.kind == "onnxruntime":
             # the CPU provider runs the CPU-fused file, the GPU providers the portable one
             if "provider_files" not in entry:
                 raise BackendUnavailable(f"{self.build.root}: {name} predates per-provider files; rebuild it with export/build_engines.py")
             path = self.build.path(entry["provider_files"][self.device])
             cache = self.build.root / ORT_TRT_CACHE if self.device == "tensorrt" else None
             return OrtEngine(path, self.io(name), self.device, self.threads, precision=self.precision, cache_dir=cache)
-        if self.backend == "tensorrt":
+        if self.kind == "tensorrt":
             return TrtEngine(self.build.path(entry["engine"]), self.io(name))
         return TorchEngine(self._torch_module(name), self.io(name), self.device, self.precision)
 
@@ -403,6 +420,16 @@ class Engines:
         if self._model is None:
             self._model = load_checkpoint(Path(self.build.data["checkpoint"]["path"]))
         return torch_component(self._model, name, self.device)
+
+
+def check_build_serves(build: Any, backend: str) -> None:
+    """Refuse, in one line, a backend label the build's engines cannot run under."""
+    kind, _ = resolve_backend(backend)
+    kinds = {c["backend"] for c in build.components.values()}
+    if kind != "torch" and kinds != {kind}:
+        made = "/".join(sorted(kinds))
+        serves = ", ".join(label for k in sorted(kinds) for label in labels_for(k))
+        raise BackendUnavailable(f"{build.root} holds engines for {made}: they serve {serves} (and torch), not {backend}")
 
 
 def torch_component(model: Any, name: str, where: Any) -> Any:

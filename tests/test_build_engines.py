@@ -52,7 +52,10 @@ def test_rebuild_is_a_no_op(tiny_build, tiny_dir, capsys):
     out, _ = tiny_build
     before = (out / "manifest.json").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.onnx")}
-    assert main(["--checkpoint", str(tiny_dir), "--out", str(out), "--quiet"]) == 0
+    with pytest.raises(SystemExit):  # an existing build is updated only when asked
+        main(["--checkpoint", str(tiny_dir), "--out", str(out), "--quiet"])
+    assert f"error: {out} is not empty; pass --force" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tiny_dir), "--out", str(out), "--quiet", "--force"]) == 0
     assert "0 built, 13 up to date" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.onnx")} == stamps
     assert json.loads((out / "manifest.json").read_text())["components"] == json.loads(before)["components"]
@@ -100,7 +103,7 @@ def test_mismatched_checkpoint_fails_cleanly_and_keeps_the_old_build(tiny_build,
     before = (out / "manifest.json").read_bytes()
     ckpt = shutil.copytree(tiny_dir, tmp_path / "ckpt")
     (ckpt / "imagebind.safetensors").write_bytes(b"corrupt")
-    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--quiet"]) == 2
+    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--quiet", "--force"]) == 2
     assert "imagebind.safetensors: unreadable" in capsys.readouterr().err
     assert (out / "manifest.json").read_bytes() == before
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "fresh"), "--quiet"]) == 2

@@ -135,11 +135,11 @@ def test_cuda_graph_replay_equals_eager(trt_build, tiny_model, name):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
-def test_onnxruntime_gpu_providers_match_the_cpu(tiny_build, tiny_model, device):
+@pytest.mark.parametrize("label", ["onnxruntime-cuda", "onnxruntime-trt"])
+def test_onnxruntime_gpu_providers_match_the_cpu(tiny_build, tiny_model, label):
     build_ = read_manifest(tiny_build[0])
     try:
-        gpu = Engines(build_, "onnxruntime", device)
+        gpu = Engines(build_, label)
         engines = {n: gpu[n] for n in ("projector_image", "sd_unet", "llm")}
     except BackendUnavailable as e:
         pytest.skip(str(e))
@@ -149,7 +149,7 @@ def test_onnxruntime_gpu_providers_match_the_cpu(tiny_build, tiny_model, device)
         feeds = spec.sample(spec.point("opt"), seed=2)
         got, want = engine.run(feeds), cpu[name].run(feeds)
         for o in spec.output_names:
-            np.testing.assert_allclose(got[o], want[o], atol=1e-3, rtol=1e-3, err_msg=f"{name}.{o} on {device}")
+            np.testing.assert_allclose(got[o], want[o], atol=1e-3, rtol=1e-3, err_msg=f"{name}.{o} on {label}")
 
 
 @pytest.mark.gpu
@@ -157,7 +157,7 @@ def test_onnxruntime_gpu_providers_match_the_cpu(tiny_build, tiny_model, device)
 def test_torch_on_cuda_matches_the_cpu(tiny_build, tiny_model):
     # every component: the first GPU run found the ImageBind ones left half on the CPU (sd_unet alone passed)
     build_ = read_manifest(tiny_build[0])
-    gpu, cpu = Engines(build_, "torch", "cuda"), Engines(build_, "torch")
+    gpu, cpu = Engines(build_, "torch-cuda"), Engines(build_, "torch")
     for name, spec in component_specs(tiny_model.config).items():
         feeds = spec.sample(spec.point("opt"), seed=4)
         got, want = gpu[name].run(feeds), cpu[name].run(feeds)
