@@ -89,7 +89,7 @@ def test_the_verification_point_is_recorded_and_a_change_of_it_rebuilds(tiny_bui
 
 def test_out_of_tolerance_fails_naming_component_and_output(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(build_engines.TOLERANCE, "fp32", 0.0)
-    with pytest.raises(BuildError, match="projector_image: output 'embeds' differs from PyTorch by up to"):
+    with pytest.raises(BuildError, match="projector_image: output 'embeds' differs from PyTorch \(fp32\) by up to"):
         build(tiny_dir, tmp_path / "strict", components=["projector_image"], progress=False)
     assert not (tmp_path / "strict" / "manifest.json").exists()
     assert not (tmp_path / "strict" / "projector_image").exists()

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from benchmarks.compare_precision import compare_response, main, parse_tolerance, top1_agreement
-from benchmarks.metrics import compare, cosine, rule_for
+from runtime.precision import compare, cosine, rule_for
 from runtime.backends import OrtEngine
 from runtime.request import Response
 
