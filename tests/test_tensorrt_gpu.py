@@ -61,7 +61,7 @@ def test_every_plan_matches_onnxruntime(trt_build, tiny_build, tiny_model, point
         feeds = spec.sample(spec.point(point), seed=5)
         got, want = plan.run(feeds), ort.run(feeds)
         for o in spec.output_names:
-            np.testing.assert_allclose(np.asarray(got[o]), want[o], atol=1e-4, rtol=1e-4, err_msg=f"{name}.{o} at {point}")
+            np.testing.assert_allclose(np.asarray(got[o]), want[o], atol=TOLERANCE["fp32"], rtol=TOLERANCE["fp32"], err_msg=f"{name}.{o} at {point}")
 
 
 @pytest.mark.gpu
@@ -167,4 +167,4 @@ def test_torch_on_cuda_matches_the_cpu(tiny_build, tiny_model):
         feeds = spec.sample(spec.point("opt"), seed=4)
         got, want = gpu[name].run(feeds), cpu[name].run(feeds)
         for o in spec.output_names:
-            np.testing.assert_allclose(got[o], want[o], atol=1e-4, rtol=1e-4, err_msg=f"{name}.{o}")
+            np.testing.assert_allclose(got[o], want[o], atol=TOLERANCE["fp32"], rtol=TOLERANCE["fp32"], err_msg=f"{name}.{o}")
