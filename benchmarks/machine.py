@@ -6,32 +6,34 @@ import json
 import os
 import platform
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from export.tensorrt_build import PRECISIONS
 from runtime.backends import BACKENDS, BackendUnavailable, Engines
 from runtime.manifest import MANIFEST, sha256_tree
+from runtime.precision import RUN_PRECISIONS
+from runtime.versions import installed_version
 
 ROOT = Path(__file__).resolve().parents[1]
 # the flags that decide which kernels a CPU library picks (a result on AMX is no result for AVX2)
 ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
 LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "diffusers", "numpy", "tritonclient")
-# the backends that compute in a run's --precision (torch under autocast, the TensorRT provider's
-# flags); the others compute in what the build made (ONNX Runtime CPU and CUDA: the file's fp32, a
-# TensorRT plan: its own precision)
-ASKED_PRECISION = ("torch-cuda", "onnxruntime-trt")
+# the backends that compute in a run's --precision, and the precisions each takes: torch on CUDA
+# (autocast, or TF32 matmuls and convolutions) and the CUDA provider (its use_tf32 option). The others
+# compute in what the build made: the CPU, and the TensorRT provider and plans, which take the
+# precision from the file (strongly typed; TensorRT 11 has no other way).
+ASKED_PRECISION = {"torch-cuda": ("tf32", "fp16", "bf16"), "onnxruntime-cuda": ("tf32",)}
 
 
 def computes_in(label: str, precision: str) -> str:
     """The precision a backend computes in when a run asks for `precision`."""
-    return precision if label in ASKED_PRECISION else "fp32"
+    return precision if precision in ASKED_PRECISION.get(label, ()) else "fp32"
 
 
 def add_precision_and_inputs(parser: argparse.ArgumentParser) -> None:
     """--precision and --inputs, as compare_latency and compare_precision both take them."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
+    asked = "; ".join(f"{label}: {', '.join(p)}" for label, p in ASKED_PRECISION.items())
+    parser.add_argument("--precision", choices=RUN_PRECISIONS, default="fp32", help=f"what the GPU backends compute in where they can ({asked})")
     parser.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
 
 
@@ -96,13 +98,6 @@ def provenance_line(p: dict[str, Any]) -> str:
             f"CPU {p['cpu']} ({' '.join(isa_flags(p['cpu_flags'])) or 'flags unknown'}).")
 
 
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def describe_machine(threads: int) -> dict[str, Any]:
     import torch
 
@@ -115,7 +110,7 @@ def describe_machine(threads: int) -> dict[str, Any]:
         "gpu": gpu,
         "cuda": _cuda(torch) if gpu else None,
         "python": platform.python_version(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": {name: installed_version(name) or "not installed" for name in LIBRARIES},
     }
 
 
