@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks.machine import describe_machine
 from export.build_engines import build
 from export.specs import component_specs
+from runtime.cli import make_parser
 from runtime.backends import ORT_PROVIDERS, BackendUnavailable, Engines, OrtEngine, TrtEngine, require_tensorrt, resolve_backend
 from runtime.manifest import Build, read_manifest
 from runtime.precision import TOLERANCE, compare
@@ -159,7 +160,7 @@ STEPS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("step", choices=STEPS)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_smoke")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "train" / "checkpoints" / "tiny")
