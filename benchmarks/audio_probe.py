@@ -10,7 +10,6 @@ whose probe fails has lost what the caption must say; the first such link is whe
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import make_parser
 from runtime.inputs import prepare_inputs
 from train import synthetic
 from train.model import NextGPT, load_checkpoint
@@ -79,9 +79,9 @@ def measure(model: NextGPT, seed: int = 0) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="the world's seed: which combinations are held out (default: %(default)s)")
+    p = make_parser(__doc__)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--seed", type=int, default=0, help="the world's seed: which combinations are held out")
     p.add_argument("--json", type=Path, help="write the table here")
     args = p.parse_args(argv)
     result = measure(load_checkpoint(args.checkpoint), args.seed)

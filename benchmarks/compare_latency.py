@@ -1,7 +1,7 @@
 """Latency of the engines against PyTorch, measured side by side in one run.
 
-    python benchmarks/compare_latency.py --engines engines/tiny [--backends torch,onnxruntime] \
-        [--triton 127.0.0.1:8001] [--json benchmarks/results/latency.json] [--precision fp16] [--inputs DIR] [--quick]
+    python benchmarks/compare_latency.py --engines engines/tiny [--backends torch,onnxruntime] \\
+        [--url 127.0.0.1:8001] [--json benchmarks/results/latency.json] [--precision fp16] [--inputs DIR] [--quick]
 
 Per component: warm-up, then median / p90 / p99 at the spec's `opt` shapes, the runs interleaved
 across backends so that machine noise hits them alike. End to end per route: latency with its
@@ -13,7 +13,6 @@ reason instead of failing the run.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from benchmarks.machine import add_precision_and_inputs, backend_engines, descri
 from benchmarks.report import save_figure, save_report
 from export.specs import component_specs
 from runtime.backends import Engines
+from runtime.cli import add_backends, add_url, make_parser
 from runtime.manifest import read_manifest
 from runtime.request import Request
 from train.demo import ROUTES, sample_inputs
@@ -261,10 +261,10 @@ def charts(result: dict[str, Any], folder: Path, origin: dict[str, Any]) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, required=True)
-    p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated; torch is the per-component baseline")
-    p.add_argument("--triton", help="also time the routes through a Triton server at this gRPC URL")
+    add_backends(p, "torch,onnxruntime", "comma-separated labels; torch is the per-component baseline")
+    add_url(p, None, "also time the routes through a Triton server at this gRPC address")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/latency.json"))
     p.add_argument("--runs", type=int, default=20, help="timed runs per component")
     p.add_argument("--route-runs", type=int, default=5, help="timed runs per route")
@@ -275,17 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     threads = thread_budget(args.threads)
     runs, route_runs, steps = (3, 1, 2) if args.quick else (args.runs, args.route_runs, None)
     build = read_manifest(args.engines)
-    engines, unavailable = backend_engines(build, args.backends.split(","), threads, args.precision)
+    engines, unavailable = backend_engines(build, args.backends, threads, args.precision)
     result: dict[str, Any] = {"machine": describe_machine(threads), "precision": args.precision, "backends": list(engines), "unavailable": unavailable}
     result["components"] = bench_components(build, engines, runs)
     runnable = [b for b in engines if b != "torch"]
     with tempfile.TemporaryDirectory() as tmp:
         inputs = sample_inputs(args.inputs, Path(tmp), build.config["imagebind"]["audio"]["sample_rate"])
         result["routes"] = bench_routes(args.engines, runnable, route_runs, steps, inputs, threads, args.precision)
-        if args.triton:
+        if args.url:
             from triton_repo.client import time_routes  # only with a server to talk to
 
-            result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
+            result["triton"] = time_routes(args.url, inputs, route_runs, steps)
     result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64, threads, args.precision)
     md = markdown(result)
     origin = save_report(args.json, result, md, args.engines)

@@ -1,22 +1,22 @@
 """Numerical parity of a build's backends: components, the LLM's top-1 choice, every route end to end.
 
-    python benchmarks/compare_precision.py --engines engines/tiny [--backends torch,onnxruntime] \
-        [--json benchmarks/results/precision.json] [--seed 0] [--quick] [--tolerance C.O=ATOL[,RTOL]] \
-        [--precision fp32|fp16|bf16] [--inputs DIR]
+    python benchmarks/compare_precision.py --engines engines/tiny [--backends torch,onnxruntime] \\
+        [--json benchmarks/results/precision.json] [--seed 0] [--quick] [--tolerance C.O=ATOL[,RTOL]] \\
+        [--precision fp32|tf32|fp16|bf16] [--inputs DIR]
     python benchmarks/compare_precision.py --engines engines/tiny --bisect sd_vae_decoder
 
 The first backend in --backends is the baseline; every other one is compared with it. Backends
-(named as in benchmarks/machine.py): torch (the checkpoint's PyTorch modules; end to end,
+(the labels of runtime/backends.py): torch (the checkpoint's PyTorch modules; end to end,
 train/reference.py's pipeline), torch-cuda, onnxruntime, onnxruntime-cuda, onnxruntime-trt,
 tensorrt. A backend this machine cannot run is reported as unavailable, with the reason, and does
 not fail the run; an unavailable baseline does, and so does having no backend to compare with it.
 
 - Components: every output of every component, on random inputs (ComponentSpec.sample, --seed,
   default 0 so that runs repeat) at the min, opt and max profile points: max abs, max rel and mean
-  abs error, cosine similarity, pass/fail by benchmarks/metrics.py's `compare` (atol = rtol = 1e-4
-  for fp32 engines element by element; 1e-3 on the median for fp16/bf16; --tolerance overrides).
-  --precision: what torch-cuda and onnxruntime-trt compute in (default fp32), and so the
-  tolerance they are judged by.
+  abs error, cosine similarity, pass/fail by runtime/precision.py's `compare` at its one tolerance
+  per precision (fp32 element by element, tf32/fp16/bf16 on the median; --tolerance overrides).
+  --precision: what the GPU backends that take it compute in (benchmarks/machine.py's
+  ASKED_PRECISION; default fp32), and so the tolerance they are judged by.
 - LLM top-1: for each route's prompt, the llm component's last-position argmax after the prefill
   and after each of 8 greedy decode steps, every backend fed the baseline's tokens (teacher
   forcing, so that one early flip does not cascade). A flip between two tokens whose baseline
@@ -47,13 +47,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.machine import BACKENDS, add_precision_and_inputs, backend_engines, computes_in, describe_machine, open_pipeline
-from benchmarks.metrics import PSNR_PASS_DB, TOLERANCE, compare, psnr, rule_for
+from benchmarks.machine import add_precision_and_inputs, backend_engines, computes_in, describe_machine, open_pipeline
+from benchmarks.metrics import PSNR_PASS_DB, psnr
 from benchmarks.report import save_report
 from export.specs import PROFILE_POINTS, component_specs
-from runtime.backends import ORT_PROVIDERS, BackendUnavailable, Engines
+from runtime.backends import BACKENDS, ORT_PROVIDERS, BackendUnavailable, Engines
+from runtime.cli import backend_list, make_parser
 from runtime.generation import LlmGenerator
 from runtime.manifest import Build, ManifestError, read_manifest
+from runtime.precision import TOLERANCE, compare, rule_for
 from runtime.request import Request, Response
 from train.demo import ROUTES, sample_inputs
 
@@ -95,26 +97,24 @@ def tolerance(
 
 
 def parse_backends(text: str) -> list[str]:
-    labels = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in labels if b not in BACKENDS]
-    if unknown or len(labels) < 2 or len(set(labels)) != len(labels):
-        known = ", ".join(BACKENDS)
-        raise argparse.ArgumentTypeError(f"expected two or more distinct backends out of {known}, got {text!r}")
+    labels = backend_list(text)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct backends, got {text!r}")
     return labels
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, required=True, help="a build folder with manifest.json")
     p.add_argument(
         "--backends",
         type=parse_backends,
-        default=parse_backends("torch,onnxruntime"),
-        help="comma-separated, baseline first (default: torch,onnxruntime). A backend this machine "
-        "cannot run is reported as unavailable and does not fail the run, unless it is the baseline",
+        default="torch,onnxruntime",
+        help="comma-separated labels, baseline first. A backend this machine cannot run is reported as "
+        "unavailable and does not fail the run, unless it is the baseline",
     )
     p.add_argument("--json", type=Path, help="write the results here, and the tables to the same name with .md")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of every request (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of every request")
     p.add_argument("--quick", action="store_true", help="opt point only, 2 routes, 2 prompts, 2 denoising steps")
     p.add_argument(
         "--tolerance",
@@ -184,12 +184,12 @@ def compare_components(
         spec = specs[name]
         for point in points:
             feeds = spec.sample(spec.point(point), seed)
-            expected = engines[baseline][name].run(feeds)
+            expected = {k: np.asarray(v) for k, v in engines[baseline][name].run(feeds).items()}
             for label, candidate in engines.items():
                 if label == baseline:
                     continue
-                try:
-                    got, error = candidate[name].run(feeds), ""
+                try:  # read back here: a device-resident output (the LLM's cache) is valid until the next call
+                    got, error = {k: np.asarray(v) for k, v in candidate[name].run(feeds).items()}, ""
                 except Exception as e:  # noqa: BLE001  an engine that cannot run this point fails it; the run goes on
                     got, error = {}, f"{type(e).__name__}: {e}"
                 for output in spec.output_names:

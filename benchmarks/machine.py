@@ -6,41 +6,34 @@ import json
 import os
 import platform
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from export.tensorrt_build import PRECISIONS
-from runtime.backends import BackendUnavailable, Engines
+from runtime.backends import BACKENDS, BackendUnavailable, Engines
 from runtime.manifest import MANIFEST, sha256_tree
+from runtime.precision import RUN_PRECISIONS
+from runtime.versions import installed_version
 
 ROOT = Path(__file__).resolve().parents[1]
 # the flags that decide which kernels a CPU library picks (a result on AMX is no result for AVX2)
 ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
 LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "diffusers", "numpy", "tritonclient")
-# benchmark backend name -> (runtime backend, device)
-BACKENDS = {
-    "torch": ("torch", "cpu"),
-    "onnxruntime": ("onnxruntime", "cpu"),
-    "onnxruntime-cuda": ("onnxruntime", "cuda"),
-    "onnxruntime-trt": ("onnxruntime", "tensorrt"),
-    "tensorrt": ("tensorrt", "cuda"),
-    "torch-cuda": ("torch", "cuda"),
-}
-# the backends that compute in a run's --precision (torch under autocast, the TensorRT provider's
-# flags); the others compute in what the build made (ONNX Runtime CPU and CUDA: the file's fp32, a
-# TensorRT plan: its own precision)
-ASKED_PRECISION = ("torch-cuda", "onnxruntime-trt")
+# the backends that compute in a run's --precision, and the precisions each takes: torch on CUDA
+# (autocast, or TF32 matmuls and convolutions) and the CUDA provider (its use_tf32 option). The others
+# compute in what the build made: the CPU, and the TensorRT provider and plans, which take the
+# precision from the file (strongly typed; TensorRT 11 has no other way).
+ASKED_PRECISION = {"torch-cuda": ("tf32", "fp16", "bf16"), "onnxruntime-cuda": ("tf32",)}
 
 
 def computes_in(label: str, precision: str) -> str:
     """The precision a backend computes in when a run asks for `precision`."""
-    return precision if label in ASKED_PRECISION else "fp32"
+    return precision if precision in ASKED_PRECISION.get(label, ()) else "fp32"
 
 
 def add_precision_and_inputs(parser: argparse.ArgumentParser) -> None:
     """--precision and --inputs, as compare_latency and compare_precision both take them."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"what {', '.join(ASKED_PRECISION)} compute in")
+    asked = "; ".join(f"{label}: {', '.join(p)}" for label, p in ASKED_PRECISION.items())
+    parser.add_argument("--precision", choices=RUN_PRECISIONS, default="fp32", help=f"what the GPU backends compute in where they can ({asked})")
     parser.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
 
 
@@ -105,13 +98,6 @@ def provenance_line(p: dict[str, Any]) -> str:
             f"CPU {p['cpu']} ({' '.join(isa_flags(p['cpu_flags'])) or 'flags unknown'}).")
 
 
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def describe_machine(threads: int) -> dict[str, Any]:
     import torch
 
@@ -124,7 +110,7 @@ def describe_machine(threads: int) -> dict[str, Any]:
         "gpu": gpu,
         "cuda": _cuda(torch) if gpu else None,
         "python": platform.python_version(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": {name: installed_version(name) or "not installed" for name in LIBRARIES},
     }
 
 
@@ -149,11 +135,10 @@ def thread_budget(threads: int) -> int:
 
 
 def open_pipeline(build_dir: Any, label: str, threads: int, wrap: Any = None, precision: str = "fp32") -> Any:
-    """The engine pipeline of a benchmark backend label (`onnxruntime-cuda` and friends)."""
+    """The engine pipeline of a backend label (`onnxruntime-cuda` and friends)."""
     from runtime.pipeline import Any2AnyPipeline
 
-    backend, device = BACKENDS[label]
-    return Any2AnyPipeline(build_dir, backend, device, threads, wrap, precision=computes_in(label, precision))
+    return Any2AnyPipeline(build_dir, label, threads, wrap, precision=computes_in(label, precision))
 
 
 def backend_engines(
@@ -168,12 +153,11 @@ def backend_engines(
     for name in names:
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-        backend, device = BACKENDS[name]
-        if device != "cpu" and not torch.cuda.is_available():
+        if BACKENDS[name][1] != "cpu" and not torch.cuda.is_available():
             unavailable[name] = "no CUDA GPU on this machine"
             continue
         try:
-            engines[name] = Engines(build, backend, device, threads, computes_in(name, precision))
+            engines[name] = Engines(build, name, threads, computes_in(name, precision))
         except BackendUnavailable as e:
             unavailable[name] = str(e)
     return engines, unavailable

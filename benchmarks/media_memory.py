@@ -11,7 +11,6 @@ sampler (what the runtime does) and once whole (what it did before); the audio t
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,14 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from runtime import media, preprocess
+from runtime.cli import make_parser
 from runtime.inputs import prepare_inputs
 from runtime.limits import Limits
 from train.presets import get_preset
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--size", default="640x360")
     p.add_argument("--fps", type=int, default=30)

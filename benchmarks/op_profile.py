@@ -1,6 +1,6 @@
 """Where one component's time goes, op by op, on PyTorch and ONNX Runtime side by side.
 
-    python benchmarks/op_profile.py --engines engines/tiny --component sd_unet [--runs 10] [--threads 2] \
+    python benchmarks/op_profile.py --engines engines/tiny --component sd_unet [--runs 10] [--threads 2] \\
         [--top 12] [--json benchmarks/results/op_profile_sd_unet.json]
 
 Both backends get the same seeded inputs at the spec's `opt` shapes. The totals are unprofiled
@@ -13,7 +13,6 @@ or a kernel that both libraries already run at the same speed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from benchmarks.machine import describe_machine
 from benchmarks.report import save_report
 from export.specs import component_specs
 from runtime.backends import Engines, OrtEngine
+from runtime.cli import make_parser
 from runtime.manifest import Build, read_manifest
 
 ATTENTION = "attention"
@@ -74,7 +74,7 @@ def profile(build: Build, component: str, runs: int, threads: int) -> dict[str, 
     dims = spec.point("opt")
     feeds = spec.sample(dims, seed=0)
     torch_engine = Engines(build, "torch")[component]
-    ort_engine = Engines(build, "onnxruntime", "cpu", threads)[component]
+    ort_engine = Engines(build, "onnxruntime", threads)[component]
     totals = interleaved({"torch": lambda: torch_engine.run(feeds), "onnxruntime": lambda: ort_engine.run(feeds)}, runs)
     ops = {
         "torch": torch_ops(torch_engine, feeds, runs),
@@ -121,7 +121,7 @@ def markdown(result: dict[str, Any], top: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, required=True)
     p.add_argument("--component", required=True, help="a component of the build, e.g. sd_unet")
     p.add_argument("--runs", type=int, default=10, help="timed and profiled runs per backend")

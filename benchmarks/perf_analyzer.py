@@ -1,8 +1,8 @@
 """perf_analyzer, Triton's own load generator, on the any2any deployment, beside triton_load.py.
 
     bash scripts/get_perf_analyzer.sh            # once: prints the perf_analyzer wrapper's path
-    python benchmarks/perf_analyzer.py --engines engines/tiny [--perf-analyzer PATH] \
-        [--routes text_to_image,image_to_text] [--concurrency 1,2,4,8] [--requests 24] [--url HOST:PORT] \
+    python benchmarks/perf_analyzer.py --engines engines/tiny [--perf-analyzer PATH] \\
+        [--routes text_to_image,image_to_text] [--concurrency 1,2,4,8] [--requests 24] [--url HOST:PORT] \\
         [--inputs DIR] [--json benchmarks/results/perf_analyzer.json]
 
 For each route it writes perf_analyzer's `--input-data` JSON from the sample media files
@@ -17,7 +17,6 @@ remeasured). Without --url it writes the default repository and starts its own s
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -33,6 +32,7 @@ import numpy as np
 
 from benchmarks.machine import describe_machine
 from benchmarks.report import save_report
+from runtime.cli import add_load_url, make_parser
 from runtime.manifest import read_manifest
 from train.demo import write_sample_inputs
 from triton_repo.build_repo import build_repo
@@ -113,13 +113,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, default=Path("engines/tiny"))
     p.add_argument("--perf-analyzer", type=Path, default=DEFAULT_BINARY, help="scripts/get_perf_analyzer.sh prints it")
     p.add_argument("--routes", default="text_to_image,image_to_text", help="routes of train/demo.py")
     p.add_argument("--concurrency", default="1,2,4,8")
     p.add_argument("--requests", type=int, default=12, help="requests per measurement window")
-    p.add_argument("--url", help="a running server's gRPC address (default: start one here)")
+    add_load_url(p)
     p.add_argument("--inputs", type=Path, help="keep the input-data JSON files here (default: a temporary folder)")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/perf_analyzer.json"))
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """What the embedded model draws and says on held-out prompts: the figures docs/benchmarks.md shows.
 
-    python benchmarks/showcase.py --engines engines/tiny [--backend onnxruntime] [--count 6] \
+    python benchmarks/showcase.py --engines engines/tiny [--backend onnxruntime] [--count 6] \\
         [--out benchmarks/results/showcase]
 
 Takes the first held-out samples of each task (train/evaluate.py's `samples`, the same requests the
@@ -11,13 +11,13 @@ made) and `x_to_text.md` (held-out inputs, their captions and the model's answer
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.machine import provenance_line
 from benchmarks.report import build_provenance, save_figure
+from runtime.cli import add_backend, make_parser
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train import synthetic
@@ -103,9 +103,9 @@ def described(pipeline: Any2AnyPipeline, chosen: list, out: Path, origin: dict) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, required=True)
-    p.add_argument("--backend", default="onnxruntime")
+    add_backend(p)
     p.add_argument("--count", type=int, default=6, help="held-out samples per task")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/showcase"))
     args = p.parse_args()

@@ -1,6 +1,6 @@
 """Soak: the deployment under mixed, concurrent, partly abusive load for a bounded time.
 
-    python benchmarks/soak.py --engines engines/tiny [--seconds 300] [--concurrency 8] [--abuse-every 4] \
+    python benchmarks/soak.py --engines engines/tiny [--seconds 300] [--concurrency 8] [--abuse-every 4] \\
         [--instances ROLE=N,...] [--url HOST:PORT --server-pid PID] [--json benchmarks/results/soak.json]
 
 N clients on loopback, each sending its next request as soon as the last one ends, cycle through
@@ -17,7 +17,6 @@ status is 0 when nothing was lost, every abuse case got its code and memory was 
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks.machine import describe_machine
 from benchmarks.report import save_report
+from runtime.cli import add_load_url, make_parser
 from runtime.manifest import read_manifest
 from runtime.request import Request
 from train.demo import ROUTES, write_sample_inputs
@@ -299,13 +299,13 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, default=Path("engines/tiny"))
     p.add_argument("--seconds", type=float, default=300.0, help="how long the clients keep sending")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--abuse-every", type=int, default=4, help="one abusive request after this many well-formed ones")
     p.add_argument("--instances", help="ROLE=N,... for build_repo.py (default: its defaults)")
-    p.add_argument("--url", help="a running server's gRPC address (default: start one here)")
+    add_load_url(p)
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid, to sample its memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/soak.json"))

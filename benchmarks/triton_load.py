@@ -1,8 +1,8 @@
 """Load on the Triton deployment: latency percentiles and throughput by concurrency, against the
 in-process runtime.
 
-    python benchmarks/triton_load.py --engines engines/tiny [--concurrency 1,2,4,8] [--requests 24] \
-        [--routes text_to_image,image_to_text] [--instances ROLE=N,...] [--max-queue-delay-us 0] [--bls auto] \
+    python benchmarks/triton_load.py --engines engines/tiny [--concurrency 1,2,4,8] [--requests 24] \\
+        [--routes text_to_image,image_to_text] [--instances ROLE=N,...] [--max-queue-delay-us 0] [--bls auto] \\
         [--url HOST:PORT] [--json benchmarks/results/triton_load.json]
 
 The load generator is a closed loop in Python, perf_analyzer's concurrency mode: N clients each
@@ -21,7 +21,6 @@ Markdown table (beside the JSON) and prints the table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import tritonclient.grpc as grpcclient
 
 from benchmarks.machine import describe_machine
 from benchmarks.report import save_report
+from runtime.cli import add_load_url, make_parser
 from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
@@ -161,7 +161,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, default=Path("engines/tiny"))
     p.add_argument("--routes", default="text_to_image,image_to_text", help="routes of train/demo.py")
     p.add_argument("--concurrency", default="1,2,4,8")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", help="ROLE=N,... for build_repo.py (default: its defaults)")
     p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument("--bls", choices=BLS_CHOICES, default="auto", help="build_repo.py --bls")
-    p.add_argument("--url", help="a running server's gRPC address (default: start one here)")
+    add_load_url(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/triton_load.json"))
     args = p.parse_args(argv)

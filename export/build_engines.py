@@ -1,24 +1,24 @@
 """Compile every component of a checkpoint into engines described by a manifest.
 
-    python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \
-        [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b]
+    python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \\
+        [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b] [--force]
 
 Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers) and, for
 onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one into a
-plan. Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
-A component whose checkpoint parts, spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
+plan. One onnxruntime build serves the onnxruntime, onnxruntime-cuda and onnxruntime-trt backends.
+Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
+An existing OUT is written into only with `--force`: then a component whose checkpoint parts,
+spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
 a failed build leaves the previous engines and manifest exactly as they were.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,20 @@ import torch
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from export.onnx_export import export_cpu, export_portable
+from export.onnx_export import COMPUTE_DTYPES, computing_in, export_cpu, export_portable
 from export.specs import ComponentSpec, component_specs
-from export.tensorrt_build import PRECISIONS, TIMING_CACHE, build_plan, tensorrt_info
-from runtime.backends import OrtEngine, TrtEngine, require_tensorrt
+from export.tensorrt_build import TIMING_CACHE, build_plan, tensorrt_info
+from runtime.backends import OrtEngine, TrtEngine, labels_for, require_tensorrt, resolve_backend
+from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
 from runtime.manifest import ManifestError, read_manifest, sha256_tree, write_manifest
+from runtime.precision import PRECISIONS, TOLERANCE, compare, rule_for
+from runtime.versions import installed_version
 from train.checkpoint import TOKENIZER, part_path
 from train.components import build_component
 from train.model import NextGPT, load_checkpoint
 
-BACKENDS = ("onnxruntime", "tensorrt")
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}  # atol = rtol, elementwise (numpy.allclose rule)
+BACKENDS = ("onnxruntime", "tensorrt")  # the engine kinds a build is made for
+BUILT_LABELS = tuple(label for kind in BACKENDS for label in labels_for(kind))
 VERIFY_POINTS = ("opt", "min")  # profile points an engine may be checked at against PyTorch
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")
 STAGING = ".staging"
@@ -63,9 +66,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tool_versions(backend: str = "onnxruntime") -> dict[str, str]:
+    """Every tool an engine depends on; for a TensorRT plan also the GPU architecture it was built for."""
     code = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in EXPORT_CODE)).hexdigest()
-    extra = {"tensorrt": tensorrt_info()["version"]} if backend == "tensorrt" else {}
-    return {**{t: version(t) for t in TOOLS}, **extra, "export_code": code}
+    versions = {t: installed_version(t) for t in TOOLS}
+    missing = [t for t, v in versions.items() if v is None]
+    if missing:
+        raise BuildError(f"{missing[0]} is not installed; the build needs {', '.join(TOOLS)}")
+    if backend == "tensorrt":
+        trt = tensorrt_info()
+        versions |= {"tensorrt": trt["version"], "gpu_arch": trt["gpu_arch"]}
+    return {**versions, "export_code": code}
 
 
 def checkpoint_part(checkpoint: Path, part: str) -> Path:
@@ -83,27 +93,39 @@ def _tree_bytes(path: Path) -> int:
 
 
 @torch.no_grad()
-def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, precision: str, at: str = "opt") -> float:
+def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, precision: str, at: str = "opt") -> dict[str, float]:
     """Run the engine and PyTorch on the same sample, every dynamic axis at the profile point `at`;
-    raise naming the first output out of tolerance."""
+    raise naming the first output out of tolerance. PyTorch computes in the engine's precision (as
+    the ONNX does, `computing_in`), so the check is the precision's one tolerance; the error against
+    fp32 PyTorch is reported beside it. Max abs errors: {"max_abs_error", "max_abs_error_vs_fp32"}."""
     feeds = spec.sample(spec.point(at), seed=1)
-    expected = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    got = engine.run(feeds)
-    tol, worst = TOLERANCE[precision], 0.0
-    for name, ref in zip(spec.output_names, expected):
+    args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
+    reference = module if precision == "fp32" else computing_in(module, COMPUTE_DTYPES[precision])
+    expected, fp32 = (_outputs(m(*args)) for m in (reference, module))
+    got = {n: np.asarray(v) for n, v in engine.run(feeds).items()}
+    tol, worst, worst_fp32 = TOLERANCE[precision], 0.0, 0.0
+    for name, ref, full in zip(spec.output_names, expected, fp32):
         ref, out = ref.numpy(), got[name]
         if ref.shape != out.shape:
             raise BuildError(f"{spec.name}: output {name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
-        err = float(np.abs(out - ref).max()) if ref.size else 0.0
-        if not np.allclose(out, ref, atol=tol, rtol=tol):
-            raise BuildError(f"{spec.name}: output {name!r} differs from PyTorch by up to {err:.3g} (atol=rtol={tol})")
-        worst = max(worst, err)
-    return worst
+        check = compare(ref, out, tol, tol, rule_for(precision))
+        if not check["pass"]:
+            raise BuildError(
+                f"{spec.name}: output {name!r} differs from PyTorch ({precision}) by up to {check['max_abs']:.3g}: {check['reason']}"
+            )
+        worst = max(worst, check["max_abs"])
+        worst_fp32 = max(worst_fp32, compare(full.numpy(), out, tol, tol)["max_abs"])
+    return {"max_abs_error": worst, "max_abs_error_vs_fp32": worst_fp32}
 
 
-def _build_one(spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, verify_at: str) -> tuple[dict[str, Any], dict[str, float]]:
-    """The component's files (relative to the build) and each verified file's max abs error."""
+def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _build_one(
+    spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, verify_at: str
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The component's files (relative to the build) and each verified file's errors (`verify`)."""
     module = build_component(model, spec.name)
     portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision)
     io = {"name": spec.name, **spec.to_json()}
@@ -205,11 +227,14 @@ def build(
                 raise
             except Exception as e:  # an exporter or builder failure: name the component, keep the cause
                 raise BuildError(f"{spec.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-            seconds, error = time.perf_counter() - start, max(errors.values())
+            seconds = time.perf_counter() - start
+            error = max(e["max_abs_error"] for e in errors.values())
             entries[spec.name] = {
                 "backend": backend, "precision": precision, "parts": parts, "build_key": key, **files,
                 "verify": {
-                    "max_abs_error": error, "by_file": errors, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision],
+                    "max_abs_error": error,
+                    "max_abs_error_vs_fp32": max(e["max_abs_error_vs_fp32"] for e in errors.values()),
+                    "by_file": errors, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision], "rule": rule_for(precision),
                     "point": verify_at,
                 },
                 "build_seconds": round(seconds, 2),
@@ -251,18 +276,20 @@ def print_table(outcomes: list[Outcome]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    add_force(p, "write into --out even if it already holds files (a build there is updated: stale components rebuilt)")
+    add_backend(p, labels=BUILT_LABELS, help="what the engines are built for (the onnxruntime labels share one build)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--components", help="comma-separated subset (default: all)")
     p.add_argument("--verify-at", choices=VERIFY_POINTS, default="opt", help="profile point of the check against PyTorch")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    refuse_non_empty(args.out, args.force)
     chosen = [c.strip() for c in args.components.split(",")] if args.components else None
     try:
-        outcomes = build(args.checkpoint, args.out, args.backend, args.precision, chosen, not args.quiet, args.verify_at)
+        outcomes = build(args.checkpoint, args.out, resolve_backend(args.backend)[0], args.precision, chosen, not args.quiet, args.verify_at)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 - the portable ONNX (`model.onnx`): standard `ai.onnx` ops only, constants folded with polygraphy as
   NVIDIA's demo/Diffusion folds them, an opset TensorRT 10's parser takes. TensorRT, ONNX Runtime's
   CUDA and TensorRT providers and polygraphy read it. For fp16/bf16 it computes in that type behind
-  float32 inputs and outputs, so a strongly typed TensorRT network takes the precision from it.
+  float32 inputs and outputs, so a strongly typed TensorRT network takes the precision from it; the
+  softmaxes, the normalisations and the rotary tables stay fp32 inside it (`FP32_OPS`, `computing_in`).
 - the CPU ONNX (`model.opt.onnx`): attention exported as ONNX Runtime's fused `MultiHeadAttention`,
   then ONNX Runtime's offline CPU fusions. Only the CPU provider runs it.
 """
@@ -20,6 +21,7 @@ import onnx
 import onnxruntime as ort
 import onnxscript
 import torch
+from onnx import TensorProto, helper
 from onnx.defs import OpSchema
 from onnxscript import opset20 as op
 from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_attention
@@ -36,6 +38,11 @@ EXTERNAL_DATA_BYTES = 1 << 30  # protobuf stops at 2 GiB; keep big weights besid
 TENSORRT_OPSETS = (9, 20)
 STANDARD_DOMAINS = ("", "ai.onnx")
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Reductions whose sums overflow fp16 or lose bf16's few bits (TensorRT warns of fp16 normalisations
+# and recommends fp32): a reduced-precision graph computes them in fp32 between two Casts. The
+# exporter lowers GroupNorm to InstanceNormalization; LLaMA's RMSNorm already computes in fp32.
+FP32_OPS = ("Softmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization")
+REDUCED_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 _P = OpSchema.FormalParameter
@@ -101,11 +108,42 @@ def onnx_bytes(path: Path) -> int:
 def computing_in(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `module` computing in `dtype` behind float32 inputs and outputs: the manifest's IO
     stays float32 while the ONNX carries the precision. Hooks cast, so the signature (which the
-    exporter's dynamic shapes follow) stays the module's own."""
+    exporter's dynamic shapes follow) stays the module's own. Non-persistent buffers are tables
+    derived from the config, not weights (the rotary inverse frequencies): they stay float32, as
+    rounding them would shift every rotary angle the more the further the position."""
     inner = copy.deepcopy(module).to(dtype)
+    tables = dict(module.named_buffers(remove_duplicate=False))
+    for prefix, sub in inner.named_modules(remove_duplicate=False):
+        for name in sub._non_persistent_buffers_set:
+            if sub._buffers.get(name) is not None and sub._buffers[name].is_floating_point():
+                sub._buffers[name] = tables[f"{prefix}.{name}" if prefix else name].detach().clone()
     inner.register_forward_pre_hook(lambda _, args: tuple(a.to(dtype) if a.is_floating_point() else a for a in args))
     inner.register_forward_hook(lambda _, __, out: tuple(o.float() for o in out) if isinstance(out, tuple) else out.float())
     return inner
+
+
+def keep_in_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every `FP32_OPS` node that reads fp16/bf16 computing in fp32: its reduced inputs
+    cast up, its output cast back. Types come from the exporter's value_info."""
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    nodes = []
+    for i, node in enumerate(graph.node):
+        low = types.get(node.input[0]) if node.input else None
+        if node.op_type not in FP32_OPS or low not in REDUCED_TYPES:
+            nodes.append(node)
+            continue
+        for k, name in enumerate(node.input):
+            if name and types.get(name) == low:
+                node.input[k] = f"{name}/fp32_{i}"
+                nodes.append(helper.make_node("Cast", [name], [node.input[k]], name=f"cast_up_{i}_{k}", to=TensorProto.FLOAT))
+        out = node.output[0]
+        node.output[0] = f"{out}/fp32"
+        nodes += [node, helper.make_node("Cast", [node.output[0]], [out], name=f"cast_down_{i}", to=low)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 @torch.no_grad()
@@ -173,8 +211,9 @@ def export_portable(spec: ComponentSpec, module: nn.Module, path: Path, precisio
         module = computing_in(module, COMPUTE_DTYPES[precision])
     export_onnx(spec, module, path, fused_attention=False)
     external = onnx_bytes(path) > EXTERNAL_DATA_BYTES
-    with _quiet_graph_tools():
-        folded = fold_constants(onnx.load(str(path)), allow_onnxruntime_shape_inference=True)
+    model = keep_in_fp32(onnx.load(str(path))) if precision != "fp32" else onnx.load(str(path))
+    with _quiet_graph_tools():  # folding also turns the casts of constant weights into fp32 constants
+        folded = fold_constants(model, allow_onnxruntime_shape_inference=True)
     check_portable(folded, spec.name)
     save_onnx(folded, path, external)
     return path

@@ -153,12 +153,13 @@ def _llm(config: dict[str, Any]) -> ComponentSpec:
         ),
         # The runtime accepts prompt + answer up to the whole context (runtime.prompt.check_fits), so a
         # call's new tokens and its cache each range up to it; `present` (past + seq) never exceeds it.
+        # The opt point, which TensorRT tunes its kernels for, is a decode step: the call that repeats.
         {
             "layers": (layers, layers, layers),
             "batch": (1, 1, MAX_BATCH),
-            "seq": (1, 64, context),
+            "seq": (1, 1, context),
             "past": (0, 64, context - 1),
-            "present": (1, 128, context),
+            "present": (1, 65, context),
         },
         int_ranges={"input_ids": (0, llm["vocab_size"]), "media_position": (-1, 1)},
         state={"present_keys": "past_keys", "present_values": "past_values"},

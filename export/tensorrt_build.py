@@ -22,7 +22,6 @@ from typing import Any
 from export.specs import ComponentSpec
 from runtime.backends import require_tensorrt
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 TIMING_CACHE = "timing.cache"
 
 

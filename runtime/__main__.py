@@ -1,7 +1,7 @@
 """Any-to-any generation on a build's engines.
 
-    python -m runtime --engines engines/tiny --backend onnxruntime --prompt "show me a red circle" \
-        --out outputs/rt [--image F] [--audio F] [--video F] [--seed N] [--steps N] [--guidance G] \
+    python -m runtime --engines engines/tiny --backend onnxruntime --prompt "show me a red circle" \\
+        --out outputs/rt [--image F] [--audio F] [--video F] [--seed N] [--steps N] [--guidance G] \\
         [--output image|audio|video] [--limits NAME=VALUE,...]
 
 Prints the text as it streams, shows a progress bar per denoising loop, and writes
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.backends import BACKENDS, ORT_PROVIDERS
+from runtime.cli import add_backend, make_parser
 from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
@@ -24,10 +24,9 @@ from runtime.response import media_meta, write_response
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__, "python -m runtime")
     p.add_argument("--engines", type=Path, required=True, help="a build folder with manifest.json")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", choices=tuple(ORT_PROVIDERS), default="cpu", help="onnxruntime execution provider")
+    add_backend(p)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
     p.add_argument("--limits", help="NAME=VALUE,... replacing the build's limits (runtime/limits.py)")
     add_request_args(p)
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         req = request_from_args(args)
         limits = Limits.for_build(read_manifest(args.engines)).override(args.limits)
         req.check(limits)  # before any engine is opened
-        pipeline = Any2AnyPipeline(args.engines, args.backend, args.device, args.threads, limits=limits)
+        pipeline = Any2AnyPipeline(args.engines, args.backend, args.threads, limits=limits)
         resp = pipeline(req, on_text=lambda piece: print(piece, end="", flush=True), on_step=progress)
         progress.close()
         extra = {"prompt": args.prompt, "seed": args.seed, "backend": args.backend, "num_tokens": len(resp.token_ids)}

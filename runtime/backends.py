@@ -1,7 +1,8 @@
 """Engines behind one interface: `engine.run(feeds) -> outputs`, both keyed by the spec's IO names.
 
 `onnxruntime` runs the optimised ONNX files (CPU, CUDA or TensorRT execution provider), `tensorrt`
-runs serialized TensorRT plans. The pipeline never knows which one it drives.
+runs serialized TensorRT plans, `torch` the checkpoint's modules. The pipeline never knows which
+one it drives.
 """
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# The backend labels every command takes (`--backend`, `--backends`): label -> (engine kind, device).
+# The kind is what a build is made for (the manifest's `backend`); an onnxruntime build serves all
+# three onnxruntime labels, its execution provider being the device.
+BACKENDS = {
+    "torch": ("torch", "cpu"),
+    "torch-cuda": ("torch", "cuda"),
+    "onnxruntime": ("onnxruntime", "cpu"),
+    "onnxruntime-cuda": ("onnxruntime", "cuda"),
+    "onnxruntime-trt": ("onnxruntime", "tensorrt"),
+    "tensorrt": ("tensorrt", "cuda"),
+}
+
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -18,6 +31,14 @@ ORT_PROVIDERS = {
 }
 
 
+# what each execution provider can be asked to compute in: the CUDA provider rounds fp32 matmuls and
+# convolutions through TF32 (its use_tf32, on by default) only when asked; the TensorRT provider
+# computes in the file's own types (strongly typed: its fp16/bf16 flags are TensorRT's weakly typed
+# path, which TensorRT 11 drops), as the CPU does
+ORT_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "tf32"), "tensorrt": ("fp32",)}
+# options that decide what a session computes in, read back from the session (a value ONNX Runtime
+# did not apply would change the numbers silently)
+PRECISION_OPTIONS = {"CUDAExecutionProvider": ("use_tf32",)}
 ORT_TRT_CACHE = "cache/onnxruntime-tensorrt"  # inside a build: the TensorRT provider's engine and timing caches
 
 
@@ -64,27 +85,56 @@ def ort_providers(device: str, io: dict[str, Any], precision: str = "fp32", cach
     """Execution providers with their options, most preferred first.
 
     The TensorRT provider gets the spec's profile (so it builds one engine for every accepted size
-    instead of rebuilding as the cache grows), an engine and a timing cache under `cache_dir`, and the
-    asked precision; the CUDA provider searches cuDNN's convolution algorithms once per shape."""
+    instead of rebuilding as the cache grows) and an engine and a timing cache under `cache_dir`;
+    the CUDA provider searches cuDNN's convolution algorithms once per shape and uses TF32 only
+    when `precision` is tf32."""
     if device not in ORT_PROVIDERS:
         raise ValueError(f"unknown device {device!r}; known: {', '.join(ORT_PROVIDERS)}")
+    where = io.get("name", "engine")
+    if precision not in ORT_PRECISIONS[device]:
+        raise ValueError(
+            f"{where}: ONNX Runtime's {ORT_PROVIDERS[device][0]} computes in {' or '.join(ORT_PRECISIONS[device])}, "
+            f"not {precision}; a {precision} engine is a --backend tensorrt --precision {precision} build"
+        )
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"})
+    cuda = (
+        "CUDAExecutionProvider",
+        {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1", "use_tf32": "1" if precision == "tf32" else "0"},
+    )
     if device == "cuda":
         return [cuda, "CPUExecutionProvider"]
     if cache_dir is None:
-        raise ValueError(f"{io.get('name', 'engine')}: the TensorRT provider needs a folder for its engine and timing caches")
+        raise ValueError(f"{where}: the TensorRT provider needs a folder for its engine and timing caches")
     tensorrt = {
         **{f"trt_profile_{p}_shapes": _profile_option(io, p) for p in ("min", "opt", "max")},
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": str(cache_dir),
-        "trt_fp16_enable": "1" if precision == "fp16" else "0",
-        "trt_bf16_enable": "1" if precision == "bf16" else "0",
     }
     return [("TensorrtExecutionProvider", tensorrt), cuda, "CPUExecutionProvider"]
+
+
+def check_providers(session: Any, providers: list[Any], where: str) -> list[str]:
+    """The providers `session` really runs on, after refusing one that lacks a provider it was
+    given (ONNX Runtime falls back from TensorRT to CUDA to the CPU without an error, e.g. when
+    libnvinfer cannot be loaded) or that applied another value of a `PRECISION_OPTIONS` option."""
+    got = session.get_providers()
+    asked = [(p, {}) if isinstance(p, str) else p for p in providers]
+    missing = [name for name, _ in asked if name not in got]
+    if missing:
+        raise BackendUnavailable(
+            f"{where}: ONNX Runtime opened the session without {missing[0]} and would run on {', '.join(got)}; "
+            "its libraries (CUDA, cuDNN, TensorRT's libnvinfer) must load in this process"
+        )
+    applied = session.get_provider_options()
+    for name, options in asked:
+        for key in PRECISION_OPTIONS.get(name, ()):
+            value = applied.get(name, {}).get(key, options.get(key))
+            if key in options and value != options[key]:
+                raise BackendUnavailable(f"{where}: {name} applied {key}={value}, not the asked {options[key]}")
+    return got
 
 
 class OrtEngine:
@@ -99,10 +149,16 @@ class OrtEngine:
         cache_dir: Path | None = None,
     ) -> None:
         """`profile`: a file prefix; ONNX Runtime then records every node's time, written by `end_profiling`.
-        `precision` and `cache_dir` configure the TensorRT provider (see `ort_providers`)."""
+        `precision` and `cache_dir` configure the GPU providers (see `ort_providers`); `providers`
+        holds the ones the session really got (`check_providers`)."""
         import onnxruntime as ort
 
         providers = ort_providers(device, io, precision, cache_dir)
+        if device == "tensorrt":
+            # The TensorRT provider finds libnvinfer only if it is loaded or on the library path;
+            # the tensorrt wheel loads its own copy on import.
+            with contextlib.suppress(ImportError):
+                import tensorrt  # noqa: F401
         if device != "cpu" and ORT_PROVIDERS[device][0] not in ort.get_available_providers():
             raise BackendUnavailable(
                 f"onnxruntime has no {ORT_PROVIDERS[device][0]} here (available: {ort.get_available_providers()}); "
@@ -122,6 +178,7 @@ class OrtEngine:
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = check_providers(self.session, providers, io.get("name", "engine"))
 
     def end_profiling(self) -> Path:
         """The profile (Chrome trace JSON) of every run so far, for a session opened with `profile`."""
@@ -193,6 +250,9 @@ class TrtEngine:
         self.output_names = [t["name"] for t in io["outputs"]]
         self.state: dict[str, str] = io.get("state", {})  # output -> the input it becomes
         self.use_graph = io.get("static_shapes", False) if cuda_graph is None else cuda_graph
+        if self.use_graph and self.state:
+            # its state buffers swap places on every call, and a graph replays the addresses it captured
+            raise ValueError(f"{self.name}: a CUDA graph cannot drive a stateful engine (its cache moves between calls)")
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             raise BackendUnavailable(f"{path}: TensorRT cannot load this plan (built for another GPU or TensorRT version?)")
@@ -203,16 +263,21 @@ class TrtEngine:
         self.stream = torch.cuda.Stream()
         self.buffers = self._allocate()
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self.graph: Any = None
-        self.graph_key: tuple[Any, ...] | None = None
+        self.graphs: dict[tuple[Any, ...], Any] = {}  # input shapes -> the CUDA graph captured at them
         self.version = 0
 
     def _check_io(self) -> None:
-        """The plan's tensors are the manifest's, each an input or output as declared."""
-        modes = {self.engine.get_tensor_name(i): self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)}
+        """The plan's tensors are the manifest's, each an input or output as declared, in its dtype
+        (the buffers are allocated in the manifest's dtype; TensorRT reads them as the plan's)."""
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        modes = {n: self.engine.get_tensor_mode(n) for n in names}
         want = {**{n: self.trt.TensorIOMode.INPUT for n in self.input_names}, **{n: self.trt.TensorIOMode.OUTPUT for n in self.output_names}}
         if modes != want:
             raise RuntimeError(f"{self.name}: the plan's tensors {sorted(modes)} are not the manifest's {sorted(want)}")
+        for t in [*self.io["inputs"], *self.io["outputs"]]:
+            planned = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(t["name"])))
+            if planned != np.dtype(t["dtype"]):
+                raise RuntimeError(f"{self.name}: the plan's tensor {t['name']!r} is {planned}, the manifest's {t['dtype']}")
 
     def _max_shape(self, name: str) -> tuple[int, ...]:
         """An input's profile maximum; an output's from the spec's axis ranges, or from TensorRT with
@@ -274,17 +339,19 @@ class TrtEngine:
 
     def _launch(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Run once; a static-shape engine captures a CUDA graph on its first call at these shapes and
-        replays it afterwards (buffer addresses never change, which a graph needs)."""
+        replays it whenever they come back (buffer addresses never change, which a graph needs), so
+        batches of changing size (Triton's dynamic batching) each keep theirs: at most one per batch
+        size the profile allows."""
         key = tuple(shapes.items())
-        if self.use_graph and key == self.graph_key:
-            self.graph.replay()
+        if self.use_graph and key in self.graphs:
+            self.graphs[key].replay()
             return
         self._execute()  # eager first: TensorRT finishes its shape-dependent set-up before any capture
         if self.use_graph:
             graph = self.torch.cuda.CUDAGraph()
             with self.torch.cuda.graph(graph, stream=self.stream):
                 self._execute()
-            self.graph, self.graph_key = graph, key
+            self.graphs[key] = graph
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
@@ -316,14 +383,15 @@ class TrtEngine:
 
 class TorchEngine:
     """The checkpoint's PyTorch module for a component: the reference behind the same interface.
-    On `cuda`, `precision` fp16/bf16 runs it under autocast."""
+    On `cuda`, `precision` fp16/bf16 runs it under autocast (tf32: see `Engines`)."""
 
     def __init__(self, module: Any, io: dict[str, Any], device: str = "cpu", precision: str = "fp32") -> None:
         import torch
 
         self.torch, self.io, self.device = torch, io, device
         self.module = module.to(device)
-        self.autocast = torch.autocast(device, dtype=getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[precision])) if precision != "fp32" else None
+        autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}
+        self.autocast = torch.autocast(device, dtype=autocast[precision]) if precision in autocast else None
         self.input_names = [t["name"] for t in io["inputs"]]
         self.output_names = [t["name"] for t in io["outputs"]]
 
@@ -336,7 +404,16 @@ class TorchEngine:
         return {n: o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for n, o in zip(self.output_names, out)}
 
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+def resolve_backend(label: str) -> tuple[str, str]:
+    """(engine kind, device) of a backend label; an unknown label is refused by name."""
+    if label not in BACKENDS:
+        raise ValueError(f"unknown backend {label!r}; known: {', '.join(BACKENDS)}")
+    return BACKENDS[label]
+
+
+def labels_for(kind: str) -> list[str]:
+    """The labels a build of engine kind `kind` serves (torch runs from the checkpoint, beside any build)."""
+    return [label for label, (k, _) in BACKENDS.items() if k == kind]
 
 
 class Engines:
@@ -346,34 +423,31 @@ class Engines:
     missing engine is refused before any request is served.
     """
 
-    def __init__(
-        self, build: Any, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0, precision: str = "fp32"
-    ) -> None:
-        """`device`: the onnxruntime execution provider (cpu, cuda, tensorrt) or the torch device (cpu,
-        cuda); `precision`: what ONNX Runtime's TensorRT provider and torch on cuda compute in (a
-        TensorRT plan has its own, from the build)."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-        self.build, self.backend, self.device, self.threads, self.precision = build, backend, device, threads, precision
+    def __init__(self, build: Any, backend: str = "onnxruntime", threads: int = 0, precision: str = "fp32") -> None:
+        """`backend`: a label of `BACKENDS`; `precision`: what torch on cuda (tf32, fp16, bf16) and ONNX
+        Runtime's CUDA provider (tf32) compute in instead of fp32 (a TensorRT plan and the TensorRT
+        provider compute in the build's own types)."""
+        kind, device = resolve_backend(backend)
+        self.build, self.backend, self.kind, self.device = build, backend, kind, device
+        self.threads, self.precision = threads, precision
         self.opened: dict[str, Engine] = {}
         self._model: Any = None
-        if backend == "tensorrt":
+        if kind == "tensorrt":
             require_tensorrt()
-        if backend == "torch" and device != "cpu":
+        check_build_serves(build, backend)
+        if kind == "torch" and device != "cpu":
             import torch
 
             if not torch.cuda.is_available():
-                raise BackendUnavailable(f"the torch backend on {device} needs a CUDA GPU; torch.cuda.is_available() is False")
-            if precision == "fp32":
+                raise BackendUnavailable(f"the {backend} backend needs a CUDA GPU; torch.cuda.is_available() is False")
+            if precision in ("fp32", "tf32"):
                 # fp32 means IEEE fp32: torch lets cuDNN convolutions round through TF32 by default
-                # (a 10-bit mantissa), which would put the GPU reference itself outside fp32 tolerances.
-                # Set here, not when an engine opens, so that a benchmark records the state it runs in.
-                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        if backend != "torch":
+                # (a 10-bit mantissa), which would put the GPU reference itself outside fp32 tolerances;
+                # TF32 only when asked. Set here, not when an engine opens, so that a benchmark records
+                # the state it runs in.
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        if kind != "torch":
             build.verify_files()
-            wrong = [n for n, c in build.components.items() if c["backend"] != backend]
-            if wrong:
-                raise BackendUnavailable(f"{build.root}: {wrong[0]} was built for {build.components[wrong[0]]['backend']}, not {backend}")
 
     def io(self, name: str) -> dict[str, Any]:
         return {"name": name, **self.build.component(name)}
@@ -385,14 +459,14 @@ class Engines:
 
     def _open(self, name: str) -> Engine:
         entry = self.build.component(name)
-        if self.backend == "onnxruntime":
+        if self.kind == "onnxruntime":
             # the CPU provider runs the CPU-fused file, the GPU providers the portable one
             if "provider_files" not in entry:
                 raise BackendUnavailable(f"{self.build.root}: {name} predates per-provider files; rebuild it with export/build_engines.py")
             path = self.build.path(entry["provider_files"][self.device])
             cache = self.build.root / ORT_TRT_CACHE if self.device == "tensorrt" else None
             return OrtEngine(path, self.io(name), self.device, self.threads, precision=self.precision, cache_dir=cache)
-        if self.backend == "tensorrt":
+        if self.kind == "tensorrt":
             return TrtEngine(self.build.path(entry["engine"]), self.io(name))
         return TorchEngine(self._torch_module(name), self.io(name), self.device, self.precision)
 
@@ -403,6 +477,16 @@ class Engines:
         if self._model is None:
             self._model = load_checkpoint(Path(self.build.data["checkpoint"]["path"]))
         return torch_component(self._model, name, self.device)
+
+
+def check_build_serves(build: Any, backend: str) -> None:
+    """Refuse, in one line, a backend label the build's engines cannot run under."""
+    kind, _ = resolve_backend(backend)
+    kinds = {c["backend"] for c in build.components.values()}
+    if kind != "torch" and kinds != {kind}:
+        made = "/".join(sorted(kinds))
+        serves = ", ".join(label for k in sorted(kinds) for label in labels_for(k))
+        raise BackendUnavailable(f"{build.root} holds engines for {made}: they serve {serves} (and torch), not {backend}")
 
 
 def torch_component(model: Any, name: str, where: Any) -> Any:

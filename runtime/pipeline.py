@@ -31,18 +31,18 @@ class Any2AnyPipeline:
         self,
         build_dir: Path,
         backend: str = "onnxruntime",
-        device: str = "cpu",
         threads: int = 0,
         wrap: Callable[[Engines], Engines] | None = None,
         limits: Limits | None = None,
         precision: str = "fp32",
     ) -> None:
-        """`wrap` lets a caller interpose on every engine call (timing, remote execution);
-        `limits` default to the build's (`Limits.for_build`); `precision` as in `Engines`."""
+        """`backend`: a label of `runtime.backends.BACKENDS`; `wrap` lets a caller interpose on every
+        engine call (timing, remote execution); `limits` default to the build's
+        (`Limits.for_build`); `precision` as in `Engines`."""
         self.build = read_manifest(Path(build_dir))
         self.config = self.build.config
         self.limits = limits or Limits.for_build(self.build)
-        engines = Engines(self.build, backend, device, threads, precision)
+        engines = Engines(self.build, backend, threads, precision)
         self.engines = wrap(engines) if wrap else engines
         self.llm = LlmGenerator.from_engines(self.engines)
         self.decoders = {m: Decoder(self.engines, self.build, m) for m in OUTPUT_MODALITIES}

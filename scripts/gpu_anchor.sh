@@ -7,36 +7,22 @@
 # Each step gets its own time limit (STEP_LIMIT_S seconds, default 300) and a failed step does not
 # stop the next, so one bad precision still leaves the other's numbers; ARCHIVE=F re-packs OUT into the
 # tarball F after every step, so a run cut short elsewhere still hands back what finished. The exit
-# status is the number of failed steps.
+# status is the number of failed steps; 3, with one line, on a machine without a GPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_common.sh"
+require_gpu gpu_anchor
 engines=${1:-engines/tiny}
 out=${2:-benchmarks/results/gpu_anchor}
-python=${PYTHON:-python3}
 mkdir -p "$out"
-failed=0
 inputs=()
 if [ -n "${INPUTS:-}" ]; then inputs=(--inputs "$INPUTS"); fi
 limit=${STEP_LIMIT_S:-300}
-step() {  # NAME COMMAND...
-    local name=$1
-    shift
-    echo "== $name ($(date -u +%T))"
-    timeout "$limit" "$@" > "$out/$name.log" 2>&1
-    local status=$?
-    if [ "$status" -ne 0 ]; then
-        echo "$name failed with status $status; the end of its log:"
-        failed=$((failed + 1))
-    fi
-    tail -n 25 "$out/$name.log"
-    if [ -n "${ARCHIVE:-}" ]; then tar czf "$ARCHIVE" -C "$out" .; fi
-}
 for precision in fp32 fp16; do
-    step "latency_$precision" "$python" benchmarks/compare_latency.py --engines "$engines" \
+    step "latency_$precision" "$PYTHON" benchmarks/compare_latency.py --engines "$engines" \
         --backends torch,torch-cuda --precision "$precision" --runs 20 --route-runs 3 --json "$out/latency_$precision.json" "${inputs[@]}"
 done
 for precision in fp32 fp16; do
-    step "precision_$precision" "$python" benchmarks/compare_precision.py --engines "$engines" \
+    step "precision_$precision" "$PYTHON" benchmarks/compare_precision.py --engines "$engines" \
         --backends torch,torch-cuda --precision "$precision" --json "$out/precision_$precision.json" "${inputs[@]}"
 done
 exit "$failed"

@@ -1,8 +1,10 @@
 """export/build_engines.py on the tiny checkpoint: a real ONNX build, verified against PyTorch."""
+import importlib.metadata
 import json
 import shutil
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -52,7 +54,10 @@ def test_rebuild_is_a_no_op(tiny_build, tiny_dir, capsys):
     out, _ = tiny_build
     before = (out / "manifest.json").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.onnx")}
-    assert main(["--checkpoint", str(tiny_dir), "--out", str(out), "--quiet"]) == 0
+    with pytest.raises(SystemExit):  # an existing build is updated only when asked
+        main(["--checkpoint", str(tiny_dir), "--out", str(out), "--quiet"])
+    assert f"error: {out} is not empty; pass --force" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tiny_dir), "--out", str(out), "--quiet", "--force"]) == 0
     assert "0 built, 13 up to date" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.onnx")} == stamps
     assert json.loads((out / "manifest.json").read_text())["components"] == json.loads(before)["components"]
@@ -89,7 +94,7 @@ def test_the_verification_point_is_recorded_and_a_change_of_it_rebuilds(tiny_bui
 
 def test_out_of_tolerance_fails_naming_component_and_output(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(build_engines.TOLERANCE, "fp32", 0.0)
-    with pytest.raises(BuildError, match="projector_image: output 'embeds' differs from PyTorch by up to"):
+    with pytest.raises(BuildError, match=r"projector_image: output 'embeds' differs from PyTorch \(fp32\) by up to"):
         build(tiny_dir, tmp_path / "strict", components=["projector_image"], progress=False)
     assert not (tmp_path / "strict" / "manifest.json").exists()
     assert not (tmp_path / "strict" / "projector_image").exists()
@@ -100,7 +105,7 @@ def test_mismatched_checkpoint_fails_cleanly_and_keeps_the_old_build(tiny_build,
     before = (out / "manifest.json").read_bytes()
     ckpt = shutil.copytree(tiny_dir, tmp_path / "ckpt")
     (ckpt / "imagebind.safetensors").write_bytes(b"corrupt")
-    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--quiet"]) == 2
+    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--quiet", "--force"]) == 2
     assert "imagebind.safetensors: unreadable" in capsys.readouterr().err
     assert (out / "manifest.json").read_bytes() == before
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "fresh"), "--quiet"]) == 2
@@ -146,3 +151,42 @@ def test_tensorrt_build_matches_pytorch(tiny_dir, tmp_path):
     outcomes = build(tiny_dir, tmp_path / "trt", backend="tensorrt", components=["projector_image", "sd_vae_decoder"], progress=False)
     # build() already ran each plan against its PyTorch module; this checks the recorded errors
     assert all(o.max_abs_error < 1e-4 for o in outcomes)
+
+
+def test_onnxruntime_gpu_in_place_of_onnxruntime_is_found_by_its_import_name(monkeypatch):
+    """onnxruntime-gpu installs the `onnxruntime` module but no distribution of that name."""
+    real = importlib.metadata.Distribution.from_name.__func__
+
+    def from_name(cls, name):
+        if name == "onnxruntime":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(cls, "onnxruntime" if name == "onnxruntime-gpu" else name)
+
+    monkeypatch.setattr(importlib.metadata.Distribution, "from_name", classmethod(from_name))
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"onnxruntime": ["onnxruntime-gpu"]})
+    assert build_engines.tool_versions()["onnxruntime"] == f"onnxruntime-gpu {onnxruntime.__version__}"
+
+
+def test_a_missing_tool_is_named_in_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
+    real = importlib.metadata.Distribution.from_name.__func__
+
+    def from_name(cls, name):
+        if name == "onnxscript":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(cls, name)
+
+    monkeypatch.setattr(importlib.metadata.Distribution, "from_name", classmethod(from_name))
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", dict)
+    argv = ["--checkpoint", str(tiny_dir), "--out", str(tmp_path / "e"), "--components", "projector_image", "--quiet"]
+    assert build_engines.main(argv) == 2
+    # the last line: the checkpoint loader draws a progress bar above it
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: onnxscript is not installed; the build needs {', '.join(build_engines.TOOLS)}"
+
+
+def test_a_plan_for_another_gpu_architecture_is_rebuilt(tiny_model, monkeypatch):
+    spec = component_specs(tiny_model.config)["projector_image"]
+    keys = set()
+    for arch in ("sm80", "sm90"):
+        monkeypatch.setattr(build_engines, "tensorrt_info", lambda arch=arch: {"version": "10.13.0", "gpu_arch": arch, "gpu": "GPU"})
+        keys.add(build_engines.build_key(spec, {}, "tensorrt", "fp32"))
+    assert len(keys) == 2

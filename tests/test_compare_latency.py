@@ -1,10 +1,9 @@
 """benchmarks/compare_latency.py in its quick mode on the tiny build: it runs and writes valid results."""
 import json
-import time
 
-import numpy as np
 import pytest
 
+from benchmarks import compare_latency
 from benchmarks.compare_latency import CallLog, breakdown, interleaved, main, percentiles
 from train.demo import ROUTES
 
@@ -21,16 +20,21 @@ def test_percentiles_and_breakdown_rules():
     assert abs(stages["image_denoise"] - 0.6) < 1e-12 and stages["image_vae_decoder"] == 0.1
 
 
-def test_interleaved_times_each_call_round_robin():
-    order = []
+def test_interleaved_times_each_call_round_robin(monkeypatch):
+    """On a clock that only the calls advance: each time is its own call's and nothing else's."""
+    clock, order = [0.0], []
 
-    def sleeper(name, seconds):
-        return lambda: (order.append(name), time.sleep(seconds))
+    def call(name, seconds):
+        def run():
+            order.append(name)
+            clock[0] += seconds
 
-    times = interleaved({"slow": sleeper("slow", 0.03), "fast": sleeper("fast", 0.003)}, runs=4, warmup=1)
-    assert order == ["slow", "fast"] * 5 and [len(t) for t in times.values()] == [4, 4]
-    assert min(times["slow"]) >= 0.03 and min(times["fast"]) >= 0.003  # a sleep lasts at least as long as asked
-    assert np.median(times["fast"]) < np.median(times["slow"])
+        return run
+
+    monkeypatch.setattr(compare_latency.time, "perf_counter", lambda: clock[0])
+    times = interleaved({"slow": call("slow", 0.03), "fast": call("fast", 0.003)}, runs=4, warmup=1)
+    assert order == ["slow", "fast"] * 5
+    assert times == {"slow": [pytest.approx(0.03)] * 4, "fast": [pytest.approx(0.003)] * 4}
 
 
 def test_quick_run_writes_json_markdown_and_charts(tiny_build, sample_inputs, tmp_path):

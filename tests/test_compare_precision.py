@@ -1,14 +1,23 @@
 """benchmarks/compare_precision.py: the comparison rules on crafted arrays, then the script on the tiny build."""
 import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
-from benchmarks.compare_precision import compare_response, main, parse_tolerance, top1_agreement
-from benchmarks.metrics import compare, cosine, rule_for
-from runtime.backends import OrtEngine
+import runtime.backends
+from benchmarks.compare_precision import compare_components, compare_response, main, parse_tolerance, top1_agreement
+from benchmarks.machine import backend_engines
+from export.specs import component_specs
+from runtime.backends import DeviceTensor, OrtEngine, TorchEngine, require_tensorrt
+from runtime.manifest import Build
+from runtime.precision import compare, cosine, rule_for
 from runtime.request import Response
+from train.components import build_component
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
@@ -121,10 +130,24 @@ def test_quick_run_passes_and_writes_json(quick_run):
     assert "## Components vs torch" in markdown and "| onnxruntime | llm | logits | opt |" in markdown
 
 
+def tensorrt_refusal(tensorrt_runs_here: bool) -> str:
+    """Why the tensorrt backend refuses an onnxruntime build: the build itself where TensorRT runs,
+    else the missing library or GPU."""
+    return r"llm was built for onnxruntime, not tensorrt" if tensorrt_runs_here else r"no CUDA GPU on this machine|needs NVIDIA TensorRT"
+
+
+def _tensorrt_runs_here() -> bool:
+    try:
+        require_tensorrt()
+    except runtime.backends.BackendUnavailable:
+        return False
+    return True
+
+
 def test_unavailable_backend_is_reported_and_does_not_fail_the_run(quick_run):
     status, results, markdown = quick_run
     assert status == 0 and results["backends"] == ["torch", "onnxruntime"]
-    assert "CUDA" in results["unavailable"]["tensorrt"] or "TensorRT" in results["unavailable"]["tensorrt"]
+    assert re.search(tensorrt_refusal(_tensorrt_runs_here()), results["unavailable"]["tensorrt"])
     assert not any(r["backend"] == "tensorrt" for r in results["components"] + results["end_to_end"])
     assert "Unavailable backends" in markdown
 
@@ -158,3 +181,37 @@ def test_bisect_names_the_first_node_out_of_a_forced_tolerance(tiny_build, tmp_p
     raw = onnx.load(str(tiny_build[0] / "sd_vae_decoder" / "model.onnx"))
     assert {(n.name, n.op_type) for n in raw.graph.node} >= {(hit["node"], hit["op_type"])}
     assert hit["max_abs"] > 0 and result["compared"] > 10
+
+
+def test_on_a_tensorrt_host_an_onnxruntime_build_is_refused_for_being_one(tmp_path, monkeypatch):
+    """What a GPU host with TensorRT answers (simulated: TensorRT found, a CUDA device present)."""
+    monkeypatch.setattr(runtime.backends, "require_tensorrt", lambda: SimpleNamespace(__version__="10.13"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    build = Build(tmp_path, {"components": {"llm": {"backend": "onnxruntime", "files": {}}}, "constants": {"files": {}}})
+    engines, unavailable = backend_engines(build, ["tensorrt"])
+    assert not engines and re.search(tensorrt_refusal(True), unavailable["tensorrt"])
+
+
+class DeviceCache:
+    """Stands in for a TensorRT LLM engine on the CPU: the PyTorch module's outputs, the present
+    cache handed back as a DeviceTensor (what TrtEngine returns for state outputs)."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine, self.name, self.version = engine, "llm", 0
+
+    def run(self, feeds):
+        out = self.engine.run(feeds)
+        self.version += 1
+        cache = {n: DeviceTensor(self, torch.from_numpy(out[n]), self.version) for n in ("present_keys", "present_values")}
+        return {**out, **cache}
+
+
+def test_a_device_resident_output_is_compared_after_reading_it_back(tiny_model):
+    spec = component_specs(tiny_model.config)["llm"]
+    io = {"name": "llm", **spec.to_json()}
+    torch_llm = TorchEngine(build_component(tiny_model, "llm"), io)
+    build = Build(Path("."), {"config": tiny_model.config, "components": {"llm": {"precision": "fp32"}}})
+    engines = {"torch": {"llm": torch_llm}, "tensorrt": {"llm": DeviceCache(torch_llm)}}
+    rows = compare_components(build, engines, "torch", ("min", "opt"), 0, {}, "fp32")
+    assert [(r["output"], r["point"], r["pass"]) for r in rows] == [(o, p, True) for p in ("min", "opt") for o in spec.output_names]
+    assert all(r["max_abs"] == 0.0 for r in rows)

@@ -158,7 +158,7 @@ def test_cli_refuses_what_it_cannot_evaluate(tiny_build, tmp_path, capsys):
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert main(["--engines", str(other), "--json", str(tmp_path / "r.json")]) == 2
     assert "'nextgpt-7b' preset" in capsys.readouterr().err
-    args = ["--engines", str(tiny_build[0]), "--json", str(tmp_path / "r.json"), "--triton", "127.0.0.1:1"]
+    args = ["--engines", str(tiny_build[0]), "--json", str(tmp_path / "r.json"), "--url", "127.0.0.1:1"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Triton at 127.0.0.1:1") and err.count("\n") == 1

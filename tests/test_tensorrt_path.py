@@ -3,10 +3,12 @@
 What needs TensorRT and a GPU (plans, CUDA graphs, the device-resident cache) is in
 tests/test_tensorrt_gpu.py, skipped here with the reason.
 """
+import contextlib
 import copy
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,11 +17,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.machine import backend_engines, computes_in, open_pipeline, thread_budget
+import benchmarks.machine
+import runtime.backends
+from benchmarks.machine import BACKENDS, backend_engines, open_pipeline, thread_budget
 from export.build_engines import verify
-from export.onnx_export import TENSORRT_OPSETS, export_portable, non_standard_ops
+from export.onnx_export import FP32_OPS, TENSORRT_OPSETS, computing_in, export_portable, non_standard_ops
 from export.specs import component_specs
-from runtime.backends import BackendUnavailable, OrtEngine, check_feeds, ort_providers, torch_component
+from runtime.backends import BackendUnavailable, Engines, OrtEngine, TrtEngine, check_feeds, torch_component
 from runtime.generation import LlmGenerator, Tokenizer
 from runtime.manifest import read_manifest
 from runtime.prompt import PromptIds
@@ -36,15 +40,10 @@ def tensorrt_support() -> tuple[set[str], tuple[int, int]]:
     return ops, (int(low), int(high))
 
 
-def test_the_support_matrix_is_read():
-    ops, opsets = tensorrt_support()
-    assert {"Conv", "MatMul", "Softmax", "LayerNormalization"} <= ops and "AffineGrid" not in ops
-    assert opsets == TENSORRT_OPSETS
-
-
 def test_every_portable_onnx_has_only_ops_tensorrt_10_imports(tiny_build):
     out, _ = tiny_build
     supported, (low, high) = tensorrt_support()
+    assert (low, high) == TENSORRT_OPSETS  # what export checks every portable ONNX against
     for name, entry in read_manifest(out).components.items():
         model = onnx.load(str(out / entry["onnx"]), load_external_data=False)
         domains = {o.domain: o.version for o in model.opset_import}
@@ -56,15 +55,20 @@ def test_every_portable_onnx_has_only_ops_tensorrt_10_imports(tiny_build):
         assert not foreign, f"{name}: {foreign}"
 
 
-def test_the_manifest_names_each_providers_file(tiny_build):
-    out, _ = tiny_build
-    for name, entry in read_manifest(out).components.items():
-        files = entry["provider_files"]
-        assert files == {"cpu": entry["engine"], "cuda": entry["onnx"], "tensorrt": entry["onnx"]}, name
-        cpu = onnx.load(str(out / files["cpu"]), load_external_data=False)
-        # the CPU file is the one with ONNX Runtime's own fusions; the portable one never has them
-        assert any(n.domain == "com.microsoft" for n in cpu.graph.node) or name.endswith(("vae_decoder", "vocoder")), name
-        assert set(entry["verify"]["by_file"]) == {files["cpu"], files["cuda"]}
+def test_each_provider_opens_the_file_it_can_run(tiny_build, monkeypatch):
+    """The CPU provider gets the file with ONNX Runtime's fused contrib ops; the GPU providers, which
+    cannot run those, get the portable file."""
+    opened = {}
+    monkeypatch.setattr(runtime.backends, "OrtEngine", lambda path, io, device, *a, **k: opened.setdefault(device, {}).update({io["name"]: path}))
+    build = read_manifest(tiny_build[0])
+    for label in ("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt"):
+        engines = Engines(build, label)
+        for name in build.components:
+            engines._open(name)
+    for name in build.components:
+        fused = {d: any(n.domain == "com.microsoft" for n in onnx.load(str(opened[d][name]), load_external_data=False).graph.node) for d in opened}
+        assert not fused["cuda"] and not fused["tensorrt"] and opened["cuda"][name] == opened["tensorrt"][name], name
+        assert fused["cpu"] or name.endswith(("vae_decoder", "vocoder")), name  # these two have no attention to fuse
 
 
 def test_portable_and_cpu_models_agree_on_onnxruntime_cpu(tiny_build, tiny_model):
@@ -80,24 +84,66 @@ def test_portable_and_cpu_models_agree_on_onnxruntime_cpu(tiny_build, tiny_model
                 np.testing.assert_allclose(b[o], a[o], atol=1e-4, rtol=1e-4, err_msg=f"{name}.{o} at {point}")
 
 
-def test_tensorrt_provider_options_carry_profile_caches_and_precision(tiny_build, tmp_path):
-    out, _ = tiny_build
-    entry = read_manifest(out).component("llm")
-    providers = ort_providers("tensorrt", {"name": "llm", **entry}, "fp16", tmp_path)
-    assert [p if isinstance(p, str) else p[0] for p in providers] == [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-    ]
-    options = providers[0][1]
-    for point in ("min", "opt", "max"):
-        pairs = dict(item.split(":") for item in options[f"trt_profile_{point}_shapes"].split(","))
-        assert pairs == {n: "x".join(map(str, s[point])) for n, s in entry["profile"].items()}
-    assert options["trt_profile_max_shapes"].count("past_keys:") == 1
-    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
-    assert (options["trt_engine_cache_enable"], options["trt_timing_cache_enable"]) == ("1", "1")
-    assert (options["trt_fp16_enable"], options["trt_bf16_enable"]) == ("1", "0")
-    assert ort_providers("cpu", entry) == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match="needs a folder for its engine and timing caches"):
-        ort_providers("tensorrt", {"name": "llm", **entry})
+class GpuSession:
+    """Stands in for onnxruntime.InferenceSession on a GPU host: it reports the providers and the
+    provider options set on the class, as ONNX Runtime reports what it really applied."""
+
+    providers: list[str] = []
+    options: dict[str, dict[str, str]] = {}
+
+    def __init__(self, path, options, providers) -> None:
+        self.asked = providers
+
+    def get_providers(self) -> list[str]:
+        return type(self).providers
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return type(self).options
+
+
+@pytest.fixture
+def gpu_session(monkeypatch, tiny_model):
+    """ONNX Runtime with every GPU provider listed as available, sessions as `GpuSession`; and the
+    io of a component with its profile, as a manifest gives it."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "InferenceSession", GpuSession)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(GpuSession, "options", {})
+    spec = component_specs(tiny_model.config)["projector_image"]
+    return {"name": spec.name, **spec.to_json(), "profile": spec.profile()}
+
+
+@pytest.mark.parametrize(
+    ("device", "fallback"),
+    [("tensorrt", ["CUDAExecutionProvider", "CPUExecutionProvider"]), ("cuda", ["CPUExecutionProvider"])],
+)
+def test_a_session_that_fell_back_to_another_provider_is_refused(gpu_session, tmp_path, monkeypatch, device, fallback):
+    monkeypatch.setattr(GpuSession, "providers", fallback)
+    with pytest.raises(BackendUnavailable, match=f"without {runtime.backends.ORT_PROVIDERS[device][0]} and would run on {', '.join(fallback)}"):
+        OrtEngine(tmp_path / "model.onnx", gpu_session, device, cache_dir=tmp_path)
+    monkeypatch.setattr(GpuSession, "providers", runtime.backends.ORT_PROVIDERS[device])
+    engine = OrtEngine(tmp_path / "model.onnx", gpu_session, device, cache_dir=tmp_path)
+    assert engine.providers == runtime.backends.ORT_PROVIDERS[device]
+
+
+def test_fp32_on_the_cuda_provider_is_ieee_fp32_unless_tf32_is_asked(gpu_session, tmp_path, monkeypatch):
+    monkeypatch.setattr(GpuSession, "providers", runtime.backends.ORT_PROVIDERS["cuda"])
+    for applied in ("0", "1"):  # what the session reports back
+        monkeypatch.setattr(GpuSession, "options", {"CUDAExecutionProvider": {"use_tf32": applied}})
+        for precision in ("fp32", "tf32"):
+            if (applied == "1") == (precision == "tf32"):
+                OrtEngine(tmp_path / "model.onnx", gpu_session, "cuda", precision=precision)
+                continue
+            with pytest.raises(BackendUnavailable, match=f"applied use_tf32={applied}, not the asked"):
+                OrtEngine(tmp_path / "model.onnx", gpu_session, "cuda", precision=precision)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_tensorrt_provider_is_never_asked_for_weakly_typed_reduced_precision(gpu_session, tmp_path, monkeypatch, precision):
+    monkeypatch.setattr(GpuSession, "providers", runtime.backends.ORT_PROVIDERS["tensorrt"])
+    with pytest.raises(ValueError, match=f"computes in fp32, not {precision}; a {precision} engine is a --backend tensorrt"):
+        OrtEngine(tmp_path / "model.onnx", gpu_session, "tensorrt", precision=precision, cache_dir=tmp_path)
 
 
 class ProfileCheckingLlm:
@@ -148,28 +194,40 @@ def test_llm_profile_covers_every_request_the_runtime_accepts(llm_under_test, da
     ids = [generator.config["tokens"]["bos_id"]] * prompt_len
     engine.calls.clear()
     generation = generator.generate(PromptIds(ids, None), max_new_tokens=max_new, temperature=0.0, required=required)
-    assert engine.calls[0] == (prompt_len, 0)
-    assert len(generation.ids) >= min(max_new, 1)
+    # the engine never stops the answer: max_new sampled tokens, each but the last fed back one at a
+    # time, then every required signal run appended and fed in one chunk with that last token
+    appended = sum(len(generator.vocab.runs[m]) for m in required)
+    assert len(generation.ids) == max_new + appended
+    decode = [(1, prompt_len + i) for i in range(max_new - 1)]
+    assert engine.calls == [(prompt_len, 0), *decode, *([(1 + appended, prompt_len + max_new - 1)] if required else [])]
 
 
-def test_benchmark_labels_reach_their_backend_and_device(tiny_build):
+def test_benchmark_labels_reach_their_backend_and_device(tiny_build, monkeypatch):
+    """Each label opens its own runtime backend and device, as a GPU host would (simulated: a CUDA
+    device present, every backend recording what it was asked for)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+    monkeypatch.setattr(benchmarks.machine, "Engines", lambda build, backend, device, threads, precision: asked.append((backend, device)))
+    engines, unavailable = backend_engines(read_manifest(tiny_build[0]), list(BACKENDS), threads=1)
+    assert not unavailable and asked == [("torch", "cpu"), ("onnxruntime", "cpu"), ("onnxruntime", "cuda"), ("onnxruntime", "tensorrt"), ("tensorrt", "cuda"), ("torch", "cuda")]
+    import runtime.pipeline
+
+    pipelines = []
+    monkeypatch.setattr(runtime.pipeline, "Any2AnyPipeline", lambda build_dir, backend, device, *a, **k: pipelines.append((backend, device)))
+    for label in BACKENDS:
+        open_pipeline(tiny_build[0], label, threads=1)
+    assert pipelines == asked
+
+
+def test_an_fp16_run_leaves_the_cpu_backends_in_fp32(tiny_build, tiny_model):
+    # an fp16 run asks the GPU backends for fp16; the CPU ones stay the fp32 reference, bit for bit
     build = read_manifest(tiny_build[0])
-    labels = ["torch-cuda", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
-    engines, unavailable = backend_engines(build, labels, threads=1)
-    if engines:
-        pytest.skip(f"a GPU runs {sorted(engines)} here: the refusals do not apply")
-    assert sorted(unavailable) == sorted(labels)
-    for label in labels:  # a label is a backend and a device, never passed on as a backend name
-        with pytest.raises(BackendUnavailable, match="CUDA GPU|TensorRT|CUDAExecutionProvider|TensorrtExecutionProvider"):
-            open_pipeline(tiny_build[0], label, threads=1)
-
-
-def test_backends_compute_in_the_asked_precision_only_where_it_applies(tiny_build):
-    # an fp16 run asks torch-cuda and the TensorRT provider for fp16; the CPU baseline stays the fp32 reference
-    assert [computes_in(b, "fp16") for b in ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")] == ["fp32"] * 4
-    assert computes_in("torch-cuda", "fp16") == computes_in("onnxruntime-trt", "fp16") == "fp16"
-    engines, _ = backend_engines(read_manifest(tiny_build[0]), ["torch", "onnxruntime"], threads=1, precision="fp16")
-    assert engines["torch"].precision == engines["onnxruntime"].precision == "fp32"
+    spec = component_specs(tiny_model.config)["projector_image"]
+    feeds = spec.sample(spec.point("opt"), seed=0)
+    runs = {p: backend_engines(build, ["torch", "onnxruntime"], threads=1, precision=p)[0] for p in ("fp32", "fp16")}
+    for label in ("torch", "onnxruntime"):
+        got, want = (runs[p][label]["projector_image"].run(feeds)["embeds"] for p in ("fp16", "fp32"))
+        np.testing.assert_array_equal(got, want, err_msg=label)
 
 
 def test_a_torch_component_moves_with_everything_it_computes_with(tiny_model):
@@ -212,5 +270,119 @@ def test_reduced_precision_lives_in_the_portable_onnx(tiny_model, tmp_path, name
     assert {onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]} <= {"FLOAT", "INT64"}
     assert not non_standard_ops(model)
     assert all(p.dtype == torch.float32 for p in module.parameters())  # the checkpoint's module is left as it was
-    if precision == "fp16":  # raises, naming the output, beyond atol = rtol = TOLERANCE["fp16"]
-        verify(spec, module, OrtEngine(path, {"name": name, **spec.to_json()}), precision)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    kinds = {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in [*inferred.graph.value_info, *model.graph.input]}
+    reductions = [(n.op_type, kinds[n.input[0]]) for n in model.graph.node if n.op_type in FP32_OPS]
+    assert reductions and all(kind == "FLOAT" for _, kind in reductions), reductions
+    if precision == "fp16":  # raises, naming the output, beyond the fp16 tolerance against PyTorch in fp16
+        errors = verify(spec, module, OrtEngine(path, {"name": name, **spec.to_json()}), precision)
+        assert errors["max_abs_error"] > 0 and errors["max_abs_error_vs_fp32"] > 0, errors  # it does compute in fp16
+
+
+def test_the_rotary_tables_stay_fp32_in_a_reduced_precision_copy(tiny_model):
+    llm = build_component(tiny_model, "llm")
+    half = computing_in(llm, torch.float16)
+    tables = {n: b for n, b in half.named_buffers() if "rotary" in n}
+    want = dict(llm.named_buffers())
+    assert tables and all(b.dtype == torch.float32 and torch.equal(b, want[n]) for n, b in tables.items()), tables
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+
+
+def test_the_llm_profile_is_tuned_for_the_decode_step(tiny_model):
+    opt = component_specs(tiny_model.config)["llm"].profile()["input_ids"]["opt"]
+    assert opt[1] == 1, opt
+
+
+# --- TrtEngine on a simulated TensorRT: what it checks before any GPU work ------------------------
+
+
+class SimulatedPlan:
+    """A deserialized plan as TrtEngine reads it: IO names, modes and dtypes (numpy dtypes stand in
+    for tensorrt.DataType), an execution context that counts its launches."""
+
+    def __init__(self, io, dtypes) -> None:
+        tensors = [*io["inputs"], *io["outputs"]]
+        self.modes = {t["name"]: "INPUT" if t in io["inputs"] else "OUTPUT" for t in tensors}
+        self.dtypes = {t["name"]: np.dtype(t["dtype"]) for t in tensors} | dtypes
+        self.names, self.num_io_tensors, self.launches = list(self.modes), len(self.modes), 0
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return self.modes[name]
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def create_execution_context(self):
+        def launch(stream):
+            self.launches += 1
+            return True
+
+        return SimpleNamespace(execute_async_v3=launch)
+
+
+class SimulatedLogger:
+    WARNING = 2
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+
+@pytest.fixture
+def simulated_tensorrt(monkeypatch, tmp_path, tiny_model):
+    """Opens a TrtEngine of a component on a simulated plan: `open_(name, cuda_graph, dtypes)`."""
+    specs = component_specs(tiny_model.config)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: SimpleNamespace(cuda_stream=0))
+    monkeypatch.setattr(TrtEngine, "_allocate", lambda self: {})
+    (tmp_path / "model.plan").write_bytes(b"plan")
+
+    def open_(name, cuda_graph=None, dtypes=None):
+        io = {"name": name, **specs[name].to_json()}
+        plan = SimulatedPlan(io, dtypes or {})
+        trt = SimpleNamespace(
+            Logger=SimulatedLogger,
+            TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+            Runtime=lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda data: plan),
+            nptype=lambda dtype: dtype,
+        )
+        monkeypatch.setattr(runtime.backends, "require_tensorrt", lambda: trt)
+        return TrtEngine(tmp_path / "model.plan", io, cuda_graph)
+
+    return open_
+
+
+def test_a_plan_whose_tensor_dtype_is_not_the_manifests_is_refused(simulated_tensorrt):
+    simulated_tensorrt("projector_image")
+    with pytest.raises(RuntimeError, match="projector_image: the plan's tensor 'embeds' is float16, the manifest's float32"):
+        simulated_tensorrt("projector_image", dtypes={"embeds": np.dtype("float16")})
+
+
+def test_a_cuda_graph_for_the_stateful_llm_is_refused(simulated_tensorrt):
+    assert not simulated_tensorrt("llm").use_graph
+    with pytest.raises(ValueError, match="llm: a CUDA graph cannot drive a stateful engine"):
+        simulated_tensorrt("llm", cuda_graph=True)
+
+
+def test_each_batch_size_keeps_its_cuda_graph(simulated_tensorrt, monkeypatch):
+    """Triton's dynamic batching changes the batch between calls: a graph captured at one size is
+    replayed when that size comes back, not captured again."""
+    captured = []
+
+    class Graph:
+        def __init__(self) -> None:
+            self.replays = 0
+            captured.append(self)
+
+        def replay(self) -> None:
+            self.replays += 1
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, stream=None: contextlib.nullcontext())
+    engine = simulated_tensorrt("sd_unet")
+    assert engine.use_graph
+    for batch in (2, 4, 2, 4, 2):
+        engine._launch({"sample": (batch, 4, 8, 8)})
+    assert [g.replays for g in captured] == [2, 1]
+    assert engine.engine.launches == 4  # an eager run and a capture per batch size, nothing after

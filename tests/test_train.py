@@ -239,7 +239,7 @@ def test_bad_runs_stop_with_one_line(tmp_path, tiny_dir, capsys):
     assert main([*base, "--out", str(tmp_path / "b"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     (tmp_path / "c" / "state").mkdir(parents=True)
-    assert main([*base, "--out", str(tmp_path / "c")]) == 2
+    assert main([*base, "--out", str(tmp_path / "c"), "--force"]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert main([*base[:4], "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "d")]) == 2
     assert "no records" in capsys.readouterr().err.strip()

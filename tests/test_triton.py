@@ -265,7 +265,7 @@ def test_generated_configs_come_from_the_manifest(repo, tiny_build, tmp_path):
     config = (native / "sd_unet" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and 'default_model_filename: "model.opt.onnx"' in config
     assert (native / "sd_unet" / "1" / "model.opt.onnx").is_file()
-    build_repo(tiny_build[0], tmp_path / "native_gpu", native=True, device="cuda")
+    build_repo(tiny_build[0], tmp_path / "native_gpu", native=True, backend="onnxruntime-cuda")
     gpu_config = (tmp_path / "native_gpu" / "sd_unet" / "config.pbtxt").read_text()
     assert 'default_model_filename: "model.onnx"' in gpu_config and "KIND_GPU" in gpu_config
     assert (tmp_path / "native_gpu" / "sd_unet" / "1" / "model.onnx").is_file()
@@ -277,7 +277,7 @@ def test_generated_configs_come_from_the_manifest(repo, tiny_build, tmp_path):
     build_repo(tiny_build[0], tmp_path / "auto")  # a CPU build: every engine in process, still served on its own
     record = json.loads((tmp_path / "auto" / "repo.json").read_text())
     assert (record["bls_policy"], record["bls"]) == ("none", []) and "sd_unet" in record["models"]
-    assert resolve_bls("auto", build, "cuda") == "all" and resolve_bls("unets", build, "cpu") == "unets"
+    assert resolve_bls("auto", "onnxruntime-cuda") == "all" and resolve_bls("unets", "onnxruntime") == "unets"
     with pytest.raises(ValueError, match="bls must be one of"):
         build_repo(tiny_build[0], tmp_path / "bad", bls="some")
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.staging").exists()
@@ -303,7 +303,7 @@ def test_a_model_that_fails_to_load_is_named(repo, tmp_path):
 
 def test_launcher_serves_until_sigterm(repo, tmp_path):
     cmd = [sys.executable, str(ROOT / "triton_repo" / "serve.py"), "--repo", str(_small_repo(repo, tmp_path))]
-    cmd += ["--grpc-port", "0", "--http-port", "0"]
+    cmd += ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
@@ -313,6 +313,7 @@ def test_launcher_serves_until_sigterm(repo, tmp_path):
         while not any("ready" in line for line in lines) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert any(line.startswith("grpc: 127.0.0.1:") for line in lines), lines
+        assert any(line.startswith("metrics: 127.0.0.1:") for line in lines), lines
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import make_parser
 from train import synthetic
 from train.generate import answer, parse_args
 from train.model import load_checkpoint
@@ -73,7 +74,7 @@ def route_args(checkpoint: Path, out: Path, route: str, files: dict[str, Path], 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoint", type=Path, default=Path("train/checkpoints/tiny"))
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """Encode every caption of a data root with each decoder's own text encoder, into sharded safetensors.
 
-    python train/embed_captions.py --checkpoint train/checkpoints/tiny --data DATA \
+    python train/embed_captions.py --checkpoint train/checkpoints/tiny --data DATA \\
         [--batch 64] [--decoders sd,zeroscope,audioldm] [--shard-size 1024] [--dtype float32] [--device cpu]
 
 Reads DATA/records/*.jsonl, writes DATA/embeddings/<decoder>/ (train/data/embeddings.py describes the
@@ -9,7 +9,6 @@ an uninterrupted run's. Bad input prints one `error: ...` line and exits with st
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import make_parser
 from train import checkpoint as ckpt
 from train.data.embeddings import DTYPES, EmbeddingError, Plan, plan_shards, precompute, read_captions, tree_digest
 from train.data.records import RecordError
@@ -70,7 +70,7 @@ def embed_captions(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--batch", type=int, default=64)

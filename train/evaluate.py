@@ -1,11 +1,11 @@
 """Task scores on the synthetic world's held-out split: what a model says and what it draws.
 
-    python train/evaluate.py --engines engines/tiny [--backend torch|onnxruntime] [--triton HOST:PORT] \
+    python train/evaluate.py --engines engines/tiny [--backend torch|onnxruntime|...] [--url HOST:PORT] \\
         --json F [--samples N] [--judges train/checkpoints/judges] [--seed 0]
 
 Every backend answers the same held-out records with the same seed: `torch` is the PyTorch reference
 pipeline on the checkpoint the build was made from, `onnxruntime` the runtime on the build's
-engines, `--triton` the deployment over gRPC. X→text answers are read with the world's own caption
+engines (or another backend label), `--url` the deployment over gRPC. X→text answers are read with the world's own caption
 grammar; text→X media are read by the judges (train/judges.py), whose verdicts count only when the
 judge is trusted (held-out accuracy at least judges.TRUST). Each text→X request is answered without
 `--output` and, when that answer lacks the asked-for modality, again with it: presence is counted
@@ -24,7 +24,6 @@ does not answer stops with one `error: ...` line and exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import add_backend, add_url, make_parser
 from runtime.manifest import Build, ManifestError, read_manifest
 from runtime.request import Request, Response
 from train import foreign, synthetic
@@ -243,10 +243,10 @@ def check_build(engines: Path) -> Build:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--engines", type=Path, required=True, help="the build (its manifest names the checkpoint)")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="onnxruntime")
-    parser.add_argument("--triton", metavar="HOST:PORT", help="evaluate the deployment at this gRPC address instead")
+    add_backend(parser, help="torch: the PyTorch reference pipeline; the others run the build's engines")
+    add_url(parser, None, "evaluate the deployment at this gRPC address instead")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
     parser.add_argument("--judges", type=Path, default=DEFAULT_JUDGES)
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         build = check_build(args.engines)
         judges = load_judges(args.judges)
         check_judges(judges)
-        answer, close = open_backend(build, args.backend, args.triton)
+        answer, close = open_backend(build, args.backend, args.url)
     except (EvaluationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": summarise(verdicts, judges),
         "judges": {m: {"heldout_accuracy": j.heldout_accuracy, "trusted": j.trusted} for m, j in judges.items()},
         "set": args.set,
-        "backend": f"triton {args.triton}" if args.triton else args.backend,
+        "backend": f"triton {args.url}" if args.url else args.backend,
         "machine": describe_machine(0),
     }
     save_report(args.json, result, None, args.engines)

@@ -14,17 +14,15 @@ A shape's place is measured on the centred square of the frame (the part the mod
 centre crop keeps), so the caption's position words stay true on any aspect ratio. Records follow
 the unified format with split "heldout", and the set has its own seed.
 
-    python train/foreign.py --out DIR [--seed 1] [--per-modality 60]
+    python train/foreign.py --out DIR [--seed 1] [--per-modality 60] [--force]
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
@@ -33,6 +31,7 @@ from PIL import Image, ImageDraw
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import add_force, make_parser, refuse_non_empty
 from train import synthetic
 from train.data.records import Record, write_records
 
@@ -229,14 +228,13 @@ def ensure_foreign(seed: int = DEFAULT_SEED, per_modality: int = PER_MODALITY, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="an empty or new folder")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default: %(default)s")
-    p.add_argument("--per-modality", type=int, default=PER_MODALITY, help="media per modality (default: %(default)s)")
+    p = make_parser(__doc__)
+    p.add_argument("--out", type=Path, required=True, help="the folder to write")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--per-modality", type=int, default=PER_MODALITY, help="media per modality")
+    add_force(p)
     args = p.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()):
-        print(f"error: {args.out} is not empty", file=sys.stderr)
-        return 2
+    refuse_non_empty(args.out, args.force)
     write_foreign(args.out, args.seed, args.per_modality)
     print(f"wrote {3 * args.per_modality} media and {RECORDS_FILE} to {args.out}")
     return 0

@@ -1,6 +1,6 @@
 """Reference any-to-any generation in PyTorch.
 
-    python train/generate.py --checkpoint train/checkpoints/tiny --prompt "show me a red circle" \
+    python train/generate.py --checkpoint train/checkpoints/tiny --prompt "show me a red circle" \\
         --out outputs/ref [--image F] [--audio F] [--video F] [--seed N] [--output image|audio|video]
 
 Prints the answer's text and writes `OUT/response.json` plus the media (PNG, WAV, MP4 or GIF).
@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import make_parser
 from runtime.limits import Limits
 from runtime.request import add_request_args, request_from_args
 from runtime.response import media_meta, write_response
@@ -26,7 +27,7 @@ from train.reference import ReferencePipeline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoint", type=Path, required=True)
     add_request_args(p)
     return p.parse_args(argv)

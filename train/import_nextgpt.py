@@ -1,7 +1,7 @@
 """Assemble a checkpoint from local copies of the released NExT-GPT weights.
 
-    python train/import_nextgpt.py --imagebind imagebind_huge.pth --vicuna vicuna-7b/ \
-        --delta nextgpt/pytorch_model.pt --sd stable-diffusion-v1-5/ --audioldm audioldm-l-full/ \
+    python train/import_nextgpt.py --imagebind imagebind_huge.pth --vicuna vicuna-7b/ \\
+        --delta nextgpt/pytorch_model.pt --sd stable-diffusion-v1-5/ --audioldm audioldm-l-full/ \\
         --zeroscope zeroscope_v2_576w/ --out train/checkpoints/nextgpt-7b [--preset nextgpt-7b]
 
 Parts are written one by one (no whole model is ever built, so a 7B import fits in host memory);
@@ -12,7 +12,6 @@ fetched from a hub.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import pickle
 import re
@@ -28,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import add_force, make_parser, refuse_non_empty
 from train import checkpoint as ckpt
 from train.decoders import import_decoder, save_decoder
 from train.imagebind import ImageBindEncoder, load_official_imagebind
@@ -176,12 +176,14 @@ def import_nextgpt(src: ReleasedWeights, out: Path, preset: dict[str, Any]) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     for name in ReleasedWeights.__dataclass_fields__:
         p.add_argument(f"--{name}", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    add_force(p)
     p.add_argument("--preset", default="nextgpt-7b")
     args = p.parse_args(argv)
+    refuse_non_empty(args.out, args.force)
     src = ReleasedWeights(**{k: getattr(args, k) for k in ReleasedWeights.__dataclass_fields__})
     try:
         import_nextgpt(src, args.out, get_preset(args.preset))

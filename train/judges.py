@@ -12,7 +12,6 @@ accuracy, and saves `{image,video,audio}.safetensors` plus `judges.json` (the la
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -31,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: the repository root first, not
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from runtime import media
+from runtime.cli import add_force, make_parser, refuse_non_empty
 from train import synthetic
 from train.presets import WORLD
 
@@ -303,8 +303,9 @@ def load_judges(folder: Path) -> dict[str, Judge]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_JUDGES)
+    add_force(parser)
     parser.add_argument("--seed", type=int, default=0, help="the world's seed: which combinations are held out")
     parser.add_argument("--steps", type=int, default=1500, help="training steps per judge")
     parser.add_argument(
@@ -312,6 +313,7 @@ def main() -> None:
         help="train only these; the others are kept from --out",
     )
     args = parser.parse_args()
+    refuse_non_empty(args.out, args.force)
     splits = synthetic.combination_splits(args.seed)
     kept = set(HEADS) - set(args.modalities)
     judges = {m: j for m, j in load_judges(args.out).items() if m in kept} if kept else {}

@@ -1,6 +1,6 @@
 """Create a `tiny` checkpoint with random weights: every real architecture, one seed; where training starts.
 
-    python train/make_tiny.py --out train/checkpoints/tiny [--seed 0] [--preset tiny]
+    python train/make_tiny.py --out runs/tiny_init [--seed 0] [--preset tiny] [--force]
 
 The same seed gives the same files. `train/reproduce.py` trains the embedded checkpoint from it. Each
 decoder keeps its random text encoder and gets a caption tokenizer trained on the synthetic world's
@@ -9,7 +9,6 @@ random checkpoint at its sizes, its tokenizer trained to the preset's vocabulary
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli import add_force, make_parser, refuse_non_empty
 from train import synthetic
 from train.checkpoint import make_config
 from train.decoders import caption_tokenizer
@@ -61,11 +61,13 @@ def make_tiny(out: Path, seed: int = 0, preset_name: str = "tiny") -> NextGPT:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("train/checkpoints/tiny"))
+    add_force(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="tiny")
     args = parser.parse_args()
+    refuse_non_empty(args.out, args.force)
     make_tiny(args.out, args.seed, args.preset)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB)")

@@ -1,6 +1,6 @@
 """Reproduce the embedded checkpoint from nothing: random weights, stage 0, then NExT-GPT's stages 1 to 3.
 
-    python train/reproduce.py [--out train/checkpoints/tiny] [--work runs/reproduce] [--seed 0]
+    python train/reproduce.py [--out train/checkpoints/tiny] [--work runs/reproduce] [--seed 0] [--force]
 
 1. `make_tiny`: every architecture with seeded random weights and the world's tokenizers;
 2. stage 0 (train/pretrain, train/configs/stage_0.yaml): ImageBind, the LLM, the decoders' text
@@ -21,7 +21,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import argparse
 import json
 import shutil
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from runtime.cli import add_force, make_parser, refuse_non_empty
 from train import train as stage_runner
 from train.embed_captions import embed_captions
 from train.make_tiny import make_tiny
@@ -112,11 +112,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("train/checkpoints/tiny"))
     parser.add_argument("--work", type=Path, default=Path("runs/reproduce"), help="intermediate checkpoints, world, logs (emptied first)")
     parser.add_argument("--seed", type=int, default=0)
+    add_force(parser, "replace --out and empty --work even if they hold files")
     args = parser.parse_args()
+    for folder in (args.out, args.work):
+        refuse_non_empty(folder, args.force)
     rows = reproduce(args.out, args.work, args.seed)
     print(table(rows))
 

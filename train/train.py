@@ -1,6 +1,6 @@
 """Train one NExT-GPT stage and write a checkpoint in which only the trained parts differ.
 
-    python train/train.py --config train/configs/stage_N.yaml --checkpoint IN --out OUT \
+    python train/train.py --config train/configs/stage_N.yaml --checkpoint IN --out OUT \\
         [--data DIR] [--max-steps K] [--resume] [--deepspeed train/configs/deepspeed_zero2.json]
     python -m torch.distributed.run --nproc_per_node N train/train.py ...   # data-parallel
 
@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_scheduler
 
+from runtime.cli import add_force, make_parser, refuse_non_empty
 from runtime.media import MediaError
 from train import checkpoint as ckpt
 from train.batches import RecordDataset, Tokens, collate
@@ -337,10 +338,11 @@ def finish(session: Session, checkpoint: Path, out: Path, parts: list[str]) -> N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--config", type=Path, required=True, help="train/configs/stage_N.yaml")
     p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint to start from")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, state/, log.jsonl")
+    add_force(p)
     p.add_argument("--data", type=Path, help="data root (records/*.jsonl, media, embeddings/); default: the synthetic world")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule keeps its length)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
@@ -353,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         print("error: --max-steps must be at least 1", file=sys.stderr)
         return 2
+    refuse_non_empty(args.out, args.force or args.resume)
     try:
         run(args.config, args.checkpoint, args.out, args.data, args.max_steps, args.resume, args.deepspeed)
     except (TrainError, ConfigError, ckpt.CheckpointError, EmbeddingError, MediaError, FileNotFoundError) as e:

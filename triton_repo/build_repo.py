@@ -1,12 +1,15 @@
 """Write a Triton model repository for a build of engines.
 
-    python triton_repo/build_repo.py --engines engines/tiny --out triton_models \
-        [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls auto|all|unets|none] [--threads 0] \
-        [--device cpu|cuda] [--native] [--limits NAME=VALUE,...] [--deadline-s 300] [--max-queue-size 64] \
-        [--upload-dir DIR]
+    python triton_repo/build_repo.py --engines engines/tiny --out triton_models \\
+        [--backend onnxruntime|onnxruntime-cuda|onnxruntime-trt|tensorrt] [--engines-at /engines/tiny] \\
+        [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls auto|all|unets|none] [--threads 0] \\
+        [--native] [--limits NAME=VALUE,...] [--deadline-s 300] [--max-queue-size 64] [--upload-dir DIR] [--force]
 
 Models (every config is generated from the manifest's IO and `triton_repo/protocol.py`; the
-models read the build in place, by its absolute path):
+models read the build in place). The repository moves: it names the build by its path relative
+to the repository, so the two copied together (keeping their relative places) serve the same
+answers anywhere; or, with `--engines-at`, by the path where the build will be mounted where the
+server runs (a container's volume), which need not exist here.
 
 - one model per stateless engine whose every tensor has the batch as its first axis (encoders,
   projectors, UNets, VAE decoders, vocoder): `max_batch_size` is the spec's batch maximum and
@@ -42,18 +45,20 @@ batches raise throughput, and `none` on CPU, where the cores are busy either way
 `--limits` replaces any of the build's request limits (runtime/limits.py); the pipeline models
 refuse what exceeds them, and repo.json records the values in force.
 The repository is written beside OUT and moved in whole; OUT is only ever replaced if it is a
-repository this script wrote.
+repository this script wrote, and from the command line only with `--force`.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.backends import BACKENDS, check_build_serves
+from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
 from runtime.inputs import INPUT_MODALITIES
 from runtime.limits import Limits
 from runtime.manifest import Build, read_manifest
@@ -70,6 +75,7 @@ DEFAULT_INSTANCES = {"preprocess": 1, "encode": 1, "llm": 2, "media": 4, STREAM:
 BLS = {"all": lambda name: True, "unets": lambda name: name.endswith("_unet"), "none": lambda name: False}
 BLS_CHOICES = ("auto", *BLS)
 NATIVE_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+SERVED_BACKENDS = tuple(label for label, (kind, _) in BACKENDS.items() if kind in NATIVE_PLATFORMS)
 MODEL_SOURCES = Path(__file__).resolve().parent / "models"
 MARKER = "repo.json"  # what this script generated; its presence makes OUT replaceable
 
@@ -168,14 +174,37 @@ def _instances(count: int, kind: str = "KIND_CPU") -> list[dict[str, Any]]:
     return [{"count": count, "kind": Enum(kind)}]
 
 
-def resolve_bls(bls: str, build: Build, device: str) -> str:
-    """`auto` -> `all` when the engines run on a GPU (a TensorRT build, or `--device cuda`), else `none`."""
+def on_gpu(backend: str) -> bool:
+    return BACKENDS[backend][1] != "cpu"
+
+
+def resolve_bls(bls: str, backend: str) -> str:
+    """`auto` -> `all` when the engines run on a GPU (every backend label but `onnxruntime`), else `none`."""
     if bls not in BLS_CHOICES:
         raise ValueError(f"bls must be one of {', '.join(BLS_CHOICES)}, got {bls!r}")
     if bls != "auto":
         return bls
-    gpu = device != "cpu" or any(c["backend"] == "tensorrt" for c in build.components.values())
-    return "all" if gpu else "none"
+    return "all" if on_gpu(backend) else "none"
+
+
+def resolve_backend(build: Build, backend: str | None) -> str:
+    """The label the engines run under: by default the build's own kind (CPU for onnxruntime); a
+    label the build cannot serve, or one that cannot serve a build (torch), is refused."""
+    label = backend or {c["backend"] for c in build.components.values()}.pop()
+    if label not in SERVED_BACKENDS:
+        raise ValueError(f"a model repository serves a build's engines: --backend is one of {', '.join(SERVED_BACKENDS)}, not {label!r}")
+    check_build_serves(build, label)
+    return label
+
+
+def engines_reference(build: Build, out: Path, engines_at: str | None) -> str:
+    """How the models name the build: `engines_at` (an absolute mount point where the server
+    runs), or else the build's path relative to the repository `out`."""
+    if engines_at is not None:
+        if not os.path.isabs(engines_at):
+            raise ValueError(f"--engines-at must be an absolute path (a mount point), got {engines_at!r}")
+        return engines_at
+    return os.path.relpath(build.root.resolve(), out.resolve())
 
 
 class RepoWriter:
@@ -190,20 +219,22 @@ class RepoWriter:
         delay_us: int,
         bls: str,
         threads: int,
-        device: str,
+        backend: str,
+        engines: str,
         limits: Limits,
         serving: Serving,
     ) -> None:
+        """`engines`: the build as the models find it (`engines_reference`)."""
         self.build, self.root, self.instances, self.delay_us = build, root, instances, delay_us
-        self.limits, self.serving = limits, serving
-        backend = {c["backend"] for c in build.components.values()}.pop()  # one backend per build (runtime.backends.Engines)
-        self.runtime = {"engines": str(build.root.resolve()), "backend": backend, "device": device, "threads": str(threads)}
+        self.limits, self.serving, self.gpu = limits, serving, on_gpu(backend)
+        self.runtime = {"engines": engines, "backend": backend, "threads": str(threads)}
         self.served = [n for n, c in build.components.items() if batchable(c)]
         self.bls = [n for n in self.served if BLS[bls](n)]
 
-    def write(self, name: str, config: dict[str, Any], source: str | None = None, version: Path | None = None) -> None:
+    def write(self, name: str, config: dict[str, Any], source: str | None = None, version: str | None = None) -> None:
         """`name/config.pbtxt` and version 1: a copy of models/SOURCE.py as its model.py, or a link
-        to the folder `version` (a native engine's folder in the build), or empty (the ensemble)."""
+        to the folder `version` (a native engine's folder in the build, relative to the model's
+        folder or absolute), or empty (the ensemble)."""
         folder = self.root / name
         folder.mkdir()
         (folder / "config.pbtxt").write_text(pbtxt({"name": name, **config}) + "\n")
@@ -230,18 +261,20 @@ class RepoWriter:
     def native_engine(self, name: str) -> None:
         """A config for NVIDIA's container; version 1 is a link to the engine's folder in the build."""
         entry = self.build.component(name)
-        gpu = entry["backend"] == "tensorrt" or self.runtime["device"] != "cpu"
         # ONNX Runtime on a GPU reads the portable file; the CPU-fused one carries CPU-only kernels
-        engine = entry["provider_files"]["cuda"] if entry["backend"] == "onnxruntime" and gpu else entry["engine"]
+        engine = entry["provider_files"]["cuda"] if entry["backend"] == "onnxruntime" and self.gpu else entry["engine"]
         config = {
             "platform": NATIVE_PLATFORMS[entry["backend"]],
             "default_model_filename": Path(engine).name,
             **self._batched(name),
-            "instance_group": _instances(self.instances["engines"], "KIND_GPU" if gpu else "KIND_CPU"),
+            "instance_group": _instances(self.instances["engines"], "KIND_GPU" if self.gpu else "KIND_CPU"),
         }
         if entry["backend"] == "onnxruntime" and self.runtime["threads"] != "0":
             config["parameters"] = parameters(intra_op_thread_count=self.runtime["threads"])
-        self.write(name, config, version=self.build.path(entry["engine"]).resolve().parent)
+        folder = self.build.path(entry["engine"]).resolve().parent.relative_to(self.build.root.resolve())
+        # the link starts in the model's folder, one level below the repository
+        engines = self.runtime["engines"]
+        self.write(name, config, version=os.path.join(engines if os.path.isabs(engines) else os.path.join("..", engines), folder))
 
     def _pipeline_parameters(self, role: str) -> list[dict[str, Any]]:
         """Where the build is, which engines are reached through BLS, and which ones this model runs
@@ -307,18 +340,22 @@ def build_repo(
     delay_us: int = 0,
     bls: str = "auto",
     threads: int = 0,
-    device: str = "cpu",
+    backend: str | None = None,
     native: bool = False,
     limits: str | None = None,
     serving: Serving | None = None,
+    engines_at: str | None = None,
 ) -> list[str]:
-    """Write the repository; returns its model names. `limits`: NAME=VALUE,... replacing the
-    build's limits (`runtime.limits.Limits.for_build`)."""
+    """Write the repository; returns its model names. `backend`: a label of `SERVED_BACKENDS`
+    (default: the build's own); `limits`: NAME=VALUE,... replacing the build's limits
+    (`runtime.limits.Limits.for_build`); `engines_at`: see `engines_reference`."""
     build = read_manifest(Path(engines))
     build.verify_files()
-    policy = resolve_bls(bls, build, device)
+    backend = resolve_backend(build, backend)
+    policy = resolve_bls(bls, backend)
     checked = Limits.for_build(build).override(limits)
     out = Path(out)
+    reference = engines_reference(build, out, engines_at)
     if out.exists() and not (out / MARKER).is_file():
         raise ValueError(f"{out} exists and was not written by build_repo.py; not replacing it")
     staging = out.with_name(f".{out.name}.staging")
@@ -326,7 +363,7 @@ def build_repo(
     staging.mkdir(parents=True)
     serving = serving or Serving()
     writer = RepoWriter(
-        build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, device, checked, serving
+        build, staging, instances or dict(DEFAULT_INSTANCES), delay_us, policy, threads, backend, reference, checked, serving
     )
     for name in writer.served:
         (writer.native_engine if native else writer.engine)(name)
@@ -344,9 +381,15 @@ def build_repo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--engines", type=Path, required=True, help="a build folder with manifest.json")
     p.add_argument("--out", type=Path, required=True, help="the model repository to write")
+    add_force(p)
+    add_backend(p, None, SERVED_BACKENDS, "what runs the engines (default: the build's own kind, on the CPU for onnxruntime)")
+    p.add_argument(
+        "--engines-at", metavar="DIR",
+        help="where the build is mounted where the server runs (default: found relative to the repository)",
+    )
     p.add_argument("--instances", help=f"ROLE=N,... (defaults: {','.join(f'{k}={v}' for k, v in DEFAULT_INSTANCES.items())})")
     p.add_argument(
         "--max-queue-delay-us", type=int, default=0,
@@ -357,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
         help="engine models the pipeline models call, the rest run in process (auto: all on a GPU, none on CPU)",
     )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per engine (0: all cores)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
     p.add_argument("--native", action="store_true", help="engine models as onnxruntime/tensorrt configs for NVIDIA's container")
     p.add_argument("--limits", help="NAME=VALUE,... replacing the build's limits (runtime/limits.py), e.g. max_steps=100")
     p.add_argument(
@@ -371,9 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upload-dir", default="", help="where the models save uploaded files (default: the system's temporary folder)")
     args = p.parse_args(argv)
     try:
+        refuse_non_empty(args.out, args.force)
         models = build_repo(
             args.engines, args.out, parse_instances(args.instances), args.max_queue_delay_us, args.bls, args.threads,
-            args.device, args.native, args.limits, Serving(args.deadline_s, args.max_queue_size, args.upload_dir),
+            args.backend, args.native, args.limits, Serving(args.deadline_s, args.max_queue_size, args.upload_dir),
+            args.engines_at,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

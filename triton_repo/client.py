@@ -1,7 +1,7 @@
 """gRPC client of the any2any deployment: a request in, `response.json` and the media out.
 
-    python triton_repo/client.py --url 127.0.0.1:8001 --prompt "show me a red circle" --out outputs/grpc \
-        [--image F] [--audio F] [--video F] [--stream] [--seed N] [--output image|audio|video] \
+    python triton_repo/client.py --url 127.0.0.1:8001 --prompt "show me a red circle" --out outputs/grpc \\
+        [--image F] [--audio F] [--video F] [--stream] [--seed N] [--output image|audio|video] \\
         [--steps N] [--guidance G] [--temperature T] [--top-p P] [--max-new-tokens N] [--video-format mp4|gif]
 
 The same flags and files as `python -m runtime`. Without `--stream` it calls the `any2any`
@@ -12,14 +12,13 @@ as `error: ...` and exits with status 2, leaving `--out` untouched.
 As a library: `with Any2AnyClient(url) as c: c.infer(Request(...))` or `c.stream(req, on_text, on_step)`,
 both returning a `runtime.request.Response`.
 
-`--timeout` is the request's deadline: the gRPC deadline, and also sent as the request's
+`--request-timeout` is the request's deadline: the gRPC deadline, and also sent as the request's
 `timeout` parameter, which every model of the ensemble sees, so that the server stops working
 on the request when the client stops waiting (DEADLINE_EXCEEDED here). A stream the client leaves
 early is cancelled, which stops the server's loops too.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import queue
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from runtime.cli import add_url, make_parser
 from runtime.request import Request, Response, add_request_args, request_from_args
 from runtime.response import write_response
 from triton_repo.protocol import CLIENT_DTYPES, ENSEMBLE, FILES, PARAMS, STREAM, TRITON_DTYPES, decode_answer, encode_request
@@ -132,10 +132,10 @@ def time_routes(url: str, inputs: dict[str, Path], runs: int, steps: int | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address")
+    p = make_parser(__doc__)
+    add_url(p)
     p.add_argument("--stream", action="store_true", help="stream text and progress (the any2any_stream model)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for the answer")
+    p.add_argument("--request-timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for the answer")
     add_request_args(p)
     args = p.parse_args(argv)
     from runtime.__main__ import Progress  # the runtime CLI's bars; imported here, it loads torch
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         req = request_from_args(args)
         req.check()
-        with Any2AnyClient(args.url, args.timeout) as client:
+        with Any2AnyClient(args.url, args.request_timeout) as client:
             if args.stream:
                 resp = client.stream(req, on_text=lambda piece: print(piece, end="", flush=True), on_step=progress)
                 progress.close()

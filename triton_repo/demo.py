@@ -1,6 +1,6 @@
 """The main job on the Triton deployment: engines, model repository, server, one gRPC request per route.
 
-    python triton_repo/demo.py [--checkpoint train/checkpoints/tiny] [--engines engines/tiny] \
+    python triton_repo/demo.py [--checkpoint train/checkpoints/tiny] [--engines engines/tiny] \\
         [--repo outputs/triton_repo] [--out outputs/demo] [--seed 0] [--instances ROLE=N,...]
 
 1. builds the engines from the checkpoint (incremental: seconds when they are up to date);
@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from export.build_engines import build, print_table
+from runtime.cli import make_parser
 from runtime.manifest import read_manifest
 from runtime.request import Request
 from runtime.response import write_response
@@ -39,7 +39,7 @@ def route_request(route: str, files: dict[str, Path], seed: int, steps: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoint", type=Path, default=Path("train/checkpoints/tiny"))
     p.add_argument("--engines", type=Path, default=Path("engines/tiny"))
     p.add_argument("--repo", type=Path, default=Path("outputs/triton_repo"))

@@ -1,15 +1,17 @@
 """Start Triton on a model repository, wait until it is ready, stop it cleanly.
 
-    python triton_repo/serve.py --repo DIR [--grpc-port N] [--http-port N] [--address 127.0.0.1] \
-        [--tritonserver PATH] [--log FILE] [--timeout S]
+    python triton_repo/serve.py --repo DIR [--address 127.0.0.1] [--grpc-port 8001] [--http-port 8000] \\
+        [--metrics-port 8002 | --no-metrics] [--tritonserver PATH] [--log FILE] [--ready-timeout S]
 
 The server is the `tritonserver` binary inside the `nvidia-pytriton` wheel unless `--tritonserver`
 names another. That build has only the Python backend, and its stub must match this interpreter;
 so each start makes a private backend folder holding the wheel's Python backend and the stub for
 this Python version (the installed wheel is never modified), and runs the server with this
 environment's `bin` first on PATH and the libraries the stub links against on LD_LIBRARY_PATH.
-It listens on loopback unless told otherwise; metrics are off. A model that fails to load is
-reported by name and the server is stopped. Ctrl-C or SIGTERM stops the server and exits.
+It listens on loopback unless told otherwise (`--address 0.0.0.0`: every interface): gRPC, HTTP
+(KServe v2, with the health endpoints `/v2/health/ready` and `/v2/health/live`) and Prometheus
+metrics at `/metrics` on the metrics port (port 0: any free one). A model that fails to
+load is reported by name and the server is stopped. Ctrl-C or SIGTERM stops the server and exits.
 
 Each Python model instance is a stub process. When one dies (killed, out of memory), this
 server's Python backend (2.51) does not start it again: the request in flight fails with
@@ -19,7 +21,6 @@ stub process has gone, which starts fresh stubs; the next requests are served.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -38,6 +39,8 @@ from types import FrameType, TracebackType
 import psutil
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from runtime.cli import make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0  # SIGTERM lets Triton unload every model; past this it is killed
@@ -110,10 +113,14 @@ class TritonServer:
         binary: Path | None = None,
         log: Path | None = None,
         timeout_s: float = 120.0,
+        metrics_port: int | None = None,
     ) -> None:
+        """A port of None or 0 is any free one, except that `metrics_port` None means no metrics endpoint.
+        `timeout_s`: how long `start()` waits for readiness."""
         self.repo, self.address, self.timeout_s = Path(repo).resolve(), address, timeout_s
         self.grpc_port = grpc_port or free_port(address)
         self.http_port = http_port or free_port(address)
+        self.metrics_port = None if metrics_port is None else metrics_port or free_port(address)
         self.binary = Path(binary) if binary else pytriton_home() / "bin" / "tritonserver"
         self.workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
         self.log = Path(log) if log else self.workdir / "tritonserver.log"
@@ -130,6 +137,11 @@ class TritonServer:
     def http_url(self) -> str:
         return f"{self.address}:{self.http_port}"
 
+    def metrics_options(self) -> list[str]:
+        if self.metrics_port is None:
+            return ["--allow-metrics=false"]
+        return ["--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}"]
+
     def command(self) -> list[str]:
         return [
             str(self.binary),
@@ -139,7 +151,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--http-address={self.address}",
             f"--http-port={self.http_port}",
-            "--allow-metrics=false",
+            *self.metrics_options(),
             "--model-control-mode=explicit",  # so that the watchdog can reload a model
             "--load-model=*",
             # Python-backend shared memory regions are named by this prefix: two servers on one
@@ -263,22 +275,28 @@ class TritonServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--repo", type=Path, required=True, help="a model repository (triton_repo/build_repo.py)")
+    p.add_argument("--address", default="127.0.0.1", help="address every endpoint binds (0.0.0.0: every interface)")
     p.add_argument("--grpc-port", type=int, default=8001, help="0: any free port")
     p.add_argument("--http-port", type=int, default=8000, help="0: any free port")
-    p.add_argument("--address", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics at /metrics; 0: any free port")
+    p.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
     p.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the nvidia-pytriton one)")
     p.add_argument("--log", type=Path, help="server log file (default: a temporary file)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the server and every model to be ready")
     args = p.parse_args(argv)
-    server = TritonServer(args.repo, args.grpc_port, args.http_port, args.address, args.tritonserver, args.log, args.timeout)
+    server = TritonServer(
+        args.repo, args.grpc_port, args.http_port, args.address, args.tritonserver, args.log, args.ready_timeout,
+        None if args.no_metrics else args.metrics_port,
+    )
     # SIGTERM as Ctrl-C: either one unwinds through `finally`, which stops the server (it runs in
     # its own session, so a terminal's Ctrl-C reaches only this launcher).
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.start()
-        print(f"grpc: {server.grpc_url}\nhttp: {server.http_url}\nready; Ctrl-C stops the server", flush=True)
+        metrics = "" if server.metrics_port is None else f"\nmetrics: {server.address}:{server.metrics_port}/metrics"
+        print(f"grpc: {server.grpc_url}\nhttp: {server.http_url}{metrics}\nready; Ctrl-C stops the server", flush=True)
         while server.process.poll() is None:
             time.sleep(0.2)
         print(f"error: tritonserver exited with status {server.process.returncode}", file=sys.stderr)

@@ -36,9 +36,14 @@ if TYPE_CHECKING:
 
 
 def model_parameters(args: dict[str, str]) -> dict[str, str]:
-    """The `parameters` of a model's config.pbtxt, as build_repo.py wrote them."""
+    """The `parameters` of a model's config.pbtxt, as build_repo.py wrote them, with the build's
+    path made absolute: a relative one is relative to the repository (`model_repository` is the
+    model's folder in it), so that the repository moves with its engines."""
     config = json.loads(args["model_config"])
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    if "engines" in params:
+        params["engines"] = str(Path(args["model_repository"]).parent / params["engines"])
+    return params
 
 
 def empty_outputs(args: dict[str, str]) -> dict[str, np.ndarray]:
@@ -217,7 +222,7 @@ def pipeline_from_parameters(params: dict[str, str]) -> Any2AnyPipeline:
 
     served = set(filter(None, params["bls"].split(",")))
     pipeline = Any2AnyPipeline(
-        Path(params["engines"]), params["backend"], params["device"], int(params["threads"]),
+        Path(params["engines"]), params["backend"], int(params["threads"]),
         wrap=lambda engines: ServedEngines(engines, served), limits=Limits.from_json(params["limits"]),
     )
     for name in filter(None, params["preload"].split(",")):

@@ -21,7 +21,7 @@ class TritonPythonModel:
         params = model_parameters(args)
         build = read_manifest(Path(params["engines"]))
         self.name = args["model_name"]
-        self.engine = Engines(build, params["backend"], params["device"], int(params["threads"]))[self.name]
+        self.engine = Engines(build, params["backend"], int(params["threads"]))[self.name]
         self.inputs, self.dims = build.component(self.name)["inputs"], build.component(self.name)["dims"]
 
     def execute(self, requests: list[Any]) -> list[Any]:
