@@ -1,0 +1,148 @@
+"""The three output projector modes trained from one common start on the synthetic world, and compared.
+
+    python train/compare_projectors.py [--from train/checkpoints/tiny] [--work runs/projectors] \
+        [--modes transformer linear qformer] [--seed 0] [--samples N]
+
+No stage-1 checkpoint is kept, so the common start is derived from `--from` (the embedded checkpoint),
+the same way for every mode: its ImageBind, LLM base weights, input projection and decoders as they
+are; LoRA reset to the identity (B = 0, as peft starts it); the signal-token rows of the embedding and
+of lm_head drawn afresh (normal, std 0.02, seeded); every output projector built afresh in the mode
+(seeded). That is what stage 1 leaves: only stages 2 and 3 differ between the modes.
+
+Each mode then trains the recipe's stages 2 and 3 (train/configs/recipe/stage_{2,3}.yaml) into
+WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with the
+PyTorch reference pipeline. A mode already trained (WORK/<mode>/train.json) is not trained again.
+Writes WORK/compare.json and prints the Markdown table (docs/projectors.md).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root first, not train/ (its train.py shadows the package)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from train import synthetic
+from train import train as stage_runner
+from train.components import ProjectorWithSignalEmbeds
+from train.evaluate import evaluate, summarise
+from train.judges import DEFAULT_JUDGES, load_judges
+from train.model import NextGPT, load_checkpoint, save_checkpoint
+from train.projectors import MODES, build_projectors
+from train.reference import ReferencePipeline
+from train.reproduce import CONFIGS, reset_adapter
+
+TEXT_TO = ("text_to_image", "text_to_audio", "text_to_video")
+SIGNAL_ROW_STD = 0.02  # LLaMA's initializer_range: how make_tiny draws every row
+LATENCY_RUNS = 50
+
+
+def reset_signal_rows(model: NextGPT, seed: int) -> None:
+    ids = torch.tensor([i for ids in model.config["tokens"]["signal_ids"].values() for i in ids])
+    generator = torch.Generator().manual_seed(seed)
+    llm = model.llm.get_base_model()
+    for weight in (llm.get_input_embeddings().weight, llm.get_output_embeddings().weight):
+        rows = torch.randn(len(ids), weight.shape[1], generator=generator) * SIGNAL_ROW_STD
+        weight.data[ids] = rows.to(weight.dtype)
+
+
+def common_start(source: Path, mode: str, out: Path, seed: int) -> None:
+    """`source` as stage 1 would leave it, its output projectors in `mode` (module docstring)."""
+    model = load_checkpoint(source)
+    model.config["projector"]["modes"] = {m: mode for m in model.config["decoders"]}
+    torch.manual_seed(seed)
+    model.projectors = build_projectors(model.config)
+    reset_adapter(model)
+    reset_signal_rows(model, seed)
+    save_checkpoint(model, out)
+
+
+def train_mode(source: Path, mode: str, work: Path, seed: int, world: Path) -> dict[str, Any]:
+    shutil.rmtree(work, ignore_errors=True)
+    common_start(source, mode, work / "start", seed)
+    checkpoint, seconds = work / "start", {}
+    for stage in (2, 3):
+        started = time.perf_counter()
+        run = work / f"stage_{stage}"
+        stage_runner.run(CONFIGS / "recipe" / f"stage_{stage}.yaml", checkpoint, run, world)
+        seconds[f"stage_{stage}"] = time.perf_counter() - started
+        checkpoint = run / "checkpoint"
+    result = {"mode": mode, "checkpoint": str(checkpoint), "seconds": seconds}
+    (work / "train.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+@torch.no_grad()
+def projector_latency_ms(model: NextGPT, modality: str) -> float:
+    """Median wall time of one batch-1 projector call in PyTorch eager."""
+    projector = ProjectorWithSignalEmbeds(model, modality).eval()
+    hidden = torch.randn(1, len(model.config["tokens"]["signal_ids"][modality]), model.config["llm"]["hidden_size"])
+    projector(hidden)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        started = time.perf_counter()
+        projector(hidden)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
+
+
+def measure(checkpoint: Path, world: Path, samples: int | None, seed: int) -> dict[str, Any]:
+    model = load_checkpoint(checkpoint)
+    judges = load_judges(DEFAULT_JUDGES)
+    rates = {"audio": float(model.config["decoders"]["audio"]["sample_rate"])}
+    verdicts = evaluate(ReferencePipeline(model, progress=False), world, judges, rates, samples, seed)
+    tasks = summarise(verdicts, judges)
+    return {
+        "scores": {t: {k: v for k, v in tasks[t].items() if k != "samples"} for t in tasks},
+        "parameters": {m: sum(p.numel() for p in model.projectors[m].parameters()) for m in model.projectors},
+        "latency_ms": {m: projector_latency_ms(model, m) for m in model.projectors},
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| mode | text→image | text→audio | text→video | projector parameters (image / audio / video) "
+        "| projector latency, ms (image / audio / video) | stages 2+3 training |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        scores = [row["scores"][t]["accuracy"] for t in TEXT_TO]
+        cells = ["untrusted" if s is None else f"{s:.1%}" for s in scores]
+        params = " / ".join(f"{row['parameters'][m]:,}" for m in ("image", "audio", "video"))
+        latency = " / ".join(f"{row['latency_ms'][m]:.2f}" for m in ("image", "audio", "video"))
+        minutes = sum(row["seconds"].values()) / 60
+        lines.append(f"| {row['mode']} | {' | '.join(cells)} | {params} | {latency} | {minutes:.1f} min |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", type=Path, default=Path("train/checkpoints/tiny"))
+    parser.add_argument("--work", type=Path, default=Path("runs/projectors"))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
+    args = parser.parse_args()
+    world = synthetic.ensure_world(args.seed)
+    trained = []
+    for mode in args.modes:  # all trained before any is scored: scoring may be rerun alone
+        done = args.work / mode / "train.json"
+        trained.append(json.loads(done.read_text()) if done.is_file() else train_mode(args.source, mode, args.work / mode, args.seed, world))
+    rows = []
+    for run in trained:
+        rows.append({**run, **measure(Path(run["checkpoint"]), world, args.samples, args.seed)})
+        (args.work / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
