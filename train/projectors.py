@@ -15,6 +15,8 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder
 
+from train.presets import SIGNAL_TOKEN_COUNTS
+
 MODES = ("transformer", "linear", "qformer")
 
 
@@ -112,7 +114,8 @@ def qformer_config(sizes: dict[str, Any], query_length: int) -> BertConfig:
         add_cross_attention=True,
     )
     config.query_length = query_length
-    config._attn_implementation = "eager"  # plain MatMul/Softmax in ONNX, the same on every backend
+    # SDPA: unmasked, it exports as ONNX Runtime's fused attention in the CPU ONNX (export/onnx_export.py)
+    config._attn_implementation = "sdpa"
     return config
 
 
@@ -152,9 +155,8 @@ def build_projector(config: dict[str, Any], modality: str) -> nn.Module:
     """Signal-token hidden states (B, N, H) -> decoder conditioning (B, Q, out_dim), in the config's mode."""
     mode = projector_mode(config, modality)
     dec = config["decoders"][modality]
-    signal_tokens = len(config["tokens"]["signal_ids"][modality])
     return PROJECTORS[mode](
-        config["llm"]["hidden_size"], config["projector"][mode], signal_tokens, dec["embed_tokens"], dec["embed_dim"]
+        config["llm"]["hidden_size"], config["projector"][mode], SIGNAL_TOKEN_COUNTS[modality], dec["embed_tokens"], dec["embed_dim"]
     )
 
 
