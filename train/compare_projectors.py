@@ -55,12 +55,17 @@ def reset_signal_rows(model: NextGPT, seed: int) -> None:
         weight.data[ids] = rows.to(weight.dtype)
 
 
+def rebuild_projectors(model: NextGPT, modes: dict[str, str], seed: int) -> None:
+    """Every output projector drawn afresh (seeded) in the mode `modes` names for its modality."""
+    model.config["projector"]["modes"] = dict(modes)
+    torch.manual_seed(seed)
+    model.projectors = build_projectors(model.config)
+
+
 def common_start(source: Path, mode: str, out: Path, seed: int) -> None:
     """`source` as stage 1 would leave it, its output projectors in `mode` (module docstring)."""
     model = load_checkpoint(source)
-    model.config["projector"]["modes"] = {m: mode for m in model.config["decoders"]}
-    torch.manual_seed(seed)
-    model.projectors = build_projectors(model.config)
+    rebuild_projectors(model, {m: mode for m in model.config["decoders"]}, seed)
     reset_adapter(model)
     reset_signal_rows(model, seed)
     save_checkpoint(model, out)
