@@ -1,7 +1,8 @@
 """The three output projector modes trained from one common start on the synthetic world, and compared.
 
     python train/compare_projectors.py [--from train/checkpoints/tiny] [--work runs/projectors] \
-        [--stages train/configs/compare] [--modes transformer linear qformer] [--seed 0] [--samples N]
+        [--stages train/configs/compare] [--steps 150 30] [--modes transformer linear qformer] \
+        [--seed 0] [--samples N]
 
 No stage-1 checkpoint is kept, so the common start is derived from `--from` (the embedded checkpoint),
 the same way for every mode: its ImageBind, LLM base weights, input projection and decoders as they
@@ -10,7 +11,7 @@ of lm_head drawn afresh (normal, std 0.02, seeded); every output projector built
 (seeded). That is what stage 1 leaves: only stages 2 and 3 differ between the modes.
 
 Each mode then trains stages 2 and 3 (STAGES/stage_{2,3}.yaml; by default train/configs/compare/,
-the recipe's stages at fewer epochs) into WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with the
+the recipe's stages at one epoch), each stopped after its --steps optimizer steps, into WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with the
 PyTorch reference pipeline. A mode already trained (WORK/<mode>/train.json) is not trained again.
 Writes WORK/compare.json and prints the Markdown table (docs/projectors.md).
 """
@@ -71,17 +72,17 @@ def common_start(source: Path, mode: str, out: Path, seed: int) -> None:
     save_checkpoint(model, out)
 
 
-def train_mode(source: Path, mode: str, work: Path, stages: Path, seed: int, world: Path) -> dict[str, Any]:
+def train_mode(source: Path, mode: str, work: Path, stages: Path, steps: list[int], seed: int, world: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     common_start(source, mode, work / "start", seed)
     checkpoint, seconds = work / "start", {}
-    for stage in (2, 3):
+    for stage, max_steps in zip((2, 3), steps):
         started = time.perf_counter()
         run = work / f"stage_{stage}"
-        stage_runner.run(stages / f"stage_{stage}.yaml", checkpoint, run, world)
+        stage_runner.run(stages / f"stage_{stage}.yaml", checkpoint, run, world, max_steps)
         seconds[f"stage_{stage}"] = time.perf_counter() - started
         checkpoint = run / "checkpoint"
-    result = {"mode": mode, "checkpoint": str(checkpoint), "seconds": seconds}
+    result = {"mode": mode, "checkpoint": str(checkpoint), "seconds": seconds, "steps": steps}
     (work / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--from", dest="source", type=Path, default=Path("train/checkpoints/tiny"))
     parser.add_argument("--work", type=Path, default=Path("runs/projectors"))
     parser.add_argument("--stages", type=Path, default=CONFIGS / "compare", help="folder of stage_2.yaml and stage_3.yaml")
+    parser.add_argument("--steps", type=int, nargs=2, default=[150, 30], metavar=("STAGE2", "STAGE3"), help="optimizer steps of each stage")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
@@ -142,7 +144,7 @@ def main() -> None:
     trained = []
     for mode in args.modes:  # all trained before any is scored: scoring may be rerun alone
         done = args.work / mode / "train.json"
-        trained.append(json.loads(done.read_text()) if done.is_file() else train_mode(args.source, mode, args.work / mode, args.stages, args.seed, world))
+        trained.append(json.loads(done.read_text()) if done.is_file() else train_mode(args.source, mode, args.work / mode, args.stages, args.steps, args.seed, world))
     rows = []
     for run in trained:
         rows.append({**run, **measure(Path(run["checkpoint"]), world, args.samples, args.seed)})
