@@ -163,3 +163,13 @@ def test_a_served_request_equals_the_runtime(mixed_server, mixed_projector_build
         got = client.infer(request)
     assert output in got.media and got.token_ids == want.token_ids
     np.testing.assert_array_equal(got.media[output], want.media[output])
+
+
+def test_compare_precision_passes_on_the_mixed_build(mixed_projector_build, tmp_path):
+    from benchmarks.compare_precision import main
+
+    out = tmp_path / "precision.json"
+    assert main(["--engines", str(mixed_projector_build[0]), "--backends", "torch,onnxruntime", "--quick", "--json", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text())["components"] if r["component"].startswith("projector_")]
+    assert {r["component"] for r in rows} == {"projector_image", "projector_video", "projector_audio"}
+    assert all(r["pass"] for r in rows)
