@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import add_precision_and_inputs, backend_engines, describe_machine, open_pipeline, thread_budget
-from benchmarks.report import save_report
+from benchmarks.report import save_figure, save_report
 from export.specs import component_specs
 from runtime.backends import Engines
 from runtime.manifest import read_manifest
@@ -233,7 +233,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def charts(result: dict[str, Any], folder: Path) -> list[Path]:
+def charts(result: dict[str, Any], folder: Path, origin: dict[str, Any]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,7 +254,7 @@ def charts(result: dict[str, Any], folder: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = folder / f"latency_{label}.png"
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, origin)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             result["triton"] = time_routes(args.triton, inputs, route_runs, steps)
     result["decode"] = bench_decode(args.engines, runnable, 16 if args.quick else 64, threads, args.precision)
     md = markdown(result)
-    save_report(args.json, result, md)
-    charts(result, args.json.parent)
+    origin = save_report(args.json, result, md, args.engines)
+    charts(result, args.json.parent, origin)
     print(md)
     return 0
 

@@ -37,7 +37,6 @@ Exit status: 0 all pass, 1 any failure, 2 bad arguments, a stale build or an una
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -50,6 +49,7 @@ import onnxruntime as ort
 
 from benchmarks.machine import BACKENDS, add_precision_and_inputs, backend_engines, computes_in, describe_machine, open_pipeline
 from benchmarks.metrics import PSNR_PASS_DB, TOLERANCE, compare, psnr, rule_for
+from benchmarks.report import save_report
 from export.specs import PROFILE_POINTS, component_specs
 from runtime.backends import ORT_PROVIDERS, BackendUnavailable, Engines
 from runtime.generation import LlmGenerator
@@ -535,13 +535,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, results: dict[str, Any], markdown: str | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
-    if markdown is not None:
-        path.with_suffix(".md").write_text(markdown)
-
-
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -574,7 +567,7 @@ def run_bisect(build: Build, args: argparse.Namespace, overrides: Overrides) -> 
     print(bisect_text(result))
     if args.json:
         meta = metadata(args, build, [candidate], {}, overrides)
-        write_json(args.json, {**meta, "bisect": result}, None)
+        save_report(args.json, jsonable({**meta, "bisect": result}), None, args.engines)
     return 1 if result["first_failure"] else 0
 
 
@@ -596,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report(results, markdown=False), end="")
     if args.json:
-        write_json(args.json, results, preamble(results) + report(results, markdown=True))
+        save_report(args.json, jsonable(results), preamble(results) + report(results, markdown=True), args.engines)
     return 0 if results["summary"]["pass"] else 1
 
 

@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from export.tensorrt_build import PRECISIONS
 from runtime.backends import BackendUnavailable, Engines
+from runtime.manifest import MANIFEST, sha256_tree
 
+ROOT = Path(__file__).resolve().parents[1]
+# the flags that decide which kernels a CPU library picks (a result on AMX is no result for AVX2)
+ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
 LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "diffusers", "numpy", "tritonclient")
 # benchmark backend name -> (runtime backend, device)
 BACKENDS = {
@@ -38,14 +44,65 @@ def add_precision_and_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", type=Path, help="the demo's sample inputs already written here (default: written to a temporary folder)")
 
 
-def _cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """Every flag /proc/cpuinfo reports (empty where there is none)."""
+    return sorted((_cpuinfo("flags") or "").split())
+
+
+def isa_flags(flags: list[str]) -> list[str]:
+    return [f for f in flags if f.startswith(ISA_PREFIXES)]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        run = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return run.stdout.strip() if run.returncode == 0 else None
+
+
+def build_checkpoint(build_dir: Path) -> Path | None:
+    """The checkpoint folder a build's manifest says it came from."""
+    try:
+        return Path(json.loads((Path(build_dir) / MANIFEST).read_text())["checkpoint"]["path"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def provenance(checkpoint: Path | None) -> dict[str, Any]:
+    """Where a result comes from: the code's commit (dirty: tracked files differ from it), the
+    checkpoint's hash (`sha256_tree` of its folder), the CPU and its flags."""
+    commit = _git("rev-parse", "HEAD")
+    found = checkpoint is not None and Path(checkpoint).is_dir()
+    return {
+        "commit": commit,
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        "checkpoint": {"path": str(checkpoint) if checkpoint else None, "sha256": sha256_tree(Path(checkpoint)) if found else None},
+        "cpu": _cpu_model(),
+        "cpu_flags": cpu_flags(),
+    }
+
+
+def provenance_line(p: dict[str, Any]) -> str:
+    """One Markdown line naming where a result comes from."""
+    commit = f"{p['commit'][:12]}{' (with uncommitted changes)' if p['dirty'] else ''}" if p["commit"] else "unknown"
+    digest = p["checkpoint"]["sha256"]
+    return (f"Commit {commit}; checkpoint `{p['checkpoint']['path']}` sha256 {digest[:16] if digest else 'unknown'}; "
+            f"CPU {p['cpu']} ({' '.join(isa_flags(p['cpu_flags'])) or 'flags unknown'}).")
 
 
 def _version(name: str) -> str:
@@ -61,6 +118,7 @@ def describe_machine(threads: int) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": isa_flags(cpu_flags()),
         "cores": os.cpu_count(),
         "threads": threads or os.cpu_count(),
         "gpu": gpu,

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     result = profile(build, args.component, args.runs, args.threads)
     md = markdown(result, args.top)
     if args.json:
-        save_report(args.json, result, md)
+        save_report(args.json, result, md, args.engines)
     print(md)
     return 0
 

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{route} c={c}: {level['throughput_rps']:.2f} req/s, p50 {level['p50_ms']:.0f} ms", flush=True)
             result["routes"][route] = levels
     md = markdown(result)
-    save_report(args.json, result, md)
+    save_report(args.json, result, md, args.engines)
     print(md)
     return 0
 

@@ -1,4 +1,4 @@
-"""What the embedded model draws and says on held-out prompts: the figures the README shows.
+"""What the embedded model draws and says on held-out prompts: the figures docs/benchmarks.md shows.
 
     python benchmarks/showcase.py --engines engines/tiny [--backend onnxruntime] [--count 6] \
         [--out benchmarks/results/showcase]
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import provenance_line
+from benchmarks.report import build_provenance, save_figure
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train import synthetic
@@ -45,7 +47,7 @@ def _spectrogram(wave: np.ndarray) -> np.ndarray:
     return np.log1p(np.abs(np.fft.rfft(frames * np.hanning(1024), axis=-1))[:, :160].T)
 
 
-def images(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path) -> None:
+def images(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path, origin: dict) -> None:
     fig, axes = _figure(2, len(chosen), (2.2 * len(chosen), 5.0))
     for col, s in enumerate(chosen):
         drawn = _answer(pipeline, s.prompt, {}, "image").media["image"]
@@ -57,10 +59,10 @@ def images(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path) -> 
     axes[0, 0].set_ylabel("asked (world render)")
     axes[1, 0].set_ylabel("drawn")
     fig.tight_layout()
-    fig.savefig(out / "text_to_image.png", dpi=100)
+    save_figure(fig, out / "text_to_image.png", origin)
 
 
-def videos(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path) -> None:
+def videos(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path, origin: dict) -> None:
     fig, axes = _figure(2 * len(chosen), 1, (8.0, 1.4 * 2 * len(chosen)))
     for row, s in enumerate(chosen):
         drawn = _answer(pipeline, s.prompt, {}, "video").media["video"]
@@ -72,10 +74,10 @@ def videos(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path) -> 
         axes[2 * row + 1, 0].set_ylabel("drawn", fontsize=7)
         axes[2 * row + 1, 0].set_title(f"judge: {judges['video'].judge(drawn)['motion']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "text_to_video.png", dpi=100)
+    save_figure(fig, out / "text_to_video.png", origin)
 
 
-def sounds(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path) -> None:
+def sounds(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path, origin: dict) -> None:
     rate = float(pipeline.config["decoders"]["audio"]["sample_rate"])
     fig, axes = _figure(2, len(chosen), (2.6 * len(chosen), 4.4))
     for col, s in enumerate(chosen):
@@ -88,11 +90,11 @@ def sounds(pipeline: Any2AnyPipeline, chosen: list, judges: dict, out: Path) -> 
     axes[0, 0].set_ylabel("asked (0-2.5 kHz)")
     axes[1, 0].set_ylabel("made")
     fig.tight_layout()
-    fig.savefig(out / "text_to_audio.png", dpi=100)
+    save_figure(fig, out / "text_to_audio.png", origin)
 
 
-def described(pipeline: Any2AnyPipeline, chosen: list, out: Path) -> None:
-    lines = ["| input | held-out medium's caption | the model's answer |", "|---|---|---|"]
+def described(pipeline: Any2AnyPipeline, chosen: list, out: Path, origin: dict) -> None:
+    lines = [provenance_line(origin), "", "| input | held-out medium's caption | the model's answer |", "|---|---|---|"]
     for s in chosen:
         modality = TASKS[s.task][0]
         text = _answer(pipeline, s.prompt, {modality: s.file}, None).text
@@ -114,10 +116,11 @@ def main() -> None:
     by_task: dict[str, list] = {}
     for s in samples(world, args.count):
         by_task.setdefault(s.task, []).append(s)
-    images(pipeline, by_task["text_to_image"], judges, args.out)
-    videos(pipeline, by_task["text_to_video"][:3], judges, args.out)
-    sounds(pipeline, by_task["text_to_audio"][:4], judges, args.out)
-    described(pipeline, [s for t in ("image_to_text", "video_to_text", "audio_to_text") for s in by_task[t][:3]], args.out)
+    origin = build_provenance(args.engines)
+    images(pipeline, by_task["text_to_image"], judges, args.out, origin)
+    videos(pipeline, by_task["text_to_video"][:3], judges, args.out, origin)
+    sounds(pipeline, by_task["text_to_audio"][:4], judges, args.out, origin)
+    described(pipeline, [s for t in ("image_to_text", "video_to_text", "audio_to_text") for s in by_task[t][:3]], args.out, origin)
     print(f"wrote {', '.join(sorted(f.name for f in args.out.iterdir()))} in {args.out}")
 
 

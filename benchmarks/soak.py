@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         files = write_sample_inputs(tmp / "inputs", build.config["imagebind"]["audio"]["sample_rate"])
         result = run(url, pid, files, args.seconds, args.concurrency, args.abuse_every, args.seed)
     md = markdown(result)
-    save_report(args.json, result, md)
+    save_report(args.json, result, md, args.engines)
     print(md)
     return 0 if result["passed"] else 1
 

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{route} c={c}: {runs[-1]['throughput_rps']:.2f} req/s, p50 {runs[-1]['p50_ms']:.1f} ms", flush=True)
             result["routes"][route] = {"concurrency_1": c1, "overhead": overhead, "levels": runs}
     md = markdown(result)
-    save_report(args.json, result, md)
+    save_report(args.json, result, md, args.engines)
     print(md)
     return 0
 

@@ -1,4 +1,4 @@
-"""Every script in train/ runs as the README calls it (`python train/script.py`): such a script has
+"""Every script in train/ runs as the docs call it (`python train/script.py`): such a script has
 train/ first on sys.path, where train/train.py would shadow the `train` package."""
 import os
 import subprocess

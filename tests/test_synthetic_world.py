@@ -198,3 +198,19 @@ def test_ensure_world_generates_once_into_the_cache(tmp_path):
     assert synthetic.ensure_world(1, cache=tmp_path, counts=counts, progress=False) == first
     assert (first / synthetic.RECORDS_FILE).stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "world").iterdir()] == [first.name]  # no staging folder left
+
+
+def test_render_variants_of_a_sound_differ_but_say_the_same_caption():
+    rate = WORLD["sample_rate"]
+    a = {"sound": "tone", "pitch": "a", "register": "middle"}
+    plain = synthetic.render("audio", a)
+    assert np.array_equal(synthetic.render_variant("audio", a, 0), plain)
+    variants = [synthetic.render_variant("audio", a, v) for v in range(1, 5)]
+    assert np.array_equal(variants[0], synthetic.render_variant("audio", a, 1))  # drawn from the combination and variant alone
+    for wave in variants:
+        assert not np.allclose(wave, plain)
+        level_db = 20 * np.log10(np.abs(wave).max() / np.abs(plain).max())
+        assert synthetic.VARIANT_LEVELS_DB[0] - 0.1 <= level_db <= 0.1
+        assert np.argmax(np.abs(np.fft.rfft(wave))) * rate / wave.size == pytest.approx(440.0, abs=1.0)
+    with pytest.raises(ValueError, match="only sounds"):
+        synthetic.render_variant("image", synthetic.combinations("image")[0], 1)

@@ -163,7 +163,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, tiny_dir):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7) and a["lr"] == b["lr"]
     assert file_hashes(tmp_path / "whole" / "checkpoint") == file_hashes(tmp_path / "parts" / "checkpoint")
     # the stages train with torch's deterministic kernels: without them two full stage-2 runs of the
-    # recipe from one checkpoint ended with different weights (README: How close a re-run comes)
+    # recipe from one checkpoint ended with different weights (docs/notes/reproducibility.md)
     assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
 
 

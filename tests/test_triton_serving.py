@@ -140,7 +140,7 @@ def test_requests_beyond_the_queue_bound_are_refused_at_once(server):
 
 def test_a_short_soak_loses_nothing_and_refuses_each_abuse_with_its_code(server, sample_inputs):
     """benchmarks/soak.py for a few seconds, every other request abusive: the well-formed ones are
-    all answered and each abuse case sent got the status it names (the full run: benchmarks/results/soak.md)."""
+    all answered and each abuse case sent got the status it names (a full run: docs/notes/results/soak.md)."""
     from benchmarks.soak import run
 
     result = run(server.grpc_url, server.process.pid, sample_inputs, seconds=15, concurrency=2, abuse_every=1)

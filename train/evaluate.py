@@ -9,9 +9,16 @@ engines, `--triton` the deployment over gRPC. X→text answers are read with the
 grammar; text→X media are read by the judges (train/judges.py), whose verdicts count only when the
 judge is trusted (held-out accuracy at least judges.TRUST). Each text→X request is answered without
 `--output` and, when that answer lacks the asked-for modality, again with it: presence is counted
-both ways and the judge reads the medium the user would get.
+both ways and the judge reads the medium the user would get. `--set foreign` asks about the foreign
+set instead (train/foreign.py: held-out combinations drawn, encoded and synthesised by other tools;
+X→text only).
 
-JSON: {"tasks": {"image_to_text": {"accuracy": 0.93, "n": 200, ...}, ...}, "judges": {...},
+A verdict is strict: an answer is right when every attribute its caption or request states is right
+(an image's shape, colour, position and background; a video's shape, colour, motion and background;
+a sound's kind, pitch and register). `lenient_accuracy` is the older subset, named as such.
+
+JSON: {"tasks": {"image_to_text": {"accuracy": 0.93, "lenient_accuracy": 0.98, "n": 60,
+"attributes": {"shape": 1.0, ...}, ...}, ...}, "judges": {...},
 "backend": "...", "machine": {...}}. A missing build, a build of another preset or a Triton URL that
 does not answer stops with one `error: ...` line and exit status 2.
 """
@@ -34,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: the repository root first, not
 
 from runtime.manifest import Build, ManifestError, read_manifest
 from runtime.request import Request, Response
-from train import synthetic
+from train import foreign, synthetic
 from train.data.records import Record, read_records
 from train.judges import DEFAULT_JUDGES, Judge, load_judges
 
@@ -46,9 +53,10 @@ TASKS = {  # task → (input modality or None, output modality or None)
     "text_to_audio": (None, "audio"),
     "text_to_video": (None, "video"),
 }
-# what an answer must get right (the issue's targets): for X→text read from its words, for text→X
-# from the judge. Every other attribute the answer or the judge names is reported beside, unscored.
-SCORED = {
+# An answer is right when every attribute its held-out caption or request states is right (the
+# record's `attributes`: a caption states each): for X→text read from its words, for text→X by the
+# judge. The older, lenient subset is reported beside as `lenient_accuracy`, and counts for nothing.
+LENIENT = {
     "image_to_text": ("shape", "colour"),
     "audio_to_text": ("sound",),
     "video_to_text": ("shape", "colour", "motion"),
@@ -68,22 +76,31 @@ def _alternatives(words: list[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
+POSITION_OF = {words: place for place, words in synthetic.POSITION_WORDS.items()}
+
+
 def read_answer(text: str) -> dict[str, str]:
     """The attributes a described medium has, read with the world's caption grammar: the colour is
-    the word before the shape ("a red circle on a blue background"), the pitch follows "at"."""
+    the word before the shape ("a red circle on a blue background"), the background's the word before
+    "background", the register the word before the sound ("a low tone"), the pitch follows "at"."""
     text = text.lower()
     found = {}
-    pair = re.search(rf"\b({_alternatives(list(synthetic.COLOURS))}) ({_alternatives(list(synthetic.SHAPES))})\b", text)
+    colours, shapes = _alternatives(list(synthetic.COLOURS)), _alternatives(list(synthetic.SHAPES))
+    pair = re.search(rf"\b({colours}) ({shapes})\b", text)
     if pair:
         found["colour"], found["shape"] = pair.groups()
-    for head, words, pattern in (
-        ("motion", list(synthetic.MOTIONS), r"\b({})\b"),
-        ("sound", list(synthetic.SOUNDS), r"\b({})\b"),
-        ("pitch", list(synthetic.PITCHES), r"\bat ({})\b"),
+    sounds = _alternatives(list(synthetic.SOUNDS))
+    for head, pattern in (
+        ("background", rf"\b({colours}) background\b"),
+        ("position", rf"\b({_alternatives(list(POSITION_OF))})\b"),
+        ("motion", rf"\b({_alternatives(list(synthetic.MOTIONS))})\b"),
+        ("register", rf"\b({_alternatives(list(synthetic.REGISTERS))}) (?:{sounds})\b"),
+        ("sound", rf"\b({sounds})\b"),
+        ("pitch", rf"\bat ({_alternatives(list(synthetic.PITCHES))})\b"),
     ):
-        hit = re.search(pattern.format(_alternatives(words)), text)
+        hit = re.search(pattern, text)
         if hit:
-            found[head] = hit.group(1)
+            found[head] = POSITION_OF.get(hit.group(1), hit.group(1)) if head == "position" else hit.group(1)
     return found
 
 
@@ -95,18 +112,26 @@ class Sample:
     file: Path | None
 
 
-def samples(world: Path, per_task: int | None) -> list[Sample]:
-    """The held-out records of each task, in file order, at most `per_task` each."""
+def samples(world: Path, per_task: int | None, records_file: Path = synthetic.RECORDS_FILE) -> list[Sample]:
+    """The held-out records of each task, in file order, at most `per_task` each. A combination's
+    k-th record of a task (another render of it) is asked in the k-th phrasing, so repeats are
+    distinct samples for text→X too."""
     out: list[Sample] = []
-    records = [r for r in read_records(world / synthetic.RECORDS_FILE) if r.split == "heldout"]
+    records = [r for r in read_records(world / records_file) if r.split == "heldout"]
     for task, (given, asked) in TASKS.items():
         chosen = [r for r in records if (given in r.inputs if given else r.target == asked and not r.inputs)]
+        seen: dict[str, int] = {}
         for r in chosen[:per_task]:
+            k = seen[r.caption] = seen.get(r.caption, -1) + 1
             if given:
-                out.append(Sample(task, r, synthetic.DESCRIBE[given][0], world / r.inputs[given]))
+                out.append(Sample(task, r, _phrasing(synthetic.DESCRIBE[given], k), world / r.inputs[given]))
             else:
-                out.append(Sample(task, r, synthetic.REQUEST[asked][0].format(r.caption), None))
+                out.append(Sample(task, r, _phrasing(synthetic.REQUEST[asked], k).format(r.caption), None))
     return out
+
+
+def _phrasing(phrasings: tuple[str, ...], k: int) -> str:
+    return phrasings[k % len(phrasings)]
 
 
 def score(sample: Sample, answer: Response, forced: Response | None, judges: dict[str, Judge], rates: dict[str, float]) -> dict[str, Any]:
@@ -123,15 +148,18 @@ def score(sample: Sample, answer: Response, forced: Response | None, judges: dic
         medium = forced.media.get(asked) if forced is not None else None
         seen = judges[asked].judge(medium, rates.get(asked)) if medium is not None and medium.size else {}
     verdict["seen"] = seen
-    verdict["right"] = {h: seen.get(h) == truth[h] for h in _readable(sample.task, judges) if h in truth}
-    verdict["correct"] = all(verdict["right"][h] for h in SCORED[sample.task])
+    verdict["right"] = {h: seen.get(h) == truth[h] for h in truth}
+    verdict["correct"] = all(verdict["right"].values())
+    verdict["lenient"] = all(verdict["right"][h] for h in LENIENT[sample.task])
     return verdict
 
 
-def _readable(task: str, judges: dict[str, Judge]) -> list[str]:
-    """The attributes a verdict can name: what the caption grammar reads, or the judge's heads."""
-    given, asked = TASKS[task]
-    return list(judges[asked].vocab) if asked else ["shape", "colour", "motion", "sound", "pitch"]
+def check_judges(judges: dict[str, Judge]) -> None:
+    """Refuse judges that cannot read every attribute a request states: a strict verdict needs them all."""
+    for modality, judge in judges.items():
+        missing = set(synthetic.combinations(modality)[0]) - set(judge.vocab)
+        if missing:
+            raise EvaluationError(f"the {modality} judge has no head for {', '.join(sorted(missing))}; retrain it with train/judges.py")
 
 
 def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge]) -> dict[str, Any]:
@@ -141,6 +169,7 @@ def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge
         counts = asked is None or judges[asked].trusted
         entry: dict[str, Any] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if counts and rows else None, "n": len(rows)}
         if counts and rows:
+            entry["lenient_accuracy"] = float(np.mean([r["lenient"] for r in rows]))
             entry["attributes"] = {head: float(np.mean([r["right"][head] for r in rows])) for head in rows[0]["right"]}
         if asked:
             entry["present"] = float(np.mean([r["present"] for r in rows])) if rows else None
@@ -152,9 +181,20 @@ def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge
     return tasks
 
 
-def evaluate(answer: Answer, world: Path, judges: dict[str, Judge], rates: dict[str, float], per_task: int | None, seed: int = 0, steps: int | None = None, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
-    verdicts: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
-    for s in tqdm(samples(world, per_task), desc="evaluate", unit="sample", disable=not progress):
+def evaluate(
+    answer: Answer,
+    world: Path,
+    judges: dict[str, Judge],
+    rates: dict[str, float],
+    per_task: int | None,
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = True,
+    records_file: Path = synthetic.RECORDS_FILE,
+) -> dict[str, list[dict[str, Any]]]:
+    """Verdicts per task, for the tasks the set has samples of."""
+    verdicts: dict[str, list[dict[str, Any]]] = {}
+    for s in tqdm(samples(world, per_task, records_file), desc="evaluate", unit="sample", disable=not progress):
         files = {TASKS[s.task][0]: s.file} if s.file else {}
         req = Request(prompt=s.prompt, files=files, seed=seed, steps=steps)
         natural = answer(req)
@@ -162,7 +202,7 @@ def evaluate(answer: Answer, world: Path, judges: dict[str, Judge], rates: dict[
         if TASKS[s.task][1]:
             req.output = TASKS[s.task][1]
             forced = natural if req.output in natural.media else answer(req)
-        verdicts[s.task].append(score(s, natural, forced, judges, rates))
+        verdicts.setdefault(s.task, []).append(score(s, natural, forced, judges, rates))
     return verdicts
 
 
@@ -211,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
     parser.add_argument("--judges", type=Path, default=DEFAULT_JUDGES)
+    parser.add_argument("--set", choices=("world", "foreign"), default="world", help="the world's held-out split, or the foreign set of media other tools made (train/foreign.py; X→text only)")
     parser.add_argument("--seed", type=int, default=0, help="the world's seed")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     parser.add_argument("--quiet", action="store_true")
@@ -218,28 +259,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build = check_build(args.engines)
         judges = load_judges(args.judges)
+        check_judges(judges)
         answer, close = open_backend(build, args.backend, args.triton)
     except (EvaluationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from benchmarks.machine import describe_machine
 
-    world = synthetic.ensure_world(args.seed, progress=not args.quiet)
+    if args.set == "foreign":
+        root, records_file = foreign.ensure_foreign(progress=not args.quiet), foreign.RECORDS_FILE
+    else:
+        root, records_file = synthetic.ensure_world(args.seed, progress=not args.quiet), synthetic.RECORDS_FILE
     rates = {"audio": float(build.config["decoders"]["audio"]["sample_rate"])}
     try:
-        verdicts = evaluate(answer, world, judges, rates, args.samples, args.seed, args.steps, progress=not args.quiet)
+        verdicts = evaluate(answer, root, judges, rates, args.samples, args.seed, args.steps, not args.quiet, records_file)
     finally:
         close()
     result = {
         "tasks": summarise(verdicts, judges),
         "judges": {m: {"heldout_accuracy": j.heldout_accuracy, "trusted": j.trusted} for m, j in judges.items()},
+        "set": args.set,
         "backend": f"triton {args.triton}" if args.triton else args.backend,
         "machine": describe_machine(0),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     for task, entry in result["tasks"].items():
-        acc = "untrusted judge" if entry["accuracy"] is None else f"{entry['accuracy']:.1%}"
+        acc = "untrusted judge" if entry["accuracy"] is None else f"{entry['accuracy']:.1%} (lenient {entry['lenient_accuracy']:.1%})"
         present = f"  present {entry['present']:.0%} / with --output {entry['present_with_output']:.0%}" if "present" in entry else ""
         heads = ", ".join(f"{h} {v:.0%}" for h, v in entry.get("attributes", {}).items())
         print(f"{task:14s} {acc:>16s}  n={entry['n']}{present}  ({heads})")

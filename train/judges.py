@@ -34,7 +34,12 @@ from runtime import media
 from train import synthetic
 from train.presets import WORLD
 
-HEADS = {"image": ("shape", "colour"), "video": ("shape", "colour", "motion"), "audio": ("sound", "pitch", "register")}
+# one head per attribute a caption states, so that a text→X answer is judged on all of them
+HEADS = {
+    "image": ("shape", "colour", "position", "background"),
+    "video": ("shape", "colour", "motion", "background"),
+    "audio": ("sound", "pitch", "register"),
+}
 TRUST = 0.95
 
 

@@ -164,8 +164,7 @@ TINY: dict[str, Any] = {
             "height": 64,
             "width": 64,
             "steps": 8,
-            # the tiny UNet, trained for minutes, over-saturates at SD's 7.5: on 16 held-out captions at
-            # 8 steps the judge saw the asked shape 19% of the time at 7.5, 56% at 3, 75% at 1
+            # the tiny UNet, trained for minutes, over-saturates at SD's 7.5 (docs/notes/training-recipe.md)
             "guidance": 1.5,
             # diffusers' UNet2D reads `attention_head_dim` as the head count (its issue 2011): one
             # head per block, 32 and 64 wide
@@ -194,11 +193,12 @@ TINY: dict[str, Any] = {
             "frames": 8,
             "fps": 8,
             "steps": 8,
-            # v-prediction, 40 training captions: the asked motion 30% at 3 and 25% at 7.5, colour 90% and 85%
+            # below the reference's 7.5: the tiny UNet draws the asked motion more often at 3
+            # (docs/notes/training-recipe.md)
             "guidance": 3.0,
             # UNet3D's blocks read `attention_head_dim` as the head width (channels // it heads) and
             # its input temporal attention takes 8 heads of that width: 8 gives heads 8 wide (4 and 8
-            # heads in the 32- and 64-channel blocks). 2, before, made heads 2 wide (16 and 32 heads)
+            # heads in the 32- and 64-channel blocks)
             "unet": {
                 "sample_size": 8,
                 "in_channels": 4,
@@ -224,7 +224,7 @@ TINY: dict[str, Any] = {
             "sample_rate": 16000,
             "audio_length_s": 1.0,
             "steps": 8,
-            "guidance": 5.0,  # training captions, from their true embeddings: sound 97% (93% at 2.5)
+            "guidance": 5.0,  # picked on the training captions (docs/notes/training-recipe.md)
             "unet": {
                 "sample_size": 8,
                 "in_channels": 8,
@@ -245,7 +245,7 @@ TINY: dict[str, Any] = {
             "vae": _vae(1, 8, [32, 32, 64], 32),
             # a hop of 500 samples, not AudioLDM's 160: on a steady mel a convolutional vocoder repeats
             # every hop, so it can only hold multiples of rate / hop; at 100 Hz none of the world's
-            # pitches is one and its chirps come out as steps of tones (README: AudioLDM)
+            # pitches is one and its chirps come out as steps of tones (docs/notes/training-recipe.md)
             "vocoder": {
                 "model_in_dim": 32,
                 "sampling_rate": 16000,
@@ -454,16 +454,19 @@ WORLD: dict[str, Any] = {
     "heldout_fraction": 0.2,  # of every modality's attribute combinations, never rendered for train
     "multi_turn_fraction": 0.25,
     # modalities whose every rendered train combination is also requested in every phrasing, as extra
-    # text→X records: 115 sounds give stages 2-3 too few requests to generalise from (README: AudioLDM,
-    # "Then the requests")
+    # text→X records: 115 sounds give stages 2-3 too few requests to generalise from
+    # (docs/notes/training-recipe.md)
     "every_request": ["audio"],
     # and whose every rendered train combination is also described in each phrasing, as extra X->text
-    # records: stage 1 otherwise reads 57 of the 115 sounds (README: Scores, audio->text)
+    # records: stage 1 otherwise reads 57 of the 115 sounds (docs/notes/training-recipe.md)
     "every_description": ["audio"],
+    # render variants per held-out combination (synthetic.render_variant) where combinations are few
+    "heldout_renders": {"audio": 5},
     "counts": {
         # every combination of the train split is rendered once (1344 images, 1612 videos, 115 sounds),
         # as is every held-out sound (29 of 144)
         "train": {"image": 700, "video": 800, "audio": 57, "text_to_image": 644, "text_to_video": 812, "text_to_audio": 58},
-        "heldout": {"image": 60, "video": 40, "audio": 14, "text_to_image": 60, "text_to_video": 40, "text_to_audio": 15},
+        # 60 a task, so one sample is under 2 points; the 29 held-out sounds are rendered 5 times each
+        "heldout": {"image": 60, "video": 60, "audio": 60, "text_to_image": 60, "text_to_video": 60, "text_to_audio": 60},
     },
 }

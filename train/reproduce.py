@@ -11,7 +11,7 @@
 5. the last checkpoint copied to OUT, and a closing table (stage, time, final losses) printed and
    written to WORK/reproduce.json.
 
-Everything is seeded; on 2 CPU cores it took 47.6 minutes (README: Training, the embedded model).
+Everything is seeded; on 2 CPU cores it takes about 48 minutes (docs/training.md).
 """
 from __future__ import annotations
 
@@ -95,7 +95,9 @@ def reproduce(
     shutil.copytree(checkpoint, staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    (work / "reproduce.json").write_text(json.dumps({"seed": seed, "rows": rows}, indent=2) + "\n")
+    from benchmarks.machine import provenance
+
+    (work / "reproduce.json").write_text(json.dumps({"provenance": provenance(out), "seed": seed, "rows": rows}, indent=2) + "\n")
     return rows
 
 

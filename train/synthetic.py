@@ -173,22 +173,24 @@ def _fade(wave: np.ndarray, rate: int) -> np.ndarray:
     return wave
 
 
-def sound(kind: str, pitch: str, register: str, seconds: float, rate: int, amplitude: float = AMPLITUDE) -> np.ndarray:
+def sound(
+    kind: str, pitch: str, register: str, seconds: float, rate: int, amplitude: float = AMPLITUDE, phase: float = 0.0
+) -> np.ndarray:
     """A float32 waveform: a tone at the pitch, an octave chirp from (rising) or down to (falling) it,
-    or a rhythm of four short beeps at it."""
+    or a rhythm of four short beeps at it; `phase` (radians) is where its sine starts."""
     f = pitch_hz(pitch, register)
     t = np.arange(int(seconds * rate)) / rate
     if kind == "tone":
-        wave = np.sin(2 * np.pi * f * t)
+        wave = np.sin(2 * np.pi * f * t + phase)
     elif kind in ("rising chirp", "falling chirp"):
         # exponential sweep over one octave: the phase is the integral of f·2^(±t/T)
         sign = 1.0 if kind == "rising chirp" else -1.0
         f0 = f if sign > 0 else 2 * f
         k = sign * np.log(2) / seconds
-        wave = np.sin(2 * np.pi * f0 * np.expm1(k * t) / k)
+        wave = np.sin(2 * np.pi * f0 * np.expm1(k * t) / k + phase)
     elif kind == "rhythm":
         beat = (t * 4 / seconds) % 1.0 < 0.4
-        wave = np.sin(2 * np.pi * f * t) * beat
+        wave = np.sin(2 * np.pi * f * t + phase) * beat
     else:
         raise ValueError(f"unknown sound {kind!r}; known: {', '.join(SOUNDS)}")
     return _fade(amplitude * wave, rate).astype(np.float32)
@@ -309,23 +311,32 @@ class _Item:
     record: Record
     modality: str
     attributes: dict[str, str]
+    variant: int = 0  # which render of the combination (render_variant); 0 is the plain one
 
 
 def _items(
-    kind: str, split: str, combos: list[dict[str, str]], rng: np.random.Generator, multi_fraction: float
+    kind: str, split: str, combos: list[tuple[dict[str, str], int]], rng: np.random.Generator, multi_fraction: float
 ) -> list[_Item]:
+    """One record per (combination, render variant)."""
     modality = kind.removeprefix("text_to_")
     to_text = kind == modality
     items = []
-    for i, a in enumerate(combos):
+    for i, (a, variant) in enumerate(combos):
         multi = bool(rng.random() < multi_fraction)
         turns = (_x_to_text_turns if to_text else _text_to_x_turns)(modality, a, rng, multi)
-        items.append(_item(f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}", split, modality, to_text, turns, a))
+        items.append(_item(f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}", split, modality, to_text, turns, a, variant=variant))
     return items
 
 
 def _item(
-    rid: str, split: str, modality: str, to_text: bool, turns: list[dict[str, str]], a: dict[str, str], path: str | None = None
+    rid: str,
+    split: str,
+    modality: str,
+    to_text: bool,
+    turns: list[dict[str, str]],
+    a: dict[str, str],
+    path: str | None = None,
+    variant: int = 0,
 ) -> _Item:
     """One record of combination `a`; its medium at `path`, by default a file of its own named by its id."""
     path = path or f"{modality}/{rid}{EXT[modality]}"
@@ -340,7 +351,7 @@ def _item(
         caption=CAPTION[modality](a),
         attributes=dict(a),
     )
-    return _Item(record, modality, a)
+    return _Item(record, modality, a, variant)
 
 
 def _every_phrasing_items(modality: str, rendered: list[_Item], to_text: bool) -> list[_Item]:
@@ -351,7 +362,7 @@ def _every_phrasing_items(modality: str, rendered: list[_Item], to_text: bool) -
     phrasings = _descriptions if to_text else _requests
     asks = [(item, turns) for item in rendered for turns in phrasings(modality, item.attributes)]
     return [
-        _item(f"{prefix}-{i:05d}", "train", modality, to_text, turns, item.attributes, _medium(item.record))
+        _item(f"{prefix}-{i:05d}", "train", modality, to_text, turns, item.attributes, _medium(item.record), item.variant)
         for i, (item, turns) in enumerate(asks)
     ]
 
@@ -398,7 +409,7 @@ def _plan(seed: int, counts: Counts | None, world: dict[str, Any]) -> list[_Item
             modality = kind.removeprefix("text_to_")
             if modality not in pools:
                 raise ValueError(f"unknown record kind {kind!r}; known: image, video, audio and text_to_ each")
-            pool = pools[modality][split]
+            pool = _renders(pools[modality][split], world["heldout_renders"].get(modality, 1) if split == "heldout" else 1)
             if taken[modality] + n > len(pool):
                 raise ValueError(
                     f"{split}: {kind} asks for {n} combinations, {len(pool) - taken[modality]} of {modality} are left"
@@ -414,6 +425,29 @@ def _plan(seed: int, counts: Counts | None, world: dict[str, Any]) -> list[_Item
     return items
 
 
+def _renders(combos: list[dict[str, str]], variants: int) -> list[tuple[dict[str, str], int]]:
+    """Each combination once per render variant, every combination's plain render first: so a
+    held-out split with few combinations still gives enough distinct samples."""
+    return [(a, v) for v in range(variants) for a in combos]
+
+
+VARIANT_LEVELS_DB = (-9.0, 0.0)  # a sound's render variants lie this far below or at a world sound's level
+
+
+def render_variant(modality: str, a: dict[str, str], variant: int, world: dict[str, Any] = WORLD) -> np.ndarray:
+    """Render `variant` of a combination: 0 is `render`'s; another variant of a sound starts at
+    another phase and lies up to 9 dB lower, drawn from the combination and the variant alone, so it
+    says the same caption in other samples."""
+    if variant == 0:
+        return render(modality, a, world)
+    if modality != "audio":
+        raise ValueError(f"only sounds have render variants, not {modality}s")
+    rng = np.random.default_rng([variant, *(ord(ch) for ch in CAPTION[modality](a))])
+    level = 10 ** (rng.uniform(*VARIANT_LEVELS_DB) / 20)
+    phase = rng.uniform(0, 2 * np.pi)
+    return sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], world["sample_rate"], AMPLITUDE * level, phase)
+
+
 def render(modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> np.ndarray:
     """The medium of one combination: an image, a video, or a waveform at world['sample_rate']."""
     if modality == "image":
@@ -424,9 +458,9 @@ def render(modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> n
     return sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], world["sample_rate"])
 
 
-def write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> None:
-    """One combination's medium in the world's file format (PNG, MP4, WAV)."""
-    data = render(modality, a, world)
+def write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, Any] = WORLD, variant: int = 0) -> None:
+    """One combination's medium (`render_variant`) in the world's file format (PNG, MP4, WAV)."""
+    data = render_variant(modality, a, variant, world)
     if modality == "image":
         media.write_png(path, data)
     elif modality == "video":
@@ -467,7 +501,7 @@ def write_world(
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(entry: tuple[str, _Item]) -> None:
-        write_medium(root / entry[0], entry[1].modality, entry[1].attributes, world)
+        write_medium(root / entry[0], entry[1].modality, entry[1].attributes, world, entry[1].variant)
 
     map_media(write, media.items(), f"synthetic world (seed {seed})", progress)
     write_records(root / RECORDS_FILE, (item.record for item in items))
@@ -480,28 +514,34 @@ def world_fingerprint(seed: int, counts: Counts | None = None, world: dict[str, 
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def cache_root(cache: Path | None = None) -> Path:
+    """Where generated data sets are kept: `cache`, else $ANY2ANY_CACHE (default ~/.cache/any2any)."""
+    return cache or Path(os.environ.get("ANY2ANY_CACHE", Path.home() / ".cache" / "any2any"))
+
+
 def default_world_dir(seed: int = 0, cache: Path | None = None, counts: Counts | None = None) -> Path:
-    """Where `ensure_world` keeps the world of a seed: $ANY2ANY_CACHE (default ~/.cache/any2any)/world/."""
-    base = cache or Path(os.environ.get("ANY2ANY_CACHE", Path.home() / ".cache" / "any2any"))
-    return base / "world" / f"seed{seed}-{world_fingerprint(seed, counts)}"
+    """Where `ensure_world` keeps the world of a seed: the cache root's world/."""
+    return cache_root(cache) / "world" / f"seed{seed}-{world_fingerprint(seed, counts)}"
 
 
 def ensure_world(
     seed: int = 0, cache: Path | None = None, counts: Counts | None = None, progress: bool = True
 ) -> Path:
-    """The default world of a seed, generated into the cache on first use.
+    """The default world of a seed, generated into the cache on first use."""
+    return ensure_written(default_world_dir(seed, cache, counts), RECORDS_FILE, lambda staging: write_world(staging, seed, counts, progress=progress))
 
-    It is written into a staging folder and renamed into place when complete, so an interrupted
-    generation is started again rather than used half-written.
-    """
-    target = default_world_dir(seed, cache, counts)
-    if (target / RECORDS_FILE).is_file():
+
+def ensure_written(target: Path, records: Path, write: Callable[[Path], Any]) -> Path:
+    """`target`, made by `write(staging)` unless its `records` file is there. It is written into a
+    staging folder and renamed into place when complete, so an interrupted generation is started
+    again rather than used half-written."""
+    if (target / records).is_file():
         return target
     staging = target.with_name(target.name + f".staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    write_world(staging, seed, counts, progress=progress)
+    write(staging)
     try:
         staging.rename(target)
-    except OSError:  # another process finished first; its world is the same
+    except OSError:  # another process finished first; its data are the same
         shutil.rmtree(staging, ignore_errors=True)
     return target

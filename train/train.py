@@ -60,7 +60,7 @@ class TrainError(RuntimeError):
 def read_data(root: Path) -> list[Record]:
     files = sorted((root / "records").glob("*.jsonl"))
     if not files:
-        raise TrainError(f"{root}: no records/*.jsonl (see README, Training: data root layout)")
+        raise TrainError(f"{root}: no records/*.jsonl (see docs/training.md: a data root)")
     try:
         return [record for path in files for record in read_records(path)]
     except RecordError as e:
@@ -256,10 +256,10 @@ def prepare(model: NextGPT, train_config: dict[str, Any], root: Path, out: Path,
     accelerator = make_accelerator(train_config, deepspeed)
     set_seed(train_config["seed"])
     # Some CPU kernels accumulate in a thread-dependent order by default (the embedding's backward,
-    # index_put_ with accumulate): two runs of stage 2 from one checkpoint parted in the 7th digit at
-    # step 4 and ended with different weights. torch's deterministic kernels made them equal, at the
-    # same speed (34 against 35 s). warn_only: an op that has no deterministic kernel (cuBLAS without
-    # CUBLAS_WORKSPACE_CONFIG, on a GPU) warns instead of stopping the run.
+    # index_put_ with accumulate), so two runs from one checkpoint would end with different weights;
+    # the deterministic kernels make a run repeatable bit for bit, at the same speed on CPU. warn_only:
+    # an op that has no deterministic kernel (cuBLAS without CUBLAS_WORKSPACE_CONFIG, on a GPU) warns
+    # instead of stopping the run.
     torch.use_deterministic_algorithms(True, warn_only=True)
     dataset = make_dataset(model, train_config, root, accelerator.is_main_process)
     stage = StageModel(model, train_config)

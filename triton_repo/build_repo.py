@@ -38,7 +38,7 @@ models have `max_batch_size: 0`, so their batcher only queues: one request per e
 request calls an engine once per denoising step; `none` has the least latency and no batching
 across requests. `auto` (the default) is `all` where the engines run on a GPU, where shared
 batches raise throughput, and `none` on CPU, where the cores are busy either way and measured
-`none` gave both the lower latency and the higher throughput (benchmarks/results/triton_load*.md).
+`none` gave both the lower latency and the higher throughput (docs/notes/results/triton_load*.md).
 `--limits` replaces any of the build's request limits (runtime/limits.py); the pipeline models
 refuse what exceeds them, and repo.json records the values in force.
 The repository is written beside OUT and moved in whole; OUT is only ever replaced if it is a

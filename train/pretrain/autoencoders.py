@@ -134,7 +134,7 @@ def pretrain_vocoder(model: NextGPT, data: WorldData, settings: dict[str, Any], 
     # Only the linear spectral convergence: HiFi-GAN's log-mel term and the log-magnitude STFT term
     # make near silence a basin (a tone drawn with any noise floor pays for every empty bin on a log
     # scale): with them the vocoder's tones ended at RMS 0.001 against the world's 0.35, and with a
-    # 0.3-power magnitude term at 0.005; with convergence alone at 0.19-0.31 (README: AudioLDM)
+    # 0.3-power magnitude term at 0.005; with convergence alone at 0.19-0.31 (docs/notes/training-recipe.md)
     def loss(step: int) -> dict[str, Tensor]:
         index = torch.randint(len(mels), (settings["batch"],), generator=gen)
         real = waves[index]
