@@ -11,8 +11,10 @@ of lm_head drawn afresh (normal, std 0.02, seeded); every output projector built
 (seeded). That is what stage 1 leaves: only stages 2 and 3 differ between the modes.
 
 Each mode then trains stages 2 and 3 (STAGES/stage_{2,3}.yaml; by default train/configs/compare/,
-the recipe's stages at one epoch), each stopped after its --steps optimizer steps, into WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with the
-PyTorch reference pipeline. A mode already trained (WORK/<mode>/train.json) is not trained again.
+the recipe's stages at one epoch), each stopped after its --steps optimizer steps, into
+WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with
+the PyTorch reference pipeline. A mode already trained (WORK/<mode>/train.json) is not trained again,
+nor one already scored at the same --samples and --seed (WORK/<mode>/measure.json).
 Writes WORK/compare.json and prints the Markdown table (docs/projectors.md).
 """
 from __future__ import annotations
@@ -114,6 +116,18 @@ def measure(checkpoint: Path, world: Path, samples: int | None, seed: int) -> di
     }
 
 
+def measured(work: Path, checkpoint: Path, world: Path, samples: int | None, seed: int) -> dict[str, Any]:
+    """`measure`, kept in WORK/<mode>/measure.json for the same samples and seed: a mode already
+    scored is not scored again."""
+    path = work / "measure.json"
+    key = {"samples": samples, "seed": seed}
+    if path.is_file() and json.loads(path.read_text())["for"] == key:
+        return json.loads(path.read_text())["result"]
+    result = measure(checkpoint, world, samples, seed)
+    path.write_text(json.dumps({"for": key, "result": result}, indent=2) + "\n")
+    return result
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| mode | text→image | text→audio | text→video | projector parameters (image / audio / video) "
@@ -145,10 +159,8 @@ def main() -> None:
     for mode in args.modes:  # all trained before any is scored: scoring may be rerun alone
         done = args.work / mode / "train.json"
         trained.append(json.loads(done.read_text()) if done.is_file() else train_mode(args.source, mode, args.work / mode, args.stages, args.steps, args.seed, world))
-    rows = []
-    for run in trained:
-        rows.append({**run, **measure(Path(run["checkpoint"]), world, args.samples, args.seed)})
-        (args.work / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    rows = [{**run, **measured(args.work / run["mode"], Path(run["checkpoint"]), world, args.samples, args.seed)} for run in trained]
+    (args.work / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))
 
 
