@@ -112,8 +112,13 @@ def measure(checkpoint: Path, world: Path, samples: int | None, seed: int) -> di
     return {
         "scores": {t: {k: v for k, v in tasks[t].items() if k != "samples"} for t in tasks},
         "parameters": {m: sum(p.numel() for p in model.projectors[m].parameters()) for m in model.projectors},
-        "latency_ms": {m: projector_latency_ms(model, m) for m in model.projectors},
     }
+
+
+def latencies(checkpoint: Path) -> dict[str, float]:
+    """Measured for every mode in one run, one after the other, so that they share the machine's load."""
+    model = load_checkpoint(checkpoint)
+    return {m: projector_latency_ms(model, m) for m in model.projectors}
 
 
 def measured(work: Path, checkpoint: Path, world: Path, samples: int | None, seed: int) -> dict[str, Any]:
@@ -160,6 +165,8 @@ def main() -> None:
         done = args.work / mode / "train.json"
         trained.append(json.loads(done.read_text()) if done.is_file() else train_mode(args.source, mode, args.work / mode, args.stages, args.steps, args.seed, world))
     rows = [{**run, **measured(args.work / run["mode"], Path(run["checkpoint"]), world, args.samples, args.seed)} for run in trained]
+    for row in rows:
+        row["latency_ms"] = latencies(Path(row["checkpoint"]))
     (args.work / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))
 
