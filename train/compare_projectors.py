@@ -37,6 +37,7 @@ import torch
 from train import synthetic
 from train import train as stage_runner
 from train.components import ProjectorWithSignalEmbeds
+from train.embed_captions import embed_captions
 from train.evaluate import evaluate, summarise
 from train.judges import DEFAULT_JUDGES, load_judges
 from train.model import NextGPT, load_checkpoint, save_checkpoint
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
     args = parser.parse_args()
     world = synthetic.ensure_world(args.seed)
+    embed_captions(args.source, world)  # every mode's stages 2-3 read the start's decoders' embeddings
     trained = []
     for mode in args.modes:  # all trained before any is scored: scoring may be rerun alone
         done = args.work / mode / "train.json"
