@@ -43,7 +43,7 @@ from train.judges import DEFAULT_JUDGES, load_judges
 from train.model import NextGPT, load_checkpoint, save_checkpoint
 from train.projectors import MODES, build_projectors
 from train.reference import ReferencePipeline
-from train.reproduce import CONFIGS, reset_adapter
+from train.reproduce import CONFIGS, _final, reset_adapter
 
 TEXT_TO = ("text_to_image", "text_to_audio", "text_to_video")
 SIGNAL_ROW_STD = 0.02  # LLaMA's initializer_range: how make_tiny draws every row
@@ -134,19 +134,33 @@ def measured(work: Path, checkpoint: Path, world: Path, samples: int | None, see
     return result
 
 
+def final_losses(log: Path) -> dict[str, float]:
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return _final(rows)
+
+
+def _score(entry: dict[str, Any]) -> str:
+    """Strict accuracy, the lenient one (every scored attribute of the task) in brackets."""
+    if entry["accuracy"] is None:
+        return "untrusted judge"
+    return f"{entry['accuracy']:.0%} ({entry['lenient_accuracy']:.0%})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| mode | text→image | text→audio | text→video | projector parameters (image / audio / video) "
-        "| projector latency, ms (image / audio / video) | stages 2+3 training |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | text→image | text→audio | text→video | stage-2 cap loss (image / audio / video) "
+        "| projector parameters (image / audio / video) | projector latency, ms (image / audio / video) "
+        "| stages 2+3 training |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    order = ("image", "audio", "video")
     for row in rows:
-        scores = [row["scores"][t]["accuracy"] for t in TEXT_TO]
-        cells = ["untrusted" if s is None else f"{s:.1%}" for s in scores]
-        params = " / ".join(f"{row['parameters'][m]:,}" for m in ("image", "audio", "video"))
-        latency = " / ".join(f"{row['latency_ms'][m]:.2f}" for m in ("image", "audio", "video"))
+        cells = [_score(row["scores"][t]) for t in TEXT_TO]
+        cap = " / ".join(f"{row['stage_2_losses'][f'cap_{m}']:.3f}" for m in order)
+        params = " / ".join(f"{row['parameters'][m]:,}" for m in order)
+        latency = " / ".join(f"{row['latency_ms'][m]:.2f}" for m in order)
         minutes = sum(row["seconds"].values()) / 60
-        lines.append(f"| {row['mode']} | {' | '.join(cells)} | {params} | {latency} | {minutes:.1f} min |")
+        lines.append(f"| {row['mode']} | {' | '.join(cells)} | {cap} | {params} | {latency} | {minutes:.1f} min |")
     return "\n".join(lines)
 
 
@@ -169,6 +183,7 @@ def main() -> None:
     rows = [{**run, **measured(args.work / run["mode"], Path(run["checkpoint"]), world, args.samples, args.seed)} for run in trained]
     for row in rows:
         row["latency_ms"] = latencies(Path(row["checkpoint"]))
+        row["stage_2_losses"] = final_losses(args.work / row["mode"] / "stage_2" / "log.jsonl")
     (args.work / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))
 
