@@ -15,7 +15,8 @@ the recipe's stages at one epoch), each stopped after its --steps optimizer step
 WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with
 the PyTorch reference pipeline. A mode already trained (WORK/<mode>/train.json) is not trained again,
 nor one already scored at the same --samples and --seed (WORK/<mode>/measure.json).
-Writes WORK/compare.json and prints the Markdown table (docs/projectors.md).
+`--from` itself is scored the same way, for what the whole recipe reaches. Writes
+WORK/compare.json and prints the Markdown table (docs/projectors.md).
 """
 from __future__ import annotations
 
@@ -126,6 +127,7 @@ def measured(work: Path, checkpoint: Path, world: Path, samples: int | None, see
     """`measure`, kept in WORK/<mode>/measure.json for the same samples and seed: a mode already
     scored is not scored again."""
     path = work / "measure.json"
+    work.mkdir(parents=True, exist_ok=True)
     key = {"samples": samples, "seed": seed}
     if path.is_file() and json.loads(path.read_text())["for"] == key:
         return json.loads(path.read_text())["result"]
@@ -184,8 +186,11 @@ def main() -> None:
     for row in rows:
         row["latency_ms"] = latencies(Path(row["checkpoint"]))
         row["stage_2_losses"] = final_losses(args.work / row["mode"] / "stage_2" / "log.jsonl")
-    (args.work / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # what the whole recipe reached: the checkpoint the start was derived from, scored the same way
+    source = measured(args.work / "source", args.source, world, args.samples, args.seed)
+    (args.work / "compare.json").write_text(json.dumps({"modes": rows, "source": source}, indent=2) + "\n")
     print(table(rows))
+    print(f"\n{args.source}: " + ", ".join(f"{t} {_score(source['scores'][t])}" for t in TEXT_TO))
 
 
 if __name__ == "__main__":
