@@ -1,7 +1,7 @@
 """The three output projector modes trained from one common start on the synthetic world, and compared.
 
     python train/compare_projectors.py [--from train/checkpoints/tiny] [--work runs/projectors] \
-        [--stages train/configs/compare] [--steps 249 40] [--modes transformer linear qformer] \
+        [--stages train/configs/compare] [--steps 996 40] [--modes transformer linear qformer] \
         [--seed 0] [--samples N]
 
 No stage-1 checkpoint is kept, so the common start is derived from `--from` (the embedded checkpoint),
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--from", dest="source", type=Path, default=Path("train/checkpoints/tiny"))
     parser.add_argument("--work", type=Path, default=Path("runs/projectors"))
     parser.add_argument("--stages", type=Path, default=CONFIGS / "compare", help="folder of stage_2.yaml and stage_3.yaml")
-    parser.add_argument("--steps", type=int, nargs=2, default=[249, 40], metavar=("STAGE2", "STAGE3"), help="optimizer steps of each stage")
+    parser.add_argument("--steps", type=int, nargs=2, default=[996, 40], metavar=("STAGE2", "STAGE3"), help="optimizer steps of each stage")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
