@@ -17,8 +17,6 @@ from transformers.models.bert.modeling_bert import BertEncoder
 
 from train.presets import SIGNAL_TOKEN_COUNTS
 
-MODES = ("transformer", "linear", "qformer")
-
 
 class TransformerProjector(nn.Module):
     """Signal-token states -> Linear -> nn.Transformer decoding learned queries -> Linear."""
@@ -141,6 +139,7 @@ PROJECTORS: dict[str, type[nn.Module]] = {
     "linear": LinearProjector,
     "qformer": QFormerProjector,
 }
+MODES = tuple(PROJECTORS)
 
 
 def projector_mode(config: dict[str, Any], modality: str) -> str:
