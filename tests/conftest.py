@@ -51,3 +51,29 @@ def heldout_world(tmp_path_factory) -> Path:
 
     kinds = ("image", "video", "audio", "text_to_image", "text_to_video", "text_to_audio")
     return write_world(tmp_path_factory.mktemp("heldout_world"), counts={"heldout": dict.fromkeys(kinds, 1)}, progress=False)
+
+
+# image and video through the Q-Former, audio through the linear mode: one build covers both new modes
+MIXED_PROJECTOR_MODES = {"image": "qformer", "video": "qformer", "audio": "linear"}
+
+
+@pytest.fixture(scope="session")
+def mixed_projector_dir(tmp_path_factory, tiny_dir) -> Path:
+    """The embedded checkpoint with its output projectors drawn afresh in MIXED_PROJECTOR_MODES."""
+    from train.compare_projectors import rebuild_projectors
+    from train.model import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(tiny_dir)
+    rebuild_projectors(model, MIXED_PROJECTOR_MODES, seed=3)
+    out = tmp_path_factory.mktemp("mixed_projectors") / "tiny"
+    save_checkpoint(model, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mixed_projector_build(tmp_path_factory, mixed_projector_dir):
+    """Every component of that checkpoint built once on ONNX Runtime."""
+    from export.build_engines import build
+
+    out = tmp_path_factory.mktemp("mixed_engines") / "tiny"
+    return out, build(mixed_projector_dir, out, progress=False)

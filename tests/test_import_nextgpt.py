@@ -34,7 +34,7 @@ from transformers import (
 from train import checkpoint as ckpt
 from train.decoders import build_decoder, load_text_encoder
 from train.imagebind import ImageBindEncoder
-from train.import_nextgpt import ReleasedWeights, import_nextgpt, main
+from train.import_nextgpt import ReleasedWeights, import_nextgpt, main, official_projector_key
 from train.llm import train_tiny_tokenizer
 from train.pretrain.language import world_corpus
 from train.model import load_checkpoint
@@ -405,6 +405,76 @@ def test_uncond_embedding_is_the_released_text_encoder_on_empty_prompt(release: 
             else:  # SD / ZeroScope: CLIP's last hidden state, no attention mask
                 want = fake.encoder(ids).last_hidden_state[0]
         torch.testing.assert_close(model.decoders[m]["uncond_embedding"], want)
+
+
+# --- the other projector modes, as the reference lays them out -------------------------------------
+
+
+def released_qformer(llm_hidden: int, sizes: dict[str, Any], queries: int, out_dim: int) -> dict[str, tuple[int, ...]]:
+    """TextFcLayer in `qformer` mode: fc, BLIP-2's Q-Former (BertLMHeadModel with word and position
+    embeddings, `cls` and the text feed-forward set to None, so absent), query_tokens, model."""
+    h, f = sizes["hidden"], sizes["ffn"]
+    shapes = {
+        "fc.weight": (h, llm_hidden),
+        "fc.bias": (h,),
+        "Qformer.bert.embeddings.LayerNorm.weight": (h,),
+        "Qformer.bert.embeddings.LayerNorm.bias": (h,),
+        "query_tokens": (1, queries, h),
+        "model.weight": (out_dim, h),
+        "model.bias": (out_dim,),
+    }
+    for i in range(sizes["layers"]):
+        layer = f"Qformer.bert.encoder.layer.{i}."
+        for attention in ("attention", "crossattention"):
+            for linear in ("self.query", "self.key", "self.value", "output.dense"):
+                shapes.update({f"{layer}{attention}.{linear}.weight": (h, h), f"{layer}{attention}.{linear}.bias": (h,)})
+            shapes.update({f"{layer}{attention}.output.LayerNorm.{p}": (h,) for p in ("weight", "bias")})
+        shapes.update({f"{layer}intermediate_query.dense.weight": (f, h), f"{layer}intermediate_query.dense.bias": (f,)})
+        shapes.update({f"{layer}output_query.dense.weight": (h, f), f"{layer}output_query.dense.bias": (h,)})
+        shapes.update({f"{layer}output_query.LayerNorm.{p}": (h,) for p in ("weight", "bias")})
+    return shapes
+
+
+def released_linear(llm_hidden: int, out_dim: int) -> dict[str, tuple[int, ...]]:
+    """TextFcLayer in `linear` mode: `model = nn.Linear(in_dim, out_dim)` and nothing else."""
+    return {"model.weight": (out_dim, llm_hidden), "model.bias": (out_dim,)}
+
+
+MIXED_MODES = {"image": "qformer", "video": "linear", "audio": "transformer"}
+PROJECTOR_PREFIXES = {"image": "gen_text_hidden_fcs.0.", "video": "gen_text_hidden_fcs_video.0.", "audio": "gen_text_hidden_fcs_audio.0."}
+
+
+@pytest.fixture(scope="module")
+def mixed(release: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The release with its image projector in qformer mode and its video one in linear mode."""
+    hidden, dec = PRESET["llm"]["hidden_size"], PRESET["decoders"]
+    layouts = {
+        "image": released_qformer(hidden, PRESET["projector"]["qformer"], dec["image"]["embed_tokens"], dec["image"]["embed_dim"]),
+        "video": released_linear(hidden, dec["video"]["embed_dim"]),
+    }
+    delta = {k: v for k, v in release.delta.items() if not k.startswith(tuple(PROJECTOR_PREFIXES[m] for m in layouts))}
+    for i, (m, shapes) in enumerate(layouts.items()):
+        delta.update({PROJECTOR_PREFIXES[m] + k: _random(s, 5000 + 100 * i + j, torch.float16) for j, (k, s) in enumerate(shapes.items())})
+    root = tmp_path_factory.mktemp("mixed")
+    src = _with_delta(release, root, delta)
+    config = import_nextgpt(src, root / "imported", get_preset("tiny"))
+    return SimpleNamespace(delta=delta, config=config, model=load_checkpoint(root / "imported"))
+
+
+def test_each_projector_mode_is_read_from_the_delta(mixed: SimpleNamespace) -> None:
+    assert mixed.config["projector"]["modes"] == MIXED_MODES
+
+
+def test_every_released_projector_tensor_of_each_mode_is_loaded(mixed: SimpleNamespace) -> None:
+    for m, prefix in PROJECTOR_PREFIXES.items():
+        state = mixed.model.projectors[m].state_dict()
+        released = {k[len(prefix) :]: v for k, v in mixed.delta.items() if k.startswith(prefix)}
+        ours = {official_projector_key(k): k for k in state}
+        assert set(ours) == set(released), m
+        for key, value in released.items():
+            assert torch.equal(state[ours[key]], value.float()), prefix + key
+    layer = mixed.model.projectors["image"].state_dict()["Qformer.bert.encoder.layer.1.intermediate.dense.weight"]
+    assert torch.equal(layer, mixed.delta["gen_text_hidden_fcs.0.Qformer.bert.encoder.layer.1.intermediate_query.dense.weight"].float())
 
 
 # --- failures ---------------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ DELTA_PARTS = {
     "gen_text_hidden_fcs_video.0.": "projector_video",
     "gen_text_hidden_fcs_audio.0.": "projector_audio",
 }
+# BLIP-2's Q-Former layers run query tokens through `intermediate_query`/`output_query`; transformers'
+# BERT layers name their one feed-forward `intermediate`/`output`
+QFORMER_FFN = re.compile(r"^(Qformer\.bert\.encoder\.layer\.\d+)\.(intermediate|output)\.")
+# the parameter only one mode of the reference TextFcLayer has; a projector with neither is `linear`
+MODE_MARKERS = {"query_embs": "transformer", "query_tokens": "qformer"}
 LORA_PREFIX = "llama_model."
 ADAPTER = "default"  # peft's adapter name: in NExT-GPT's parameter names, not in get_peft_model_state_dict's
 LLM_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -74,6 +79,22 @@ def official_lora_key(key: str) -> str:
     return LORA_PREFIX + re.sub(r"\.(lora_[AB])\.", rf".\1.{ADAPTER}.", key)
 
 
+def official_projector_key(key: str) -> str:
+    """An output projector's key -> its name in the reference TextFcLayer."""
+    return QFORMER_FFN.sub(r"\1.\2_query.", key)
+
+
+def released_modes(delta: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each output projector's mode, read from the parameters the delta holds for it."""
+    modes = {}
+    for prefix, part in DELTA_PARTS.items():
+        if part.startswith("projector_"):
+            names = {k[len(prefix) :] for k in delta if k.startswith(prefix)}
+            found = [mode for marker, mode in MODE_MARKERS.items() if marker in names]
+            modes[part.removeprefix("projector_")] = found[0] if found else "linear"
+    return modes
+
+
 def delta_layout(config: dict[str, Any]) -> dict[str, tuple[str, str, torch.Tensor]]:
     """Every tensor the delta must hold: its key there -> (our part, key in the part, shape-only tensor)."""
     with torch.device("meta"):
@@ -83,7 +104,7 @@ def delta_layout(config: dict[str, Any]) -> dict[str, tuple[str, str, torch.Tens
         llm = with_lora(build_llm(config["llm"], config["llm"]["vocab_size"]), config["lora"])
     prefixes = {part: prefix for prefix, part in DELTA_PARTS.items()}
     layout = {
-        prefixes[part] + key: (part, key, value)
+        prefixes[part] + official_projector_key(key): (part, key, value)
         for part, module in modules.items()
         for key, value in module.state_dict().items()
     }
@@ -153,7 +174,9 @@ def import_nextgpt(src: ReleasedWeights, out: Path, preset: dict[str, Any]) -> d
     # each released pipeline folder holds its own VAE: an imported checkpoint shares none, whatever
     # the preset says (the tiny one stores ZeroScope's VAE once, in SD's folder)
     config["decoders"] = {m: {k: v for k, v in d.items() if k != "shared_vae"} for m, d in config["decoders"].items()}
-    delta = split_delta(load_foreign(src.delta), delta_layout(config), src.delta)
+    released = load_foreign(src.delta)
+    config["projector"] = {**config["projector"], "modes": released_modes(released)}
+    delta = split_delta(released, delta_layout(config), src.delta)
     with torch.device("meta"):
         encoder = ImageBindEncoder(config["imagebind"])
     with _reading(src.imagebind):

@@ -1,11 +1,13 @@
 """Create a `tiny` checkpoint with random weights: every real architecture, one seed; where training starts.
 
-    python train/make_tiny.py --out runs/tiny_init [--seed 0] [--preset tiny] [--force]
+    python train/make_tiny.py --out runs/tiny_init [--seed 0] [--preset tiny] [--force] \\
+        [--output-projector transformer|linear|qformer]
 
 The same seed gives the same files. `train/reproduce.py` trains the embedded checkpoint from it. Each
 decoder keeps its random text encoder and gets a caption tokenizer trained on the synthetic world's
 captions, for the caption embeddings of training. Another preset (`nextgpt-7b-shallow`) gives a
 random checkpoint at its sizes, its tokenizer trained to the preset's vocabulary size.
+`--output-projector` puts every output modality's projector in that mode (default: the preset's).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from train.decoders import caption_tokenizer
 from train.llm import add_nextgpt_tokens, train_tiny_tokenizer
 from train.model import NextGPT, save_checkpoint
 from train.presets import get_preset
+from train.projectors import MODES
 from train.pretrain.language import world_corpus
 
 def randomise_lora(model: NextGPT, std: float) -> None:
@@ -44,8 +47,10 @@ def train_tokenizer(vocab_size: int) -> Any:
     return tokenizer
 
 
-def make_tiny(out: Path, seed: int = 0, preset_name: str = "tiny") -> NextGPT:
+def make_tiny(out: Path, seed: int = 0, preset_name: str = "tiny", output_projector: str | None = None) -> NextGPT:
     preset = get_preset(preset_name)
+    if output_projector is not None:
+        preset["projector"]["modes"] = {m: output_projector for m in preset["projector"]["modes"]}
     tokenizer = train_tokenizer(preset["llm"]["base_vocab_size"])
     token_ids = add_nextgpt_tokens(tokenizer)
     config = make_config(preset, token_ids, tokenizer.bos_token_id, len(tokenizer))
@@ -66,9 +71,10 @@ def main() -> None:
     add_force(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--output-projector", choices=MODES, help="every output projector's mode (default: the preset's)")
     args = parser.parse_args()
     refuse_non_empty(args.out, args.force)
-    make_tiny(args.out, args.seed, args.preset)
+    make_tiny(args.out, args.seed, args.preset, args.output_projector)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB)")
 

@@ -147,7 +147,14 @@ TINY: dict[str, Any] = {
         "base_vocab_size": 512,
     },
     "lora": {"r": 8, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    "projector": {"hidden": 64, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 128},
+    # NExT-GPT's TextFcLayer modes, chosen per output modality (train/projectors.py); the sizes of
+    # each mode's layers beside
+    "projector": {
+        "modes": {"image": "transformer", "video": "transformer", "audio": "transformer"},
+        "transformer": {"hidden": 64, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 128},
+        "linear": {},
+        "qformer": {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128, "dropout": 0.1},
+    },
     "generation": {"max_new_tokens": 48, "temperature": 0.0, "top_p": 1.0},
     "decoders": {
         "image": {
@@ -287,7 +294,9 @@ def _nextgpt_7b() -> dict[str, Any]:
         "base_vocab_size": 32000,
     }
     p["lora"] = {"r": 32, "alpha": 32, "dropout": 0.1, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
-    p["projector"] = {"hidden": 512, "heads": 4, "encoder_layers": 4, "decoder_layers": 4, "ffn": 2048}
+    p["projector"]["transformer"] = {"hidden": 512, "heads": 4, "encoder_layers": 4, "decoder_layers": 4, "ffn": 2048}
+    # bert-base-uncased's widths at two layers, as the reference's init_Qformer
+    p["projector"]["qformer"] = {"hidden": 768, "layers": 2, "heads": 12, "ffn": 3072, "dropout": 0.1}
     p["generation"] = {"max_new_tokens": 246, "temperature": 0.4, "top_p": 0.01}
     dec = p["decoders"]
     # the released decoders' own ε-prediction schedulers (the tiny ones are v-prediction, zero SNR)
@@ -395,7 +404,7 @@ def _nextgpt_7b_shallow() -> dict[str, Any]:
     for trunk in ("vision", "audio"):
         p["imagebind"][trunk]["num_blocks"] = 1
     p["llm"]["num_hidden_layers"] = 2
-    p["projector"].update(encoder_layers=1, decoder_layers=1)
+    p["projector"]["transformer"].update(encoder_layers=1, decoder_layers=1)
     for dec in p["decoders"].values():
         unet = dec["unet"]
         unet.update(
