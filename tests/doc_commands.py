@@ -27,7 +27,7 @@ SEPARATORS = ("&&", "||", ";", "|")
 ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 FLAG = re.compile(r"^(--?[A-Za-z][\w-]*)")
 # Programs the project does not ship: their flags are their own documentation's business.
-EXTERNAL = ("cd", "cp", "curl", "docker", "export", "git", "hadolint", "helm", "kubectl", "kubernetes-validate", "mkdir", "nvidia-smi", "pip")
+EXTERNAL = ("cd", "cp", "curl", "docker", "echo", "export", "git", "hadolint", "helm", "kubectl", "kubernetes-validate", "mkdir", "nvidia-smi", "pip", "rsync")
 # `python -m LAUNCHER ... script.py args`: the script's flags are checked, not the launcher's
 LAUNCHERS = ("torch.distributed.run",)
 MARK = "doc-commands: "  # the line with the results, whatever else an import printed

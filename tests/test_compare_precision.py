@@ -133,7 +133,7 @@ def test_quick_run_passes_and_writes_json(quick_run):
 def tensorrt_refusal(tensorrt_runs_here: bool) -> str:
     """Why the tensorrt backend refuses an onnxruntime build: the build itself where TensorRT runs,
     else the missing library or GPU."""
-    return r"llm was built for onnxruntime, not tensorrt" if tensorrt_runs_here else r"no CUDA GPU on this machine|needs NVIDIA TensorRT"
+    return r"holds engines for onnxruntime: .*not tensorrt" if tensorrt_runs_here else r"no CUDA GPU on this machine|needs NVIDIA TensorRT"
 
 
 def _tensorrt_runs_here() -> bool:
