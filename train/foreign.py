@@ -125,11 +125,8 @@ def draw_video(a: dict[str, str], width: int, height: int, frames: int, rng: np.
     """uint8 (frames, height, width, 3): the shape following its motion (synthetic.MOTIONS)."""
     start, end, s0, s1 = synthetic.MOTIONS[a["motion"]]
     start, end, scale, fill = _jittered(start, rng), _jittered(end, rng), rng.uniform(*SCALES), colours(a, rng)
-    out = []
-    for t in np.linspace(0.0, 1.0, frames):
-        offset = (start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))
-        out.append(draw_picture(a, width, height, offset, scale * (s0 + t * (s1 - s0)), fill))
-    return np.stack(out)
+    path = synthetic.motion_path(start, end, s0, s1, frames)
+    return np.stack([draw_picture(a, width, height, offset, scale * size, fill) for offset, size in path])
 
 
 def write_video(path: Path, a: dict[str, str], rng: np.random.Generator) -> Path:

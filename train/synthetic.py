@@ -121,14 +121,21 @@ def draw_shape(
     return img
 
 
+Offset = tuple[float, float]
+
+
+def motion_path(start: Offset, end: Offset, s0: float, s1: float, frames: int) -> list[tuple[Offset, float]]:
+    """Per frame, the shape's offset and size factor, moved linearly from (start, s0) to (end, s1)."""
+    return [
+        ((start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])), s0 + t * (s1 - s0))
+        for t in np.linspace(0.0, 1.0, frames)
+    ]
+
+
 def shape_video(kind: str, colour: str, background: str, motion: str, size: int, frames: int) -> np.ndarray:
     """A shape following one of MOTIONS, uint8 (frames, size, size, 3)."""
-    start, end, s0, s1 = MOTIONS[motion]
-    out = []
-    for t in np.linspace(0.0, 1.0, frames):
-        offset = (start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))
-        out.append(draw_shape(kind, colour, background, size, offset, s0 + t * (s1 - s0)))
-    return np.stack(out)
+    path = motion_path(*MOTIONS[motion], frames)
+    return np.stack([draw_shape(kind, colour, background, size, offset, scale) for offset, scale in path])
 
 
 def shape_image(colour: str, background: str, size: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
