@@ -16,8 +16,11 @@ from train.mel import frame_count
 from train.presets import SIGNAL_TOKEN_COUNTS
 
 Dim = int | str  # a fixed size or the name of a dynamic axis
+Ranges = dict[str, tuple[int, int, int]]  # dynamic axis -> (min, opt, max)
 PROFILE_POINTS = ("min", "opt", "max")
+SINGLE_PROFILE = "all"  # the name of the one optimisation profile of a component that declares none
 MAX_BATCH = 4  # requests served together; classifier-free guidance doubles it for the UNets
+TYPICAL_PROMPT = 32  # tokens: the template around one sentence is 15 to 20 on the tiny tokenizer
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class ComponentSpec:
     parts: tuple[str, ...]  # checkpoint parts (files or folders) the weights come from
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    dims: dict[str, tuple[int, int, int]]  # dynamic axis -> (min, opt, max)
+    dims: Ranges  # every dynamic axis's whole range: what any call may take
     int_ranges: dict[str, tuple[int, int]] | None = None  # sample range per integer input
     # output -> the input it becomes on the next call (the LLM's cache): a TensorRT engine keeps it on the device
     state: dict[str, str] | None = None
@@ -44,6 +47,25 @@ class ComponentSpec:
     sums: dict[str, tuple[str, ...]] | None = None
     # every call of a request has the same shapes (a denoising step, a VAE decode): TensorRT replays a CUDA graph
     static_shapes: bool = False
+    # TensorRT optimisation profiles by name, in build order, each overriding some of `dims`' ranges,
+    # where one box over `dims` would admit shapes no call has (the LLM: seq = context beside
+    # past = context - 1, which TensorRT would size memory for) or tune for one kind of call only.
+    # A call runs on the first profile that holds it. None: one profile, `dims` itself.
+    profiles: dict[str, Ranges] | None = None
+
+    def __post_init__(self) -> None:
+        """Every profile inside `dims`, min <= opt <= max, and no sum of axes above its own axis's range."""
+        for name, ranges in self.profile_ranges().items():
+            for axis, (low, opt, high) in ranges.items():
+                whole = self.dims[axis]
+                if not whole[0] <= low <= opt <= high <= whole[2]:
+                    raise ValueError(f"{self.name}: profile {name!r} gives {axis} {(low, opt, high)}, outside {whole} or unordered")
+            for total, terms in (self.sums or {}).items():
+                reach = sum(ranges[t][2] for t in terms)
+                if reach > ranges[total][2]:
+                    raise ValueError(
+                        f"{self.name}: profile {name!r} lets {' + '.join(terms)} reach {reach}, above {total}'s {ranges[total][2]}"
+                    )
 
     @property
     def input_names(self) -> list[str]:
@@ -54,7 +76,7 @@ class ComponentSpec:
         return [t.name for t in self.outputs]
 
     def corner(self, which: str) -> dict[str, int]:
-        """Every dynamic axis at its own min, opt or max: a corner of the optimisation profile."""
+        """Every dynamic axis at its own min, opt or max: a corner of `dims`."""
         return {d: rng[PROFILE_POINTS.index(which)] for d, rng in self.dims.items()}
 
     def point(self, which: str) -> dict[str, int]:
@@ -67,9 +89,20 @@ class ComponentSpec:
             sizes[total] = sum(sizes[t] for t in terms)
         return sizes
 
+    def profile_ranges(self) -> dict[str, Ranges]:
+        """Each optimisation profile's range of every dynamic axis, by name, in build order."""
+        return {name: {**self.dims, **ranges} for name, ranges in (self.profiles or {SINGLE_PROFILE: {}}).items()}
+
+    def _shapes(self, ranges: Ranges) -> dict[str, dict[str, list[int]]]:
+        return {t.name: {p: list(t.resolve({d: r[i] for d, r in ranges.items()})) for i, p in enumerate(PROFILE_POINTS)} for t in self.inputs}
+
     def profile(self) -> dict[str, dict[str, list[int]]]:
-        """Input name -> {min, opt, max} shapes: what TensorRT optimisation profiles take."""
-        return {t.name: {p: list(t.resolve(self.corner(p))) for p in PROFILE_POINTS} for t in self.inputs}
+        """Input name -> {min, opt, max} shapes of one box over `dims`: what ONNX Runtime's TensorRT provider gets."""
+        return self._shapes(self.dims)
+
+    def optimization_profiles(self) -> dict[str, dict[str, dict[str, list[int]]]]:
+        """Profile name -> input name -> {min, opt, max} shapes: what a TensorRT plan is built with."""
+        return {name: self._shapes(ranges) for name, ranges in self.profile_ranges().items()}
 
     def sample(self, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         """Random inputs at the given axis sizes; integer inputs drawn from `int_ranges`."""
@@ -94,6 +127,8 @@ class ComponentSpec:
             "state": dict(self.state or {}),
             "sums": {k: list(v) for k, v in (self.sums or {}).items()},
             "static_shapes": self.static_shapes,
+            # a list: the order is the plan's, and the manifest's JSON sorts mapping keys
+            "profiles": [{"name": name, "inputs": shapes} for name, shapes in self.optimization_profiles().items()],
         }
 
 
@@ -135,6 +170,15 @@ def _llm(config: dict[str, Any]) -> ComponentSpec:
         return ("layers", "batch", llm["num_key_value_heads"], length, hidden // llm["num_attention_heads"])
 
     layers = llm["num_hidden_layers"]
+    # The runtime's calls (runtime.generation): a prefill of the whole prompt on an empty cache; decode
+    # steps of one token; after them at most one chunk, the last sampled token and the forced signal
+    # runs. The runtime accepts prompt + answer + every run up to the context (runtime.prompt.check_fits),
+    # so each call's present (past + seq) stays within it, and so does each profile. The opt points,
+    # which TensorRT tunes its kernels for, are a typical prompt and a decode step halfway through the
+    # default answer: the call that repeats.
+    prompt = min(TYPICAL_PROMPT, context)
+    chunk = 1 + sum(SIGNAL_TOKEN_COUNTS.values())
+    step = min(prompt + config["generation"]["max_new_tokens"] // 2, context - chunk)
     return ComponentSpec(
         "llm",
         ("llm", "lora"),
@@ -151,19 +195,21 @@ def _llm(config: dict[str, Any]) -> ComponentSpec:
             TensorSpec("present_keys", "float32", cache("present")),
             TensorSpec("present_values", "float32", cache("present")),
         ),
-        # The runtime accepts prompt + answer up to the whole context (runtime.prompt.check_fits), so a
-        # call's new tokens and its cache each range up to it; `present` (past + seq) never exceeds it.
-        # The opt point, which TensorRT tunes its kernels for, is a decode step: the call that repeats.
         {
             "layers": (layers, layers, layers),
             "batch": (1, 1, MAX_BATCH),
             "seq": (1, 1, context),
-            "past": (0, 64, context - 1),
-            "present": (1, 65, context),
+            "past": (0, step, context - 1),
+            "present": (1, step + 1, context),
         },
         int_ranges={"input_ids": (0, llm["vocab_size"]), "media_position": (-1, 1)},
         state={"present_keys": "past_keys", "present_values": "past_values"},
         sums={"present": ("seq", "past")},
+        profiles={
+            "prefill": {"seq": (1, prompt, context), "past": (0, 0, 0), "present": (1, prompt, context)},
+            "decode": {"seq": (1, 1, 1), "past": (0, step, context - 1), "present": (1, step + 1, context)},
+            "chunk": {"seq": (1, chunk, chunk), "past": (0, step, context - chunk), "present": (1, step + chunk, context)},
+        },
     )
 
 

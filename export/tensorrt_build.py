@@ -8,7 +8,9 @@
   (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html).
   demo/Diffusion builds with `--strongly-typed` for the same reason.
 - TF32 stays off, so an fp32 plan is verified against PyTorch at the fp32 tolerance.
-- One optimisation profile: the spec's (min, opt, max) shape of every input.
+- One optimisation profile per profile the spec declares, in its order (the LLM's prefill, decode and
+  chunk; one for every other component), each the (min, opt, max) shape of every input. The runtime
+  (`runtime.backends.TrtEngine`) runs a call on the first profile that holds it.
 - The timing cache is read from and written back to the build's staging folder; polygraphy checks
   every builder result and raises on a parse or build failure.
 
@@ -35,16 +37,19 @@ def tensorrt_info() -> dict[str, Any]:
 
 
 def build_plan(spec: ComponentSpec, onnx_path: Path, plan_path: Path, timing_cache: Path) -> Path:
-    """A serialized plan for `spec`'s profile; the precision is the ONNX's own (strongly typed)."""
+    """A serialized plan for `spec`'s optimisation profiles; the precision is the ONNX's own (strongly typed)."""
     require_tensorrt()
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
-    profile = Profile()
-    for name, shapes in spec.profile().items():
-        profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    profiles = []
+    for inputs in spec.optimization_profiles().values():
+        profile = Profile()
+        for name, shapes in inputs.items():
+            profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+        profiles.append(profile)
     network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
     config = CreateConfig(
-        profiles=[profile],
+        profiles=profiles,
         tf32=False,
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )

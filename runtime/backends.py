@@ -84,8 +84,10 @@ def _profile_option(io: dict[str, Any], point: str) -> str:
 def ort_providers(device: str, io: dict[str, Any], precision: str = "fp32", cache_dir: Path | None = None) -> list[Any]:
     """Execution providers with their options, most preferred first.
 
-    The TensorRT provider gets the spec's profile (so it builds one engine for every accepted size
-    instead of rebuilding as the cache grows) and an engine and a timing cache under `cache_dir`;
+    The TensorRT provider gets one profile, the box over every axis range (`io["profile"]`), so it
+    builds one engine for every accepted size instead of rebuilding as the cache grows; not a
+    component's several profiles, since its execution context stays on the first one (onnxruntime
+    PR #31624, open) and would refuse every other call. Engine and timing caches go under `cache_dir`;
     the CUDA provider searches cuDNN's convolution algorithms once per shape and uses TF32 only
     when `precision` is tf32."""
     if device not in ORT_PROVIDERS:
@@ -205,6 +207,33 @@ def require_tensorrt() -> Any:
     return tensorrt
 
 
+def _holds(shape: tuple[int, ...], box: dict[str, list[int]]) -> bool:
+    return len(shape) == len(box["min"]) and all(lo <= s <= hi for s, lo, hi in zip(shape, box["min"], box["max"]))
+
+
+def optimization_profiles(io: dict[str, Any]) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """A component's optimisation profiles as the manifest lists them, by name in the plan's order:
+    input name -> {min, opt, max} shapes each."""
+    if "profiles" not in io:
+        raise BackendUnavailable(f"{io.get('name', 'engine')}: the manifest predates per-profile shapes; rebuild it with export/build_engines.py")
+    return {p["name"]: p["inputs"] for p in io["profiles"]}
+
+
+def choose_profile(profiles: dict[str, dict[str, dict[str, list[int]]]], shapes: dict[str, tuple[int, ...]], where: str) -> int:
+    """The index of the first optimisation profile (name -> input -> {min, opt, max}) whose ranges
+    hold every input shape; a ValueError in one line otherwise, naming for each profile an input it
+    does not hold."""
+    misses: dict[str, str] = {}  # profile -> an input it does not hold
+    for index, (name, boxes) in enumerate(profiles.items()):
+        miss = next((n for n, shape in shapes.items() if not _holds(shape, boxes[n])), None)
+        if miss is None:
+            return index
+        misses[name] = miss
+    got = ", ".join(f"{n} {shapes[n]}" for n in dict.fromkeys(misses.values()))
+    takes = "; ".join(f"{p} takes {n} {tuple(profiles[p][n]['min'])}..{tuple(profiles[p][n]['max'])}" for p, n in misses.items())
+    raise ValueError(f"{where}: input shapes {got} fit no optimisation profile of the engine: {takes}")
+
+
 class DeviceTensor:
     """An engine output left on the GPU because the engine takes it back on its next call (the LLM's
     KV cache). Fed to that engine, it is bound in place; anywhere else numpy reads it back to the host."""
@@ -234,9 +263,11 @@ class TrtEngine:
     """A TensorRT plan with every buffer preallocated on the device at the largest size it accepts.
 
     Every TensorRT call is checked and a failure names the component and the tensor; every tensor is
-    bound to a valid address, empty ones included; an input shape outside the profile is refused before
-    anything runs. State outputs (the LLM's present cache) stay on the device and swap places with
-    their inputs, so decoding copies no cache and allocates nothing. Static-shape components (UNet,
+    bound to a valid address, empty ones included. A call runs on the first of the plan's optimisation
+    profiles that holds its input shapes (the LLM's prefill, decode and chunk profiles), switched with
+    set_optimization_profile_async on the engine's one execution context; shapes no profile holds are
+    refused before anything runs. State outputs (the LLM's present cache) stay on the device and swap
+    places with their inputs, so decoding copies no cache and allocates nothing. Static-shape components (UNet,
     VAE) replay a CUDA graph captured after the first call at a shape, as NVIDIA's demo/Diffusion does.
     """
 
@@ -260,6 +291,8 @@ class TrtEngine:
         if self.context is None:
             raise RuntimeError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
         self._check_io()
+        self.profiles = self._check_profiles()
+        self.active = 0  # a new context starts on the plan's first profile
         self.stream = torch.cuda.Stream()
         self.buffers = self._allocate()
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -279,18 +312,51 @@ class TrtEngine:
             if planned != np.dtype(t["dtype"]):
                 raise RuntimeError(f"{self.name}: the plan's tensor {t['name']!r} is {planned}, the manifest's {t['dtype']}")
 
+    def _check_profiles(self) -> dict[str, dict[str, dict[str, list[int]]]]:
+        """The manifest's optimisation profiles (name -> input -> {min, opt, max}), after checking that
+        the plan holds exactly these ranges, in this order."""
+        declared = optimization_profiles(self.io)
+        # min and max decide which calls a profile takes; opt only tunes it
+        planned = [
+            {n: [list(s) for s in self.engine.get_tensor_profile_shape(n, i)][::2] for n in self.input_names}
+            for i in range(self.engine.num_optimization_profiles)
+        ]
+        if planned != [{n: [boxes[n]["min"], boxes[n]["max"]] for n in self.input_names} for boxes in declared.values()]:
+            raise RuntimeError(
+                f"{self.name}: the plan's {len(planned)} optimisation profile(s) are not the manifest's ({', '.join(declared)}); rebuild it"
+            )
+        return declared
+
+    @property
+    def active_profile(self) -> str:
+        """The name of the optimisation profile the last call ran on."""
+        return list(self.profiles)[self.active]
+
+    def _select(self, index: int) -> None:
+        if index == self.active:
+            return
+        self.shapes = {}  # TensorRT forgets every input shape with the profile
+        if not self.context.set_optimization_profile_async(index, self.stream.cuda_stream):
+            raise RuntimeError(f"{self.name}: TensorRT refused optimisation profile {list(self.profiles)[index]!r}")
+        self.active = index
+
     def _max_shape(self, name: str) -> tuple[int, ...]:
-        """An input's profile maximum; an output's from the spec's axis ranges, or from TensorRT with
-        every input at its maximum where an axis is not declared (the vocoder's samples)."""
+        """An input's largest size in any profile; an output's from the spec's axis ranges, or from
+        TensorRT with every input at its maximum in each profile where an axis is not declared (the
+        vocoder's samples)."""
         if name in self.input_names:
-            return tuple(self.engine.get_tensor_profile_shape(name, 0)[2])
+            return tuple(map(max, zip(*(boxes[name]["max"] for boxes in self.profiles.values()))))
         spec = next(t for t in self.io["outputs"] if t["name"] == name)
         dims = self.io["dims"]
         if all(isinstance(d, int) or d in dims for d in spec["shape"]):
             return tuple(d if isinstance(d, int) else dims[d][2] for d in spec["shape"])
-        for n in self.input_names:
-            self._set_input_shape(n, self._max_shape(n))
-        return tuple(self.context.get_tensor_shape(name))
+        shapes = []
+        for index, boxes in enumerate(self.profiles.values()):
+            self._select(index)
+            for n in self.input_names:
+                self._set_input_shape(n, tuple(boxes[n]["max"]))
+            shapes.append(tuple(self.context.get_tensor_shape(name)))
+        return tuple(map(max, zip(*shapes)))
 
     def _allocate(self) -> dict[str, Any]:
         """One device buffer per tensor, never empty; a state output and its input share one size."""
@@ -304,9 +370,6 @@ class TrtEngine:
         return self.buffers[name][: _volume(shape)].view(shape)
 
     def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
-        if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
-            raise ValueError(f"{self.name}: input {name!r} has shape {shape}, outside the engine's profile {low}..{high}")
         if not self.context.set_input_shape(name, shape):
             raise RuntimeError(f"{self.name}: TensorRT refused shape {shape} for input {name!r}")
 
@@ -356,11 +419,7 @@ class TrtEngine:
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
         shapes = {n: tuple(feeds[n].shape) for n in self.input_names}
-        if shapes != self.shapes:
-            self.shapes = {}  # unknown until every input is set: a refusal half way leaves the context mixed
-            for n, shape in shapes.items():
-                self._set_input_shape(n, shape)
-            self.shapes = shapes
+        self._set_shapes(shapes)
         out_shapes = {n: self._output_shape(n) for n in self.output_names}
         with self.torch.cuda.stream(self.stream):
             for n in self.input_names:
@@ -369,6 +428,17 @@ class TrtEngine:
             self._launch(shapes)
         self.stream.synchronize()
         return self._results(out_shapes)
+
+    def _set_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Every input's shape on the first profile that holds them all (refused in one line if none does)."""
+        if shapes == self.shapes:
+            return
+        index = choose_profile(self.profiles, shapes, self.name)
+        self.shapes = {}  # unknown until every input is set: a refusal half way leaves the context mixed
+        self._select(index)
+        for n, shape in shapes.items():
+            self._set_input_shape(n, shape)
+        self.shapes = shapes
 
     def _results(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
         """Host arrays, and the state outputs as device tensors after swapping them into their inputs' place."""

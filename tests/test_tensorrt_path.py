@@ -5,6 +5,7 @@ tests/test_tensorrt_gpu.py, skipped here with the reason.
 """
 import contextlib
 import copy
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -18,12 +19,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import benchmarks.machine
+import export.tensorrt_build
 import runtime.backends
 from benchmarks.machine import BACKENDS, backend_engines, open_pipeline, thread_budget
 from export.build_engines import verify
 from export.onnx_export import FP32_OPS, TENSORRT_OPSETS, computing_in, export_portable, non_standard_ops
 from export.specs import component_specs
-from runtime.backends import BackendUnavailable, Engines, OrtEngine, TrtEngine, check_feeds, torch_component
+from export.tensorrt_build import build_plan
+from runtime.backends import (
+    BackendUnavailable,
+    Engines,
+    OrtEngine,
+    TrtEngine,
+    check_feeds,
+    choose_profile,
+    optimization_profiles,
+    ort_providers,
+    torch_component,
+)
 from runtime.generation import LlmGenerator, Tokenizer
 from runtime.manifest import read_manifest
 from runtime.prompt import PromptIds
@@ -148,23 +161,22 @@ def test_the_tensorrt_provider_is_never_asked_for_weakly_typed_reduced_precision
 
 class ProfileCheckingLlm:
     """Stands in for the LLM engine to record what the generator asks of it: every call is checked
-    against the manifest IO and against the spec's profile (what a TensorRT plan accepts), and answers
-    with logits that never stop early, so a request runs to its longest."""
+    against the manifest IO and given the optimisation profile a TensorRT plan would run it on (the
+    choice TrtEngine makes, refusing a call no profile holds), and answers with logits that never
+    stop early, so a request runs to its longest."""
 
     def __init__(self, spec, entry, token: int) -> None:
         self.spec, self.entry, self.token, self.calls = spec, entry, token, []
-        self.profile = spec.profile()
+        self.profiles = optimization_profiles(entry)
         self.input_names, self.output_names = spec.input_names, spec.output_names
 
     def run(self, feeds):
         check_feeds(feeds, self.entry["inputs"], self.entry["dims"], "llm")
-        for name, shapes in self.profile.items():
-            shape = feeds[name].shape
-            assert all(lo <= s <= hi for s, lo, hi in zip(shape, shapes["min"], shapes["max"])), (name, shape)
+        profile = list(self.profiles)[choose_profile(self.profiles, {n: feeds[n].shape for n in self.input_names}, "llm")]
         batch, seq = feeds["input_ids"].shape
         layers, _, heads, past, dim = feeds["past_keys"].shape
         assert past + seq <= self.spec.dims["present"][2], (past, seq)
-        self.calls.append((seq, past))
+        self.calls.append((seq, past, profile))
         logits = np.zeros((batch, self.entry["outputs"][0]["shape"][1]), np.float32)
         logits[:, self.token] = 1.0
         cache = np.zeros((layers, batch, heads, past + seq, dim), np.float32)
@@ -198,8 +210,10 @@ def test_llm_profile_covers_every_request_the_runtime_accepts(llm_under_test, da
     # time, then every required signal run appended and fed in one chunk with that last token
     appended = sum(len(generator.vocab.runs[m]) for m in required)
     assert len(generation.ids) == max_new + appended
-    decode = [(1, prompt_len + i) for i in range(max_new - 1)]
-    assert engine.calls == [(prompt_len, 0), *decode, *([(1 + appended, prompt_len + max_new - 1)] if required else [])]
+    # each kind of call on its own profile: the forced runs, fed after the cache, on the chunk one
+    decode = [(1, prompt_len + i, "decode") for i in range(max_new - 1)]
+    chunk = [(1 + appended, prompt_len + max_new - 1, "chunk")] if required else []
+    assert engine.calls == [(prompt_len, 0, "prefill"), *decode, *chunk]
 
 
 def test_benchmark_labels_reach_their_backend_and_device(tiny_build, monkeypatch):
@@ -288,9 +302,77 @@ def test_the_rotary_tables_stay_fp32_in_a_reduced_precision_copy(tiny_model):
     assert {p.dtype for p in half.parameters()} == {torch.float16}
 
 
-def test_the_llm_profile_is_tuned_for_the_decode_step(tiny_model):
-    opt = component_specs(tiny_model.config)["llm"].profile()["input_ids"]["opt"]
-    assert opt[1] == 1, opt
+def test_no_llm_profile_lets_seq_and_past_exceed_the_context(tiny_model):
+    """TensorRT sizes an engine's memory for a profile's largest shapes at once: one box holding
+    seq = context beside past = context - 1 asked for about twice the context. Each profile stays
+    within it: prefill on an empty cache, decode one token at a time, tuned at a step on a cache."""
+    context = tiny_model.config["llm"]["max_position_embeddings"]
+    profiles = component_specs(tiny_model.config)["llm"].optimization_profiles()
+    assert list(profiles) == ["prefill", "decode", "chunk"]
+    for name, shapes in profiles.items():
+        seq, past = shapes["input_ids"]["max"][1], shapes["past_keys"]["max"][3]
+        assert seq + past <= context, (name, seq, past)
+    prefill, decode = profiles["prefill"], profiles["decode"]
+    assert prefill["input_ids"]["max"][1] == context and prefill["past_keys"]["max"][3] == 0
+    assert decode["input_ids"]["opt"][1] == decode["input_ids"]["max"][1] == 1
+    assert 0 < decode["past_keys"]["opt"][3] and decode["past_keys"]["max"][3] == context - 1
+
+
+def test_a_spec_whose_profile_lets_a_sum_pass_its_range_is_refused(tiny_model):
+    llm = component_specs(tiny_model.config)["llm"]
+    context = llm.dims["present"][2]
+    with pytest.raises(ValueError, match=rf"llm: profile 'all' lets seq \+ past reach {2 * context - 1}, above present's {context}"):
+        dataclasses.replace(llm, profiles=None)  # the one box over every axis range
+
+
+def test_the_manifest_records_each_components_profiles(tiny_build, tiny_model):
+    build = read_manifest(tiny_build[0])
+    for name, spec in component_specs(tiny_model.config).items():
+        assert optimization_profiles(build.component(name)) == spec.optimization_profiles(), name
+    assert list(optimization_profiles(build.component("llm"))) == ["prefill", "decode", "chunk"]  # in the plan's order
+
+
+@pytest.mark.parametrize("name", ["llm", "projector_image"])
+def test_the_tensorrt_build_adds_one_profile_per_declared_profile(tiny_model, monkeypatch, tmp_path, name):
+    """The builder configuration build_plan hands polygraphy (its own Profile and CreateConfig); the
+    ONNX parser and the builder, which need TensorRT and a GPU, are stood in for."""
+    import polygraphy.backend.trt as polygraphy_trt
+
+    built = {}
+
+    def engine_bytes(network, config, save_timing_cache):
+        built.update(network=network, config=config)
+        return b"plan"
+
+    monkeypatch.setattr(export.tensorrt_build, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(polygraphy_trt, "network_from_onnx_path", lambda path, strongly_typed: (path, strongly_typed))
+    monkeypatch.setattr(polygraphy_trt, "engine_bytes_from_network", engine_bytes)
+    spec = component_specs(tiny_model.config)[name]
+    build_plan(spec, tmp_path / "model.onnx", tmp_path / "model.plan", tmp_path / "timing.cache")
+    config = built["config"]
+    assert built["network"] == (str(tmp_path / "model.onnx"), True) and config.tf32 is False
+    got = [{n: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)} for n, s in p.items()} for p in config.profiles]
+    assert got == list(spec.optimization_profiles().values())
+    assert len(got) == (3 if name == "llm" else 1)
+    if name == "llm":
+        context = tiny_model.config["llm"]["max_position_embeddings"]
+        assert all(p["input_ids"]["max"][1] + p["past_keys"]["max"][3] <= context for p in got)
+
+
+def test_the_tensorrt_provider_gets_one_profile_that_holds_every_declared_one(tiny_model, tmp_path):
+    """ONNX Runtime's TensorRT provider builds every profile it is given but runs on its first (its
+    execution context never switches): it gets one box, which must hold every call the plans take."""
+    spec = component_specs(tiny_model.config)["llm"]
+    (_, options), *_ = ort_providers("tensorrt", {"name": "llm", **spec.to_json(), "profile": spec.profile()}, cache_dir=tmp_path)
+
+    def shapes(point: str) -> list[tuple[str, list[int]]]:
+        return [(n, [int(d) for d in s.split("x")]) for n, s in (e.split(":") for e in options[f"trt_profile_{point}_shapes"].split(","))]
+
+    low, high = shapes("min"), shapes("max")
+    assert [n for n, _ in low] == [n for n, _ in high] == spec.input_names  # each input once: one profile
+    for profile, boxes in spec.optimization_profiles().items():
+        for (n, lo), (_, hi) in zip(low, high):
+            assert all(a <= b for a, b in zip(lo, boxes[n]["min"])) and all(a >= b for a, b in zip(hi, boxes[n]["max"])), (profile, n)
 
 
 # --- TrtEngine on a simulated TensorRT: what it checks before any GPU work ------------------------
@@ -298,13 +380,23 @@ def test_the_llm_profile_is_tuned_for_the_decode_step(tiny_model):
 
 class SimulatedPlan:
     """A deserialized plan as TrtEngine reads it: IO names, modes and dtypes (numpy dtypes stand in
-    for tensorrt.DataType), an execution context that counts its launches."""
+    for tensorrt.DataType), its optimisation profiles (as polygraphy built them from `profiles`), an
+    execution context that counts its launches and, as TensorRT's does, starts on profile 0, switches
+    when asked and refuses an input shape outside its current profile."""
 
-    def __init__(self, io, dtypes) -> None:
+    def __init__(self, io, dtypes, profiles) -> None:
         tensors = [*io["inputs"], *io["outputs"]]
         self.modes = {t["name"]: "INPUT" if t in io["inputs"] else "OUTPUT" for t in tensors}
         self.dtypes = {t["name"]: np.dtype(t["dtype"]) for t in tensors} | dtypes
         self.names, self.num_io_tensors, self.launches = list(self.modes), len(self.modes), 0
+        self.profiles = list(profiles.values())
+        self.num_optimization_profiles = len(self.profiles)
+        self.switches: list[int] = []  # profiles the context was switched to, in order
+        self.active, self.shapes = 0, {}
+
+    def get_tensor_profile_shape(self, name, index):
+        box = self.profiles[index][name]
+        return [box["min"], box["opt"], box["max"]]
 
     def get_tensor_name(self, i):
         return self.names[i]
@@ -320,7 +412,19 @@ class SimulatedPlan:
             self.launches += 1
             return True
 
-        return SimpleNamespace(execute_async_v3=launch)
+        def switch(index, stream):
+            self.switches.append(index)
+            self.active, self.shapes = index, {}
+            return True
+
+        def set_shape(name, shape):
+            box = self.profiles[self.active][name]
+            if not all(lo <= s <= hi for s, lo, hi in zip(shape, box["min"], box["max"])):
+                return False
+            self.shapes[name] = shape
+            return True
+
+        return SimpleNamespace(execute_async_v3=launch, set_optimization_profile_async=switch, set_input_shape=set_shape)
 
 
 class SimulatedLogger:
@@ -332,15 +436,18 @@ class SimulatedLogger:
 
 @pytest.fixture
 def simulated_tensorrt(monkeypatch, tmp_path, tiny_model):
-    """Opens a TrtEngine of a component on a simulated plan: `open_(name, cuda_graph, dtypes)`."""
+    """Opens a TrtEngine of a component on a simulated plan: `open_(name, cuda_graph, dtypes, plan_profiles,
+    manifest_profiles)`; the plan's profiles are the manifest's unless given."""
     specs = component_specs(tiny_model.config)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: SimpleNamespace(cuda_stream=0))
     monkeypatch.setattr(TrtEngine, "_allocate", lambda self: {})
     (tmp_path / "model.plan").write_bytes(b"plan")
 
-    def open_(name, cuda_graph=None, dtypes=None):
+    def open_(name, cuda_graph=None, dtypes=None, plan_profiles=None, manifest_profiles="spec"):
         io = {"name": name, **specs[name].to_json()}
-        plan = SimulatedPlan(io, dtypes or {})
+        plan = SimulatedPlan(io, dtypes or {}, plan_profiles or optimization_profiles(io))
+        if manifest_profiles is None:
+            del io["profiles"]
         trt = SimpleNamespace(
             Logger=SimulatedLogger,
             TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
@@ -386,3 +493,67 @@ def test_each_batch_size_keeps_its_cuda_graph(simulated_tensorrt, monkeypatch):
         engine._launch({"sample": (batch, 4, 8, 8)})
     assert [g.replays for g in captured] == [2, 1]
     assert engine.engine.launches == 4  # an eager run and a capture per batch size, nothing after
+
+
+def test_each_llm_call_runs_on_the_profile_that_holds_it(simulated_tensorrt, tiny_model):
+    """Prefill, decode steps and the chunk of forced runs, each on its profile: the context switches
+    only when the profile changes, and a call no profile holds is refused in one line, leaving the
+    engine ready for the next call."""
+    engine = simulated_tensorrt("llm")
+    plan = engine.engine
+    spec = component_specs(tiny_model.config)["llm"]
+    context = spec.dims["present"][2]
+
+    def call(seq: int, past: int) -> str:
+        engine._set_shapes({n: a.shape for n, a in spec.sample({**spec.point("min"), "seq": seq, "past": past}).items()})
+        assert plan.shapes["input_ids"] == (1, seq) and plan.shapes["past_keys"][3] == past
+        return engine.active_profile
+
+    assert [call(20, 0), call(1, 20), call(1, 21), call(5, 22), call(context, 0), call(1, context - 1)] == [
+        "prefill", "decode", "decode", "chunk", "prefill", "decode"
+    ]
+    assert plan.switches == [1, 2, 0, 1]
+    with pytest.raises(ValueError) as refused:
+        call(2, context - 1)  # past + seq above the context
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("llm: input shapes past_keys (2, 1, ")
+    assert "fit no optimisation profile of the engine: prefill takes past_keys" in message
+    assert "; decode takes input_ids (1, 1)..(4, 1); chunk takes past_keys" in message
+    assert plan.switches == [1, 2, 0, 1]  # refused before the context was touched
+    assert call(1, context - 2) == "decode"
+
+
+def test_a_plan_whose_profiles_are_not_the_manifests_is_refused(simulated_tensorrt, tiny_model):
+    one_box = {"all": component_specs(tiny_model.config)["llm"].profile()}  # how plans were built before
+    with pytest.raises(RuntimeError, match=r"llm: the plan's 1 optimisation profile\(s\) are not the manifest's \(prefill, decode, chunk\)"):
+        simulated_tensorrt("llm", plan_profiles=one_box)
+    with pytest.raises(BackendUnavailable, match="llm: the manifest predates per-profile shapes; rebuild it"):
+        simulated_tensorrt("llm", manifest_profiles=None)
+
+
+def test_the_smoke_scripts_llm_calls_each_run_on_their_profile(tiny_build, tmp_path, monkeypatch, capsys):
+    """benchmarks/gpu_smoke.py's trt_llm step, its TensorRT plan stood in for by ONNX Runtime choosing
+    a profile per call as TrtEngine does: what it feeds is checked (every call on the profile it names,
+    the refusal from the profiles), not TensorRT's numbers."""
+    import benchmarks.gpu_smoke
+
+    class ProfiledOrtEngine(OrtEngine):
+        def __init__(self, path, io, cuda_graph=None) -> None:
+            super().__init__(path, io)
+
+        def run(self, feeds):
+            shapes = {n: np.shape(feeds[n]) for n in self.input_names}
+            profiles = optimization_profiles(self.io)
+            self.active_profile = list(profiles)[choose_profile(profiles, shapes, self.io["name"])]
+            return super().run(feeds)
+
+    for backend in ("onnxruntime", "tensorrt"):
+        (tmp_path / "engines").mkdir(exist_ok=True)
+        (tmp_path / "engines" / backend).symlink_to(tiny_build[0])
+    monkeypatch.setattr(benchmarks.gpu_smoke, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(benchmarks.gpu_smoke, "TrtEngine", ProfiledOrtEngine)
+    assert benchmarks.gpu_smoke.main(["trt_llm", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.rsplit(" on profile ", 1)[-1] for line in lines if " on profile " in line] == ["prefill", "prefill", "decode", "decode", "chunk"]
+    refused = [line for line in lines if line.startswith("ok refused outside every profile: llm: input shapes ")]
+    assert len(refused) == 1 and "fit no optimisation profile" in refused[0], lines
