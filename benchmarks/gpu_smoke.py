@@ -4,8 +4,10 @@
 
 Steps: environment (TensorRT, the CUDA device, ONNX Runtime's providers, versions); build (a TensorRT
 fp32 build of SMOKE_COMPONENTS beside an ONNX Runtime CPU build of the same, under OUT/engines);
-trt_llm (TrtEngine on the LLM against the CPU build: the min point with an empty past, a long
-prefill, one decode step on the device cache, a refusal outside the profile, the cache read back);
+trt_llm (TrtEngine on the LLM against the CPU build, each call on its optimisation profile: the min
+point with an empty past and a long prefill on `prefill`, decode steps on the device cache on
+`decode`, a refusal of a call no profile holds, a chunk of forced signal runs up to the whole context
+on `chunk`, each cache read back);
 cuda_graph (sd_unet replayed from CUDA graphs against eager, bit for bit); ort_providers (one session
 per ONNX Runtime GPU provider, the providers it really got printed, against the CPU); fp16 (a
 strongly typed fp16 TensorRT build of projector_image, its errors against PyTorch in fp16 and fp32).
@@ -87,22 +89,38 @@ def trt_llm(args: argparse.Namespace) -> None:
     ort = OrtEngine(cpu.path(cpu.component("llm")["engine"]), _io(cpu, "llm"))
     spec = component_specs(cpu.config)["llm"]
     context = cpu.config["llm"]["max_position_embeddings"]
-    host = lambda out: {n: np.asarray(v) for n, v in out.items()}  # noqa: E731
-    feeds = spec.sample(spec.point("min"), seed=0)
-    agree("llm min point, empty past", ort.run(feeds), host(plan.run(feeds)))
-    feeds = spec.sample({**spec.point("min"), "seq": context - 1, "past": 0}, seed=1)
-    want, first = ort.run(feeds), plan.run(feeds)
-    agree(f"llm prefill of {context - 1} tokens", want, host(first))
-    step = spec.sample({**spec.point("min"), "seq": 1, "past": context - 1}, seed=2)
-    on_host = {**step, "past_keys": want["present_keys"], "past_values": want["present_values"]}
-    on_device = {**step, "past_keys": first["present_keys"], "past_values": first["present_values"]}
+    chunk = spec.optimization_profiles()["chunk"]["input_ids"]["max"][1]
+    caches: dict[str, dict[str, Any]] = {"plan": {}, "cpu": {}}  # the past each engine is fed next
+
+    def feeds(seq: int) -> dict[str, Any]:
+        past = caches["cpu"]["past_keys"].shape[3] if caches["cpu"] else 0
+        return spec.sample({**spec.point("min"), "seq": seq, "past": past}, seed=seq + past)
+
+    def call(what: str, seq: int, profile: str, fresh: bool = False) -> None:
+        """One call on both engines, the plan on its device cache: its profile checked, every output
+        (the cache read back) against the CPU."""
+        if fresh:
+            caches["plan"], caches["cpu"] = {}, {}
+        sample = feeds(seq)
+        got, want = plan.run({**sample, **caches["plan"]}), ort.run({**sample, **caches["cpu"]})
+        if plan.active_profile != profile:
+            raise SmokeFailure(f"llm {what}: ran on profile {plan.active_profile!r}, not {profile!r}")
+        past = sample["past_keys"].shape[3]
+        agree(f"llm {what} (seq {seq}, past {past}) on profile {profile}", want, {n: np.asarray(v) for n, v in got.items()})
+        for engine, out in (("plan", got), ("cpu", want)):
+            caches[engine] = {"past_keys": out["present_keys"], "past_values": out["present_values"]}
+
+    call("min point, empty past", 1, "prefill", fresh=True)
+    long = context - chunk - 2  # two decode steps and a whole chunk after it fill the context
+    call(f"prefill of {long} tokens", long, "prefill", fresh=True)
+    call("decode step on the device cache", 1, "decode")
+    call("second decode step", 1, "decode")
     try:
-        plan.run({**on_device, "input_ids": np.zeros((1, 2), np.int64)})
-        raise SmokeFailure("llm: a call beyond the context (past + seq > context) was not refused")
+        plan.run({**feeds(chunk + 1), **caches["plan"]})
+        raise SmokeFailure(f"llm: a call beyond the context (past {context - chunk} + seq {chunk + 1}) was not refused")
     except ValueError as e:
-        print(f"ok refused outside the profile: {e}")
-    last = plan.run(on_device)
-    agree("llm decode step on the device cache, cache read back", ort.run(on_host), host(last))
+        print(f"ok refused outside every profile: {e}")
+    call(f"chunk of {chunk} forced tokens up to the context", chunk, "chunk")
 
 
 def cuda_graph(args: argparse.Namespace) -> None:

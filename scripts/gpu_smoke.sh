@@ -2,7 +2,8 @@
 # The GPU path's first run, in under 6 minutes on one GPU (docs/gpu.md):
 #   bash scripts/gpu_smoke.sh [OUT]      (default: benchmarks/results/gpu_smoke)
 # In order: environment; a TensorRT fp32 build of projector_image, sd_unet and llm beside an ONNX
-# Runtime CPU build of the same; TrtEngine checks on the LLM; CUDA-graph replay against eager on
+# Runtime CPU build of the same; TrtEngine checks on the LLM (prefill, decode steps and a chunk, each
+# on its optimisation profile, and a refusal); CUDA-graph replay against eager on
 # sd_unet; one session per ONNX Runtime GPU provider; a strongly typed fp16 build of projector_image
 # (benchmarks/gpu_smoke.py has each step). A step whose library is missing says so in one line and the
 # next one runs. Each step's log is OUT/STEP.log (STEP_LIMIT_S seconds each, default 150; ARCHIVE=F

@@ -100,12 +100,35 @@ def test_the_kv_cache_stays_on_the_device_and_fits_the_whole_context(trt_build, 
     def step(seq: int) -> dict:
         return {**spec.sample({**spec.point("min"), "seq": seq}, seed=1), "past_keys": cache, "past_values": first["present_values"]}
 
-    with pytest.raises(ValueError, match="axis 'present' would be"):  # past + seq beyond the context: refused before it runs
+    with pytest.raises(ValueError, match="fit no optimisation profile"):  # past + seq beyond the context: refused before it runs
         engine.run(step(2))
     last = engine.run(step(1))  # the refused call left the cache as it was
     assert last["present_keys"].shape[3] == context
     with pytest.raises(ValueError, match="overwritten by a later call"):
         np.asarray(cache)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_each_llm_call_runs_on_its_profile_and_matches_onnxruntime(trt_build, tiny_build, tiny_model):
+    """As the generator calls the LLM: a prefill, decode steps on the device cache, a chunk of forced
+    signal runs; each on its own optimisation profile of the one plan."""
+    plan = _plan(trt_build, "llm")
+    cpu = read_manifest(tiny_build[0])
+    ort = OrtEngine(cpu.path(cpu.component("llm")["engine"]), {"name": "llm", **cpu.component("llm")})
+    spec = component_specs(tiny_model.config)["llm"]
+    chunk = spec.optimization_profiles()["chunk"]["input_ids"]["max"][1]
+    device, host, past = {}, {}, 0
+    for seq, profile in ((40, "prefill"), (1, "decode"), (1, "decode"), (chunk, "chunk")):
+        feeds = spec.sample({**spec.point("min"), "seq": seq, "past": past}, seed=seq + past)
+        got, want = plan.run({**feeds, **device}), ort.run({**feeds, **host})
+        assert plan.active_profile == profile, (seq, past)
+        for o in spec.output_names:
+            np.testing.assert_allclose(np.asarray(got[o]), want[o], atol=TOLERANCE["fp32"], rtol=TOLERANCE["fp32"], err_msg=f"{o} on {profile}")
+        device = {"past_keys": got["present_keys"], "past_values": got["present_values"]}
+        host = {"past_keys": want["present_keys"], "past_values": want["present_values"]}
+        past += seq
 
 
 @pytest.mark.gpu
