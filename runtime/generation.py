@@ -20,6 +20,7 @@ import tokenizers
 import torch
 
 from runtime.backends import Engine, Engines
+from runtime.limits import Limits
 from runtime.manifest import Build
 from runtime.conversation import Conversation, Medium, Turn
 from runtime.prompt import PromptIds, check_fits, conversation_prompt
@@ -198,13 +199,19 @@ class LlmGenerator:
         past = engines.build.component("llm")["dims"]["past"][-1]
         return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build), past + 1, sessions)
 
-    def prompt(self, conversation: Conversation) -> PromptIds:
+    def prompt(self, conversation: Conversation, limits: Limits | None = None) -> PromptIds:
         """The template around the conversation, tokenised as the reference does (the unk id holds
-        each media slot); an assistant turn with ids is its generated text, signal runs included."""
+        each media slot); an assistant turn with ids is its generated text, signal runs included.
+        The conversation is checked first (an assistant's media must be its own runs' output), the
+        prompt's length against `limits` after."""
+        conversation.check(self.vocab)
         bos = self.config["tokens"]["bos_id"]
-        return conversation_prompt(
+        prompt = conversation_prompt(
             conversation, self.config["prompt"], self.tokenizer.encode, bos, self.tokenizer.unk_id, self.answer_text
         )
+        if limits is not None:
+            limits.check_prompt_tokens(len(prompt.ids))
+        return prompt
 
     def build_prompt(self, text: str, media: int = 0) -> PromptIds:
         """One user turn of `text` with `media` input media (their modality does not change the ids)."""
