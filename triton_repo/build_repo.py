@@ -161,7 +161,7 @@ def step_io(build: Build) -> dict[str, tuple[list[Tensor], list[Tensor]]]:
     comp = build.components
     clips = [Tensor(clips_name(m), "float32", (-1,) * len(comp[ENCODERS[m]]["inputs"][0]["shape"])) for m in INPUT_MODALITIES]
     token = Tensor(MEDIA_TOKEN, "float32", _rows(comp["llm"], "media_token"))
-    order = Tensor(MEDIA_ORDER, "object", (-1,))
+    order = Tensor(MEDIA_ORDER, "object", (-1,), optional=True)  # absent when a step is called on its own
     hidden = [Tensor(hidden_name(m), "float32", _rows(comp[f"projector_{m}"], "hidden")) for m in OUTPUT_MODALITIES]
     return {
         "preprocess": ([*PARAMS, *FILES], [*clips, order]),
