@@ -8,8 +8,8 @@
 - `dialogue` (stage 3): the record's own turns; an answer that carries a signal-token run targets the
   record's caption embedding.
 
-The prompt is built by `runtime.prompt.build_prompt` and the media read by `runtime.inputs`, the code
-the serving side runs, so training and serving see the same token ids and the same ImageBind input.
+The prompt is built by `runtime.prompt.conversation_prompt` (every input medium its own
+`<Img>[mm]</Img>` span in the first turn) and the media read by `runtime.inputs`, the code the serving side runs, so training and serving see the same token ids and the same ImageBind input.
 Records that do not fit the task are dropped at construction and counted by reason.
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ from torch.utils.data import Dataset
 
 from runtime import media as media_io
 from runtime.inputs import prepare_inputs
-from runtime.prompt import PromptError, build_prompt
+from runtime.conversation import Medium, Turn
+from runtime.inputs import INPUT_MODALITIES
+from runtime.prompt import PromptError, conversation_prompt
 from runtime.signals import SignalVocab
 from train.data.records import MODALITIES, Record
 from train.mel import mel_target
@@ -40,8 +42,8 @@ IGNORE = -100  # label of a position that carries no loss (prompt, padding), as 
 class Example:
     ids: list[int]
     labels: list[int]
-    media_position: int | None
-    inputs: dict[str, Path]  # modality -> file fed to ImageBind
+    media_positions: list[int]  # one per input, in the order of `inputs`
+    inputs: dict[str, Path]  # modality -> file fed to ImageBind, in prompt order
     targets: dict[str, tuple[int, Tensor]] = field(default_factory=dict)  # modality -> (run start, caption embedding)
     gen_media: dict[str, Path] = field(default_factory=dict)  # modality -> file whose latents the gen loss denoises
 
@@ -61,23 +63,20 @@ class Tokens:
     def run_text(self, modality: str) -> str:
         return "".join(self.tokenizer.convert_ids_to_tokens(self.vocab.runs[modality]))
 
-    def dialogue(self, turns: Sequence[dict[str, str]], has_media: bool) -> tuple[list[int], list[int], int | None]:
-        """Token ids, labels (the answers only, each closed by the stop marker) and the media slot."""
-        first = build_prompt(
-            turns[0]["human"], has_media, self.template, self.encode, self.bos_id, self.tokenizer.unk_token_id
-        )
-        ids, labels = list(first.ids), [IGNORE] * len(first.ids)
-        # the previous answer already ends with the stop marker "###", which opens the next human turn
-        next_human = self.template["human"].removeprefix(self.template["stop"])
-        for i, turn in enumerate(turns):
-            if i:
-                question = self.encode(next_human + turn["human"] + self.template["assistant"])
-                ids += question
-                labels += [IGNORE] * len(question)
-            answer = self.encode(" " + turn["assistant"] + "\n" + self.template["stop"])
-            ids += answer
-            labels += answer
-        return ids, labels, first.media_position
+    def dialogue(self, turns: Sequence[dict[str, str]], media: Sequence[str] = ()) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, labels (the answers only, each closed by the stop marker) and the media slots:
+        the record's turns as a conversation whose first turn has one input of each of `media`."""
+        first = [Medium(m, Path()) for m in media]
+        conversation = [
+            turn
+            for n, t in enumerate(turns)
+            for turn in (Turn.user(t["human"], first if n == 0 else ()), Turn.assistant(t["assistant"]))
+        ]
+        prompt = conversation_prompt(conversation, self.template, self.encode, self.bos_id, self.tokenizer.unk_token_id)
+        labels = [IGNORE] * len(prompt.ids)
+        for start, end in prompt.answers:
+            labels[start:end] = prompt.ids[start:end]
+        return prompt.ids, labels, prompt.media_positions
 
 
 def _media_of(record: Record) -> str | None:
@@ -154,7 +153,8 @@ class RecordDataset(Dataset):
         return {modality: self.root / path} if modality in self.gen_modalities and path else {}
 
     def _inputs(self, record: Record) -> dict[str, Path]:
-        return {m: self.root / p for m, p in record.inputs.items()}
+        """The record's input files in the project's input order, the order of their media slots."""
+        return {m: self.root / record.inputs[m] for m in INPUT_MODALITIES if m in record.inputs}
 
     def _caption(self, record: Record) -> Example | str:
         if not record.inputs:
@@ -162,23 +162,25 @@ class RecordDataset(Dataset):
         if not record.caption:
             return "no caption"
         turn = {"human": self.train_config["caption_prompt"], "assistant": record.caption}
-        ids, labels, pos = self.tokens.dialogue([turn], True)
-        return Example(ids, labels, pos, self._inputs(record))
+        inputs = self._inputs(record)
+        ids, labels, positions = self.tokens.dialogue([turn], list(inputs))
+        return Example(ids, labels, positions, inputs)
 
     def _signal(self, record: Record) -> Example | str:
         modality = _media_of(record)
         if modality is None or not record.caption:
             return "no captioned media"
         turn = {"human": record.caption, "assistant": self.tokens.run_text(modality)}
-        ids, labels, _ = self.tokens.dialogue([turn], False)
+        ids, labels, _ = self.tokens.dialogue([turn])
         target = self._target(record, modality, ids)
         if isinstance(target, str):
             return target
-        return Example(ids, labels, None, {}, target, self._gen(record, modality))
+        return Example(ids, labels, [], {}, target, self._gen(record, modality))
 
     def _dialogue(self, record: Record) -> Example | str:
-        ids, labels, pos = self.tokens.dialogue(record.turns, bool(record.inputs))
-        example = Example(ids, labels, pos, self._inputs(record))
+        inputs = self._inputs(record)
+        ids, labels, positions = self.tokens.dialogue(record.turns, list(inputs))
+        example = Example(ids, labels, positions, inputs)
         if record.target in MODALITIES:
             if not record.caption:
                 return "media answer without caption"
@@ -247,7 +249,7 @@ def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "ids": ids,
         "labels": labels,
         "attention_mask": mask,
-        "media_positions": [e.media_position for e in examples],
+        "media": [list(zip(e.inputs, e.media_positions)) for e in examples],  # (modality, position) per input
         "inputs": [item["inputs"] for item in items],
         "targets": targets,
     }

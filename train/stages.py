@@ -138,25 +138,24 @@ class StageModel(nn.Module):
         self.noise = {m: DDPMScheduler.from_config(model.decoders[m]["scheduler"].config) for m in self.gen_modalities}
         self.class_labels = {m: takes_class_labels(model.config["decoders"][m]) for m in self.gen_modalities}
 
-    def media_tokens(self, inputs: dict[str, Tensor]) -> Tensor:
-        """(1, H): each input's ImageBind embedding (frozen) through the input projection, summed."""
+    def media_token(self, modality: str, clips: Tensor) -> Tensor:
+        """(1, H): an input's ImageBind embedding (frozen) through the input projection."""
         encoder = self.model.encoder
-        tokens = []
-        for modality, clips in inputs.items():
-            with torch.no_grad():
-                pooled = encoder.encode_audio(clips) if modality == "audio" else encoder.encode_vision(clips)
-            tokens.append(self.model.input_projection(pooled))
-        return torch.stack(tokens).sum(0)
+        with torch.no_grad():
+            pooled = encoder.encode_audio(clips) if modality == "audio" else encoder.encode_vision(clips)
+        return self.model.input_projection(pooled)
 
     def embed(self, batch: dict[str, Any]) -> Tensor:
+        """Token embeddings with each input's media token at its own position."""
         embeds = self.model.embed_tokens(batch["ids"])
-        rows = [r for r, pos in enumerate(batch["media_positions"]) if pos is not None]
-        if not rows:
+        slots = [(r, m, p) for r, media in enumerate(batch["media"]) for m, p in media]
+        if not slots:
             return embeds
-        tokens = torch.cat([self.media_tokens(batch["inputs"][r]) for r in rows]).to(embeds.dtype)
-        positions = torch.tensor([batch["media_positions"][r] for r in rows], device=embeds.device)
+        tokens = torch.cat([self.media_token(m, batch["inputs"][r][m]) for r, m, _ in slots]).to(embeds.dtype)
+        rows = torch.tensor([r for r, _, _ in slots], device=embeds.device)
+        positions = torch.tensor([p for _, _, p in slots], device=embeds.device)
         embeds = embeds.clone()
-        embeds[torch.tensor(rows, device=embeds.device), positions] = tokens
+        embeds[rows, positions] = tokens
         return embeds
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
