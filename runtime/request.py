@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from runtime.conversation import OUTPUT_MODALITIES, Conversation
 from runtime.limits import Limits
 
-OUTPUT_MODALITIES = ("image", "video", "audio")
+__all__ = ["OUTPUT_MODALITIES", "Request", "Response", "add_request_args", "request_from_args"]
 
 
 @dataclass
 class Request:
-    prompt: str
+    """One turn (`prompt` and `files`) or a whole `conversation` ending with the user's turn, plus
+    the settings. `session` names a conversation the server may keep the KV cache of, so that a
+    follow-up with the same session prefills only its new turn (`runtime.sessions`)."""
+
+    prompt: str = ""
     files: dict[str, Path | None] = field(default_factory=dict)
     output: str | None = None  # a modality the answer must contain
     seed: int = 0
@@ -23,15 +29,35 @@ class Request:
     top_p: float | None = None
     steps: int | None = None
     guidance: float | None = None
+    conversation: Conversation | None = None
+    session: str | None = None
+
+    @property
+    def dialogue(self) -> Conversation:
+        """The conversation this request asks to continue: the given one, or its one turn."""
+        return self.conversation if self.conversation is not None else Conversation.single(self.prompt, self.files)
 
     def check(self, limits: Limits | None = None) -> None:
-        """Refuse what is wrong before any work: the prompt's size (before it is tokenised) and
-        every setting within `limits` (the pipelines' own; a client without them leaves those to
-        the server); the input files are checked as they are read."""
+        """Refuse what is wrong before any work: the conversation's shape, the text's size (before it
+        is tokenised) and every setting within `limits` (the pipelines' own; a client without them
+        leaves those to the server); the input files are checked as they are read."""
+        if self.conversation is not None and (self.prompt or any(self.files.values())):
+            raise ValueError("give a prompt and files, or a conversation, not both")
         if self.output is not None and self.output not in OUTPUT_MODALITIES:
             raise ValueError(f"unknown output modality {self.output!r}; known: {', '.join(OUTPUT_MODALITIES)}")
+        if self.session is not None:
+            check_session_id(self.session)
+        self.dialogue.check()
         if limits is not None:
             limits.check_request(self)
+
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def check_session_id(session: str) -> None:
+    if not SESSION_ID.match(session):
+        raise ValueError(f"session id {session[:40]!r} is not [A-Za-z0-9._:-], at most 128 characters")
 
 
 @dataclass
@@ -39,6 +65,7 @@ class Response:
     text: str
     token_ids: list[int]
     media: dict[str, np.ndarray]
+    reused_tokens: int = 0  # prompt tokens its session's KV cache held (not prefilled again)
 
 
 def add_request_args(parser: argparse.ArgumentParser) -> None:

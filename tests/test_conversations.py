@@ -100,18 +100,20 @@ def test_written_conversations_reuse_the_world_s_media_and_are_real_files(world)
 
 def test_a_medium_per_span_in_a_conversation(tiny_model):
     tokens = Tokens(tiny_model.tokenizer, tiny_model.config)
-    turns = [{"human": "what shape is it?", "assistant": "it is a circle"}, {"human": "and these?", "assistant": "a tone"}]
-    ids, labels, positions = tokens.conversation(turns, [["image"], ["audio", "video"]])
+    turns = [
+        {"human": "what shape is it?", "assistant": "it is a circle"},
+        {"human": "and these?", "assistant": "a tone", "inputs": {"audio": "a.wav", "video": "v.mp4"}},
+    ]
+    ids, labels, positions = tokens.dialogue(turns, ["image"])
     assert len(positions) == 3 and len(set(positions)) == 3
     assert all(ids[p] == tiny_model.tokenizer.unk_token_id for p in positions)
     text = tiny_model.tokenizer.decode(ids)
     assert text.count("<Img><unk></Img>") == 3
-    assert text.index("what shape") > positions[0] and "### Human: <Img><unk></Img> <Img><unk></Img> and these?" in text
-    # the labels are the answers, never a media slot
-    assert all(labels[p] == -100 for p in positions)
-    # one medium before the first turn: the old single-turn layout, id for id
-    one, _, pos = tokens.dialogue(turns[:1], True)
-    assert tokens.conversation(turns[:1], [["image"]])[0] == one and one[pos] == tiny_model.tokenizer.unk_token_id
+    assert "### Human: <Img><unk></Img> <Img><unk></Img> and these?" in text
+    assert all(labels[p] == -100 for p in positions)  # the labels are the answers, never a media slot
+    # a record without per-turn media: the single-turn layout, its one slot before the first text
+    one, _, (pos,) = tokens.dialogue(turns[:1], ["image"])
+    assert one == ids[: len(one)] and pos == positions[0]
 
 
 def test_stage_3_places_each_medium_of_a_batch_at_its_own_position(world, tiny_dir):

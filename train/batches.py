@@ -9,7 +9,7 @@
   its own `<Img>[mm]</Img>` span; the last answer that carries a signal-token run targets the record's
   caption embedding (an earlier run is history: LM loss only).
 
-The prompt is built by `runtime.prompt.build_prompt` and the media read by `runtime.inputs`, the code
+The prompt is built by `runtime.prompt.conversation_prompt` and the media read by `runtime.inputs`, the code
 the serving side runs, so training and serving see the same token ids and the same ImageBind input.
 Records that do not fit the task are dropped at construction and counted by reason.
 """
@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 
 from runtime import media as media_io
 from runtime.inputs import prepare_inputs
-from runtime.prompt import MEDIA_SLOT, PromptError
+from runtime.conversation import Medium, Turn
+from runtime.prompt import PromptError, conversation_prompt
 from runtime.signals import SignalVocab
 from train.data.records import MODALITIES, Record, all_inputs, turn_inputs
 from train.mel import mel_target
@@ -38,7 +39,7 @@ IGNORE = -100  # label of a position that carries no loss (prompt, padding), as 
 
 
 @dataclass(frozen=True)
-class Medium:
+class Slot:
     """One input medium of an example: the position of its `[mm]` token and the file ImageBind reads."""
 
     position: int
@@ -50,7 +51,7 @@ class Medium:
 class Example:
     ids: list[int]
     labels: list[int]
-    media: list[Medium]  # in dialogue order, each its own position
+    media: list[Slot]  # in dialogue order, each its own position
     targets: dict[str, tuple[int, Tensor]] = field(default_factory=dict)  # modality -> (run start, caption embedding)
     gen_media: dict[str, Path] = field(default_factory=dict)  # modality -> file whose latents the gen loss denoises
 
@@ -70,33 +71,19 @@ class Tokens:
     def run_text(self, modality: str) -> str:
         return "".join(self.tokenizer.convert_ids_to_tokens(self.vocab.runs[modality]))
 
-    def dialogue(self, turns: Sequence[dict[str, Any]], has_media: bool) -> tuple[list[int], list[int], int | None]:
-        """`conversation` with one medium before the first turn's text, or none: its one media slot."""
-        ids, labels, positions = self.conversation(turns, [["medium"] if has_media and i == 0 else [] for i in range(len(turns))])
-        return ids, labels, positions[0] if positions else None
-
-    def conversation(self, turns: Sequence[dict[str, Any]], media: Sequence[Sequence[str]]) -> tuple[list[int], list[int], list[int]]:
-        """Token ids, labels (the answers only, each closed by the stop marker) and one media slot per
-        entry of `media[i]` (turn i's media, each its own span before the turn's text), in order."""
-        ids, labels, positions = [self.bos_id], [IGNORE], []
-        for i, turn in enumerate(turns):
-            # the previous answer already ends with the stop marker "###", which opens the next human turn
-            human = self.template["human"] if i == 0 else self.template["human"].removeprefix(self.template["stop"])
-            spans = "".join(self.template["media"] + " " for _ in media[i])
-            question = human + spans + turn["human"] + self.template["assistant"]
-            if i == 0 and not turn["human"].strip():
-                raise PromptError("empty prompt")
-            first, *rest = question.split(MEDIA_SLOT)
-            ids += self.encode(first)
-            # each text segment is tokenised on its own, so a media slot never merges with its neighbours
-            for piece in rest:
-                positions.append(len(ids))
-                ids += [self.tokenizer.unk_token_id, *self.encode(piece)]
-            labels += [IGNORE] * (len(ids) - len(labels))
-            answer = self.encode(" " + turn["assistant"] + "\n" + self.template["stop"])
-            ids += answer
-            labels += answer
-        return ids, labels, positions
+    def dialogue(self, turns: Sequence[dict[str, Any]], media: Sequence[str] = ()) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, labels (the answers only, each closed by the stop marker) and the media slots,
+        in order: record turns as a conversation whose first turn has one input of each of `media`
+        and each later turn those of its own `inputs` (train/data/records.py)."""
+        conversation = []
+        for n, t in enumerate(turns):
+            modalities = media if n == 0 else list(t.get("inputs", {}))
+            conversation += [Turn.user(t["human"], [Medium(m, Path()) for m in modalities]), Turn.assistant(t["assistant"])]
+        prompt = conversation_prompt(conversation, self.template, self.encode, self.bos_id, self.tokenizer.unk_token_id)
+        labels = [IGNORE] * len(prompt.ids)
+        for start, end in prompt.answers:
+            labels[start:end] = prompt.ids[start:end]
+        return prompt.ids, labels, prompt.media_positions
 
 
 def _media_of(record: Record) -> str | None:
@@ -176,9 +163,9 @@ class RecordDataset(Dataset):
         path = record.outputs.get(modality) or record.inputs.get(modality)
         return {modality: self.root / path} if modality in self.gen_modalities and path else {}
 
-    def _media(self, positions: list[int], media: list[dict[str, str]]) -> list[Medium]:
+    def _media(self, positions: list[int], media: list[dict[str, str]]) -> list[Slot]:
         files = [(m, self.root / path) for turn in media for m, path in turn.items()]
-        return [Medium(pos, m, path) for pos, (m, path) in zip(positions, files, strict=True)]
+        return [Slot(pos, m, path) for pos, (m, path) in zip(positions, files, strict=True)]
 
     def _caption(self, record: Record) -> Example | str:
         if not record.inputs:
@@ -187,26 +174,24 @@ class RecordDataset(Dataset):
             return "no caption"
         if len(record.turns) > 1 and any(turn_inputs(record)[1:]):
             return "media on several turns"  # which medium would the one caption describe?
-        media = [record.inputs]
         turn = {"human": self.train_config["caption_prompt"], "assistant": record.caption}
-        ids, labels, positions = self.tokens.conversation([turn], [list(record.inputs)])
-        return Example(ids, labels, self._media(positions, media))
+        ids, labels, positions = self.tokens.dialogue([turn], list(record.inputs))
+        return Example(ids, labels, self._media(positions, [record.inputs]))
 
     def _signal(self, record: Record) -> Example | str:
         modality = _media_of(record)
         if modality is None or not record.caption:
             return "no captioned media"
         turn = {"human": record.caption, "assistant": self.tokens.run_text(modality)}
-        ids, labels, _ = self.tokens.dialogue([turn], False)
+        ids, labels, _ = self.tokens.dialogue([turn])
         target = self._target(record, modality, ids)
         if isinstance(target, str):
             return target
         return Example(ids, labels, [], target, self._gen(record, modality))
 
     def _dialogue(self, record: Record) -> Example | str:
-        media = turn_inputs(record)
-        ids, labels, positions = self.tokens.conversation(record.turns, [list(m) for m in media])
-        example = Example(ids, labels, self._media(positions, media))
+        ids, labels, positions = self.tokens.dialogue(record.turns, list(record.inputs))
+        example = Example(ids, labels, self._media(positions, turn_inputs(record)))
         if record.target in MODALITIES:
             if not record.caption:
                 return "media answer without caption"

@@ -16,5 +16,5 @@ class TritonPythonModel(PipelineModel):
 
     def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         inputs = {m: clips for m in INPUT_MODALITIES if (clips := get(clips_name(m))) is not None and clips.size}
-        token = self.pipeline.encode(inputs)
-        return {} if token is None else {MEDIA_TOKEN: token}
+        tokens = self.pipeline.encode(inputs.items())
+        return {MEDIA_TOKEN: tokens} if len(tokens) else {}

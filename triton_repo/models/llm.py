@@ -16,11 +16,10 @@ class TritonPythonModel(PipelineModel):
     def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         req = decode_request(get)
         req.check(self.limits)  # also when called on its own, not through the ensemble
-        token = get(MEDIA_TOKEN)
-        token = token if token is not None and token.size else None
+        tokens = get(MEDIA_TOKEN)
         gen = self.llm.generate(
-            self.llm.build_prompt(req.prompt, token is not None),
-            token,
+            self.llm.prompt(req.dialogue),
+            None if tokens is None else tokens.reshape(-1, self.llm.hidden_size),
             max_new_tokens=req.max_new_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
