@@ -157,12 +157,14 @@ def _turn_dict(turn: Turn, base: Path | None) -> dict[str, Any]:
 
 
 def _relative(path: Path, base: Path | None) -> str:
-    if base is not None and path.is_absolute():
-        try:
-            return str(path.relative_to(base.resolve()))
-        except ValueError:
-            pass
-    return str(path)
+    """Relative to `base` where under it, else absolute: the file stays right wherever it is read from."""
+    if base is None:
+        return str(path)
+    path = path.resolve()
+    try:
+        return str(path.relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _turn_from(n: int, data: Any, base: Path | None) -> Turn:

@@ -78,9 +78,7 @@ class Any2AnyPipeline:
         reason it names raises `runtime.stop.Stopped`."""
         req.check(self.limits)
         conversation = req.dialogue
-        conversation.check(self.llm.vocab)
-        prompt = self.llm.prompt(conversation)
-        self.limits.check_prompt_tokens(len(prompt.ids))
+        prompt = self.llm.prompt(conversation, self.limits)
         inputs = prepare_media(self.config["imagebind"], conversation.inputs(), limits=self.limits)
         check(should_stop)
         gen = self.llm.generate(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.conversation import OUTPUT_MODALITIES, Conversation
+from runtime.conversation import OUTPUT_MODALITIES, Conversation, Medium, Turn, media_of, read_conversation
 from runtime.limits import Limits
 
 __all__ = ["OUTPUT_MODALITIES", "Request", "Response", "add_request_args", "request_from_args"]
@@ -67,12 +67,21 @@ class Response:
     media: dict[str, np.ndarray]
     reused_tokens: int = 0  # prompt tokens its session's KV cache held (not prefilled again)
 
+    def turn(self, files: dict[str, Path] | None = None) -> Turn:
+        """This answer as the assistant turn of its conversation; `files`: where its media were written."""
+        return Turn.assistant(self.text, self.token_ids, [Medium(m, Path(p)) for m, p in (files or {}).items()])
+
 
 def add_request_args(parser: argparse.ArgumentParser) -> None:
     """The request flags every command line shares (reference, runtime, Triton client)."""
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", help="the (next) user turn's text; required unless --conversation ends with a user turn")
     for modality in ("image", "audio", "video"):
-        parser.add_argument(f"--{modality}", type=Path, help=f"an input {modality} file")
+        parser.add_argument(f"--{modality}", type=Path, help=f"an input {modality} file of that turn")
+    parser.add_argument(
+        "--conversation", type=Path,
+        help="a conversation JSON file (docs/conversation.md) that --prompt continues; OUT/conversation.json gets the answer",
+    )
+    parser.add_argument("--session", help="a session id: the server keeps the conversation's KV cache for the next turn")
     parser.add_argument("--out", type=Path, required=True, help="folder for response.json and the media")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", choices=OUTPUT_MODALITIES, help="a modality the answer must contain")
@@ -86,9 +95,23 @@ def add_request_args(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
+    """The request of a command line; with `--conversation`, the file's conversation continued by
+    `--prompt` and its files (if given) as its new user turn."""
+    files = {"image": args.image, "audio": args.audio, "video": args.video}
+    conversation = None
+    if args.conversation is not None:
+        conversation = read_conversation(args.conversation)
+        if args.prompt is not None:
+            conversation = conversation.then(Turn.user(args.prompt, media_of(files)))
+        elif any(files.values()):
+            raise ValueError("--image, --audio and --video belong to a new turn: give its text with --prompt")
+    elif args.prompt is None:
+        raise ValueError("give --prompt, or --conversation with a file that ends with a user turn")
     return Request(
-        prompt=args.prompt,
-        files={"image": args.image, "audio": args.audio, "video": args.video},
+        prompt=args.prompt if conversation is None else "",
+        files=files if conversation is None else {},
+        conversation=conversation,
+        session=args.session,
         output=args.output,
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
