@@ -167,18 +167,6 @@ def test_cli_refuses_what_it_cannot_evaluate(tiny_build, tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
-FOLLOW_UP_COUNTS = {"heldout": {"ask": 1, "compare": 1, "transform": 1, "switch": 1}}
-
-
-@pytest.fixture(scope="module")
-def conversation_world(tmp_path_factory):
-    """Held-out conversations, one of each kind: two samples per follow-up task."""
-    from train import conversations
-
-    root = synthetic.write_world(tmp_path_factory.mktemp("conversations"), counts={"heldout": {"image": 1}}, progress=False)
-    conversations.write_conversations(root, 0, FOLLOW_UP_COUNTS, progress=False)
-    return root
-
 
 def test_follow_ups_are_asked_turn_by_turn_and_judged_on_the_last_answer(reference, judges, conversation_world):
     rates = {"audio": float(reference.config["decoders"]["audio"]["sample_rate"])}
