@@ -97,7 +97,6 @@ class _Planner:
         self.split, self.rng = split, rng
         self.pools = {m: p[split] for m, p in pools.items()}
         self.known = {m: {_key(a) for a in p} for m, p in self.pools.items()}
-        self.train = {m: {_key(a) for a in p["train"]} for m, p in pools.items()}
 
     def pick(self, items: list[Any] | tuple[Any, ...]) -> Any:
         return items[int(self.rng.integers(len(items)))]
@@ -108,7 +107,10 @@ class _Planner:
     def ask(self, modality: str) -> tuple[list[dict[str, Any]], str, Combo, dict[str, str]]:
         a = self.combo(modality)
         first, second = (HEADS[modality][int(i)] for i in self.rng.choice(len(HEADS[modality]), 2, replace=False))
-        opening = self.pick([*synthetic._descriptions(modality, a), [_turn(*answer_to(modality, first, a))]])[0]
+        # half open with a description, whose text already says the follow-up's answer; half with a
+        # question about another attribute, so that the follow-up needs the medium itself
+        described = self.rng.random() < 0.5
+        opening = self.pick(synthetic._descriptions(modality, a))[0] if described else _turn(*answer_to(modality, first, a))
         turns = [{**opening, "inputs": {modality: ""}}, _turn(*answer_to(modality, second, a))]
         return turns, "text", a, {"asks": second}
 
@@ -248,11 +250,7 @@ def write_conversations(
         lambda item: synthetic.write_medium(root / item[0], item[1][0], item[1][1], world), to_render.items(),
         f"conversations (seed {seed})", progress,
     )
-    return _write(root, [_relink(record, renames) for record, _ in planned])
-
-
-def _write(root: Path, records: list[Record]) -> Path:
-    write_records(root / RECORDS_FILE, records)
+    write_records(root / RECORDS_FILE, (_relink(record, renames) for record, _ in planned))
     return root / RECORDS_FILE
 
 
