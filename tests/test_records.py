@@ -31,6 +31,13 @@ def test_media_on_several_turns_round_trip(tmp_path):
     assert all_inputs(back) == ["image/a.png", "image/b.png", "audio/c.wav", "video/d.mp4"]
 
 
+def test_a_turn_s_media_are_in_the_runtime_s_input_order():
+    # the runtime orders a request's files image, audio, video (runtime.conversation.media_of):
+    # training must give each medium the slot the runtime gives it, whatever order a file lists them
+    record = Record(**BASE, turns=[{"human": "q", "assistant": "a"}], inputs={"video": "video/v.mp4", "image": "image/i.png"})
+    assert list(turn_inputs(record)[0]) == ["image", "video"]
+
+
 @pytest.mark.parametrize(
     ("turn", "message"),
     [

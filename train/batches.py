@@ -172,11 +172,12 @@ class RecordDataset(Dataset):
             return "no input media"
         if not record.caption:
             return "no caption"
-        if len(record.turns) > 1 and any(turn_inputs(record)[1:]):
+        first, *later = turn_inputs(record)
+        if any(later):
             return "media on several turns"  # which medium would the one caption describe?
         turn = {"human": self.train_config["caption_prompt"], "assistant": record.caption}
-        ids, labels, positions = self.tokens.dialogue([turn], list(record.inputs))
-        return Example(ids, labels, self._media(positions, [record.inputs]))
+        ids, labels, positions = self.tokens.dialogue([turn], list(first))
+        return Example(ids, labels, self._media(positions, [first]))
 
     def _signal(self, record: Record) -> Example | str:
         modality = _media_of(record)
@@ -190,8 +191,10 @@ class RecordDataset(Dataset):
         return Example(ids, labels, [], target, self._gen(record, modality))
 
     def _dialogue(self, record: Record) -> Example | str:
-        ids, labels, positions = self.tokens.dialogue(record.turns, list(record.inputs))
-        example = Example(ids, labels, self._media(positions, turn_inputs(record)))
+        media = turn_inputs(record)
+        turns = [{**t, "inputs": m} for t, m in zip(record.turns, media, strict=True)]
+        ids, labels, positions = self.tokens.dialogue(turns, list(media[0]))
+        example = Example(ids, labels, self._media(positions, media))
         if record.target in MODALITIES:
             if not record.caption:
                 return "media answer without caption"

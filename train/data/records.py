@@ -79,8 +79,10 @@ def _check_media(name: str, media: Any) -> None:
 
 
 def turn_inputs(record: Record) -> list[dict[str, str]]:
-    """Each turn's input media, in turn order: the record's `inputs` are the first turn's."""
-    return [{**(record.inputs if i == 0 else {}), **turn.get("inputs", {})} for i, turn in enumerate(record.turns)]
+    """Each turn's input media, in turn order: the record's `inputs` are the first turn's. Within a
+    turn in MODALITIES order, the order the runtime gives a request's files (runtime.conversation.media_of)."""
+    media = [record.inputs if i == 0 else turn.get("inputs", {}) for i, turn in enumerate(record.turns)]
+    return [{m: turn[m] for m in MODALITIES if m in turn} for turn in media]
 
 
 def all_inputs(record: Record) -> list[str]:
