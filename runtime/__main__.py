@@ -2,10 +2,12 @@
 
     python -m runtime --engines engines/tiny --backend onnxruntime --prompt "show me a red circle" \\
         --out outputs/rt [--image F] [--audio F] [--video F] [--seed N] [--steps N] [--guidance G] \\
-        [--output image|audio|video] [--limits NAME=VALUE,...]
+        [--output image|audio|video] [--limits NAME=VALUE,...] [--conversation FILE] [--session ID]
 
 Prints the text as it streams, shows a progress bar per denoising loop, and writes
-`OUT/response.json` plus the media. Bad input: one `error:` line, exit status 2, `--out` untouched.
+`OUT/response.json` plus the media, and `OUT/conversation.json`: the conversation so far with this
+answer, which `--conversation OUT/conversation.json --prompt "..."` continues (docs/conversation.md).
+Bad input: one `error:` line, exit status 2, `--out` untouched.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
 from runtime.request import add_request_args, request_from_args
-from runtime.response import media_meta, write_response
+from runtime.response import media_meta, write_conversation_answer, write_response
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         extra = {"prompt": args.prompt, "seed": args.seed, "backend": args.backend, "num_tokens": len(resp.token_ids)}
         body = write_response(args.out, resp.text, resp.media, media_meta(pipeline.config), extra, args.video_format)
+        write_conversation_answer(args.out, req.dialogue, resp, body["media"])
     except (ValueError, RuntimeError, OSError) as e:
         progress.close()
         print(f"\nerror: {e}", file=sys.stderr)

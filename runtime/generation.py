@@ -20,8 +20,11 @@ import tokenizers
 import torch
 
 from runtime.backends import Engine, Engines
+from runtime.limits import Limits
 from runtime.manifest import Build
-from runtime.prompt import PromptIds, build_prompt, check_fits
+from runtime.conversation import Conversation, Medium, Turn
+from runtime.prompt import PromptIds, check_fits, conversation_prompt
+from runtime.sessions import KVCache, SessionCache
 from runtime.signals import SignalVocab
 from runtime.stop import ShouldStop, check
 
@@ -69,12 +72,6 @@ class Tokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=True)
 
 
-@dataclass(frozen=True)
-class KVCache:
-    keys: np.ndarray  # (L, 1, KV, P, D): every token fed so far
-    values: np.ndarray
-
-
 # One engine call: last-position logits (V,), last-layer post-norm states of the fed tokens (S, H),
 # and the cache that now includes them.
 Step = tuple[np.ndarray, np.ndarray, KVCache]
@@ -85,6 +82,7 @@ class Generation:
     ids: list[int]  # generated ids, stop-trimmed and `finish`ed (an EOS that ended generation is kept)
     text: str  # visible text: signal and special tokens dropped, stripped
     signal_hidden: dict[str, np.ndarray]  # modality -> (1, N, H) states at its first complete run
+    reused: int = 0  # prompt tokens taken from the session's cache instead of prefilled
 
 
 def constrain(logits: np.ndarray, generated: Sequence[int], vocab: SignalVocab) -> np.ndarray:
@@ -174,14 +172,18 @@ class TextStream:
 class LlmGenerator:
     """The `llm` engine as a generator, configured by the build's config (sizes, defaults, template, tokens)."""
 
-    def __init__(self, engine: Engine, config: dict[str, Any], tokenizer: Tokenizer, context: int | None = None) -> None:
-        """`context`: the tokens the engine holds, when fewer than the model's context."""
+    def __init__(
+        self, engine: Engine, config: dict[str, Any], tokenizer: Tokenizer, context: int | None = None,
+        sessions: SessionCache | None = None,
+    ) -> None:
+        """`context`: the tokens the engine holds, when fewer than the model's context; `sessions`:
+        where a request's session keeps its KV cache (none: every request prefills in full)."""
         if tuple(engine.input_names) != LLM_INPUTS or tuple(engine.output_names) != LLM_OUTPUTS:
             raise ValueError(
                 f"llm engine has inputs {engine.input_names} and outputs {engine.output_names}; "
                 f"this runtime drives {list(LLM_INPUTS)} -> {list(LLM_OUTPUTS)}"
             )
-        self.engine, self.config, self.tokenizer = engine, config, tokenizer
+        self.engine, self.config, self.tokenizer, self.sessions = engine, config, tokenizer, sessions
         self.context = min(config["llm"]["max_position_embeddings"], context or math.inf)
         self.vocab = SignalVocab({m: list(ids) for m, ids in config["tokens"]["signal_ids"].items()})
         self.stop = config["prompt"]["stop"]
@@ -191,16 +193,33 @@ class LlmGenerator:
         self.empty = np.zeros((llm["num_hidden_layers"], 1, llm["num_key_value_heads"], 0, head_dim), np.float32)
 
     @classmethod
-    def from_engines(cls, engines: Engines) -> LlmGenerator:
+    def from_engines(cls, engines: Engines, sessions: SessionCache | None = None) -> LlmGenerator:
         """From a `runtime.backends.Engines` set: its llm engine, its build's config and tokenizer;
         the context is what the engine's cache range holds (a prompt, then one token per step)."""
         past = engines.build.component("llm")["dims"]["past"][-1]
-        return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build), past + 1)
+        return cls(engines["llm"], engines.build.config, Tokenizer.from_build(engines.build), past + 1, sessions)
 
-    def build_prompt(self, text: str, has_media: bool) -> PromptIds:
-        """The template around `text`, tokenised as the reference does (the unk id holds the media slot)."""
+    def prompt(self, conversation: Conversation, limits: Limits | None = None) -> PromptIds:
+        """The template around the conversation, tokenised as the reference does (the unk id holds
+        each media slot); an assistant turn with ids is its generated text, signal runs included.
+        The conversation is checked first (an assistant's media must be its own runs' output), the
+        prompt's length against `limits` after."""
+        conversation.check(self.vocab)
         bos = self.config["tokens"]["bos_id"]
-        return build_prompt(text, has_media, self.config["prompt"], self.tokenizer.encode, bos, self.tokenizer.unk_id)
+        prompt = conversation_prompt(
+            conversation, self.config["prompt"], self.tokenizer.encode, bos, self.tokenizer.unk_id, self.answer_text
+        )
+        if limits is not None:
+            limits.check_prompt_tokens(len(prompt.ids))
+        return prompt
+
+    def build_prompt(self, text: str, media: int = 0) -> PromptIds:
+        """One user turn of `text` with `media` input media (their modality does not change the ids)."""
+        return self.prompt(Conversation((Turn.user(text, [Medium("image", Path())] * int(media)),)))
+
+    def answer_text(self, ids: Sequence[int]) -> str:
+        """Generated ids as the answer's text in a later prompt: signal runs written out, EOS dropped."""
+        return self.tokenizer.decode(ids)
 
     def text_of(self, ids: Sequence[int]) -> str:
         """Visible text of generated ids, before `.strip()`."""
@@ -222,9 +241,33 @@ class LlmGenerator:
         )
         return out["logits"][0], out["hidden"][0], KVCache(out["present_keys"], out["present_values"])
 
-    def prefill(self, prompt_ids: Sequence[int], media_token: np.ndarray | None, media_position: int | None) -> Step:
-        """The whole prompt on an empty cache; the media token replaces the id at `media_position`."""
-        return self._forward(prompt_ids, KVCache(self.empty, self.empty), media_token, media_position)
+    def prefill(
+        self,
+        ids: Sequence[int],
+        media_tokens: np.ndarray | None = None,
+        media_positions: Sequence[int] | None = None,
+        past: KVCache | None = None,
+    ) -> Step:
+        """The prompt `ids` after the `past` tokens (none: all of it), media tokens in place.
+
+        `media_tokens` (N, H) are those of the `media_positions` (indices into `ids`) past the
+        cached tokens, in order.
+        The llm engine takes one media token per call, so the prompt is fed in chunks, each holding
+        at most one media position, one call each on the growing cache: causal attention makes that
+        the computation of one call over the whole prompt."""
+        cache = past or KVCache(self.empty, self.empty)
+        start = cache.keys.shape[3]
+        positions = [p for p in media_positions or () if p >= start]
+        tokens = np.zeros((0, self.hidden_size), np.float32) if media_tokens is None else np.asarray(media_tokens, np.float32)
+        if len(tokens) != len(positions):
+            raise ValueError(f"{len(tokens)} media tokens for {len(positions)} media positions past the cache")
+        bounds = [start, *positions[1:], len(ids)]
+        step = None
+        for k, (begin, end) in enumerate(zip(bounds, bounds[1:])):
+            media = (tokens[k : k + 1], positions[k] - begin) if k < len(positions) else (None, None)
+            step = self._forward(ids[begin:end], cache, *media)
+            cache = step[2]
+        return step
 
     def decode_one_token(self, token: int, cache: KVCache) -> Step:
         return self._forward([token], cache)
@@ -245,20 +288,21 @@ class LlmGenerator:
             raise ValueError(f"top_p must be in [0, 1], got {top_p}")
         return max_new, temperature, top_p
 
-    def _check(self, prompt: PromptIds, media_token: np.ndarray | None, max_new: int, required: Sequence[str]) -> None:
+    def _check(self, prompt: PromptIds, media_tokens: np.ndarray | None, max_new: int, required: Sequence[str]) -> None:
         """Everything that can be refused before the first engine call."""
         unknown = [m for m in required if m not in self.vocab.runs]
         if unknown:
             raise ValueError(f"unknown output modality {unknown[0]!r}; known: {', '.join(self.vocab.runs)}")
-        if (media_token is None) != (prompt.media_position is None):
-            raise ValueError("a media token needs a prompt with a media slot, and a media slot needs a token")
+        given = 0 if media_tokens is None else len(media_tokens)
+        if given != len(prompt.media_positions):
+            raise ValueError(f"{given} media tokens for a prompt with {len(prompt.media_positions)} media slots")
         reserved = max_new + sum(len(run) for run in self.vocab.runs.values())
         check_fits(len(prompt.ids), reserved, self.context)
 
     def generate(
         self,
         prompt: PromptIds,
-        media_token: np.ndarray | None = None,
+        media_tokens: np.ndarray | None = None,
         *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
@@ -267,8 +311,11 @@ class LlmGenerator:
         required: Sequence[str] = (),
         on_text: Callable[[str], None] | None = None,
         should_stop: ShouldStop | None = None,
+        session: str | None = None,
     ) -> Generation:
-        """Generate as the reference does; `media_token` is the (1, H) summed input token, if any.
+        """Generate as the reference does; `media_tokens` (N, H) are the tokens of the prompt's N
+        media positions, in order. With a `session` (and `sessions` to keep them in), the prefix
+        that the session's cache holds is not fed again, and the cache is kept for the next turn.
 
         Stops, as HF generate with the reference's criteria, after the token that reaches
         `max_new_tokens`, that is the EOS id (kept in `ids`, as HF returns it), or that makes the
@@ -276,12 +323,15 @@ class LlmGenerator:
         `should_stop` is asked before every engine call; a reason it names raises `runtime.stop.Stopped`.
         """
         max_new, temperature, top_p = self._settings(max_new_tokens, temperature, top_p)
-        self._check(prompt, media_token, max_new, required)
+        self._check(prompt, media_tokens, max_new, required)
         rng = torch.Generator().manual_seed(seed)
         stream = TextStream(on_text, self.stop)
-        token_in = None if media_token is None else np.asarray(media_token, np.float32)
+        tokens = np.zeros((0, self.hidden_size), np.float32) if media_tokens is None else np.asarray(media_tokens, np.float32)
+        media = dict(zip(prompt.media_positions, tokens))
+        reused, past = self.sessions.reuse(session, prompt.ids, media) if session and self.sessions else (0, None)
         check(should_stop)
-        logits, _, cache = self.prefill(prompt.ids, token_in, prompt.media_position)
+        new_media = tokens[[p >= reused for p in prompt.media_positions]]
+        logits, _, cache = self.prefill(prompt.ids, new_media, prompt.media_positions, past)
         ids: list[int] = []
         hidden: list[np.ndarray] = []  # hidden[i] is the state of ids[i], produced when ids[i] is fed
         while True:
@@ -301,10 +351,13 @@ class LlmGenerator:
         runs = self.vocab.completed(ids)
         if runs and len(ids) > len(hidden):
             # The last sampled token and any appended run tokens were never fed: one chunk does it.
-            hidden.extend(self._forward(ids[len(hidden) :], cache)[1])
+            _, h, cache = self._forward(ids[len(hidden) :], cache)
+            hidden.extend(h)
         signal_hidden = {
             m: np.stack(hidden[start : start + len(self.vocab.runs[m])])[None] for m, start in runs.items()
         }
+        if session and self.sessions:
+            self.sessions.store(session, [*prompt.ids, *ids[: len(hidden)]], media, cache)  # every fed token
         text = self.text_of(ids)
         stream.close(text)
-        return Generation(ids, text.strip(), signal_hidden)
+        return Generation(ids, text.strip(), signal_hidden, reused)

@@ -5,14 +5,18 @@ clip); video (1, clips, 3, frames, S, S); audio (1, clips, 1, mel, T).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime import media, preprocess
 from runtime.limits import Limits
+
+if TYPE_CHECKING:
+    from runtime.conversation import Medium
 
 INPUT_MODALITIES = ("image", "audio", "video")
 
@@ -63,3 +67,10 @@ def _audio_clips(path: Path, audio: dict[str, Any], limits: Limits) -> list[np.n
         media.resample_span(part, first, total, rate, rate_out, start, stop)
         for part, (first, _), (start, stop) in zip(parts, sources(total, rate), spans(total, rate))
     ]
+
+
+def prepare_media(
+    imagebind: dict[str, Any], media: Sequence[Medium], *, limits: Limits = media.DEFAULT_LIMITS
+) -> list[tuple[str, np.ndarray]]:
+    """`prepare_inputs` for a conversation's media, one by one in their order (several of one modality allowed)."""
+    return [(m.modality, prepare_inputs(imagebind, {m.modality: m.path}, limits=limits)[m.modality]) for m in media]

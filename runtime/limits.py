@@ -36,6 +36,14 @@ class Limits:
     max_audio_seconds: float = 300.0
     max_guidance: float = 50.0  # classifier-free guidance scale, from 0
     max_temperature: float = 10.0  # from 0 (greedy)
+    max_turns: int = 64  # turns of one conversation, user and assistant together
+    max_media: int = 16  # input media of one conversation, all turns together
+    max_prompt_tokens: int = 1 << 20  # tokens of the templated conversation (at most the context, `for_config`)
+    # The server's KV-cache sessions (runtime/sessions.py): how many it keeps, for how long since
+    # their last use, and in how many bytes of keys and values in all; the oldest go first.
+    max_sessions: int = 64
+    session_ttl_s: float = 1800.0
+    max_session_bytes: int = 1 << 30
 
     @classmethod
     def for_config(cls, config: dict[str, Any], context: int | None = None) -> Limits:
@@ -45,7 +53,10 @@ class Limits:
         context = min(config["llm"]["max_position_embeddings"], context or math.inf)
         runs = sum(len(ids) for ids in config["tokens"]["signal_ids"].values())
         steps = min(d["scheduler"]["num_train_timesteps"] for d in config["decoders"].values())
-        return cls(max_steps=steps, max_new_tokens=context - runs - 1, max_prompt_bytes=context * PROMPT_BYTES_PER_TOKEN)
+        return cls(
+            max_steps=steps, max_new_tokens=context - runs - 1, max_prompt_bytes=context * PROMPT_BYTES_PER_TOKEN,
+            max_prompt_tokens=context - runs - 1,
+        )
 
     @classmethod
     def for_build(cls, build: Any) -> Limits:
@@ -75,10 +86,16 @@ class Limits:
         return cls(**json.loads(text))
 
     def check_request(self, req: Any) -> None:
-        """A request's prompt and settings (a `runtime.request.Request`; None means the default)."""
-        size = len(req.prompt.encode("utf-8"))
+        """A request's conversation and settings (a `runtime.request.Request`; None means the default)."""
+        conversation = req.dialogue
+        size = conversation.text_bytes()
         if size > self.max_prompt_bytes:
             raise LimitError(f"prompt too long: {size} bytes exceed the limit max_prompt_bytes={self.max_prompt_bytes}")
+        if len(conversation.turns) > self.max_turns:
+            raise LimitError(f"{len(conversation.turns)} turns exceed the limit max_turns={self.max_turns}")
+        media = len(conversation.inputs())
+        if media > self.max_media:
+            raise LimitError(f"{media} input media exceed the limit max_media={self.max_media}")
         self.check_count("steps", req.steps, "max_steps")
         self.check_count("max_new_tokens", req.max_new_tokens, "max_new_tokens")
         self.check_range("guidance", req.guidance, (0.0, self.max_guidance), "max_guidance")
@@ -100,6 +117,11 @@ class Limits:
         if not (math.isfinite(value) and low <= value <= high):
             named = f" (limit {limit}={high:g})" if limit else ""
             raise LimitError(f"{what} {value} is not a finite number in [{low:g}, {high:g}]{named}")
+
+    def check_prompt_tokens(self, count: int) -> None:
+        """The templated conversation's length, once tokenised."""
+        if count > self.max_prompt_tokens:
+            raise LimitError(f"prompt too long: {count} tokens exceed the limit max_prompt_tokens={self.max_prompt_tokens}")
 
     def check_file(self, name: str, size: int) -> None:
         """An input file's name and size, before it is written or read."""

@@ -1,13 +1,14 @@
 """The any-to-any pipeline on a build's engines: files in, text and media out.
 
-preprocess -> encoders (one LLM token per input, summed) -> prompt -> LLM generation with the KV
-cache (constrained signal runs, streaming text) -> output projectors -> denoising loops -> VAE ->
+preprocess -> encoders (one LLM token per input medium, each at its place in the conversation) ->
+prompt -> LLM generation with the KV cache (kept per session between turns; constrained signal
+runs, streaming text) -> output projectors -> denoising loops -> VAE ->
 vocoder. Every engine is reached through `Engines`, so the same code drives ONNX Runtime,
 TensorRT or the PyTorch modules.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ import numpy as np
 from runtime.backends import Engines
 from runtime.diffusion import Decoder
 from runtime.generation import LlmGenerator
-from runtime.inputs import prepare_inputs
+from runtime.inputs import prepare_media
 from runtime.limits import Limits
 from runtime.manifest import read_manifest
 from runtime.request import OUTPUT_MODALITIES, Request, Response
+from runtime.sessions import SessionCache
 from runtime.stop import ShouldStop, check
 
 ENCODERS = {"image": "imagebind_vision", "video": "imagebind_vision", "audio": "imagebind_audio"}
@@ -44,7 +46,7 @@ class Any2AnyPipeline:
         self.limits = limits or Limits.for_build(self.build)
         engines = Engines(self.build, backend, threads, precision)
         self.engines = wrap(engines) if wrap else engines
-        self.llm = LlmGenerator.from_engines(self.engines)
+        self.llm = LlmGenerator.from_engines(self.engines, SessionCache(self.limits))
         self.decoders = {m: Decoder(self.engines, self.build, m) for m in OUTPUT_MODALITIES}
 
     def warm_up(self) -> None:
@@ -52,15 +54,15 @@ class Any2AnyPipeline:
         for name in self.build.components:
             self.engines[name]
 
-    def encode(self, inputs: dict[str, np.ndarray]) -> np.ndarray | None:
-        """(1, H): every input's ImageBind embedding through the input projection, summed."""
+    def encode(self, inputs: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
+        """(N, H): each input's ImageBind embedding through the input projection, one row per input."""
         frames = self.config["imagebind"]["vision"]["num_frames"]
-        tokens = []
-        for modality, clips in inputs.items():
+        tokens = [np.zeros((0, self.llm.hidden_size), np.float32)]
+        for modality, clips in inputs:
             if modality == "image":  # a still image is a clip of one frame repeated, as PadIm2Video does
                 clips = np.repeat(clips, frames, axis=3)
             tokens.append(self.engines[ENCODERS[modality]].run({"clips": clips})["token"])
-        return np.sum(tokens, axis=0) if tokens else None
+        return np.concatenate(tokens)
 
     def project(self, modality: str, hidden: np.ndarray) -> np.ndarray:
         return self.engines[f"projector_{modality}"].run({"hidden": hidden.astype(np.float32)})["embeds"]
@@ -75,9 +77,10 @@ class Any2AnyPipeline:
         """`should_stop` is asked between the stages and at every token and denoising step; a
         reason it names raises `runtime.stop.Stopped`."""
         req.check(self.limits)
-        inputs = prepare_inputs(self.config["imagebind"], req.files, limits=self.limits)
+        conversation = req.dialogue
+        prompt = self.llm.prompt(conversation, self.limits)
+        inputs = prepare_media(self.config["imagebind"], conversation.inputs(), limits=self.limits)
         check(should_stop)
-        prompt = self.llm.build_prompt(req.prompt, bool(inputs))
         gen = self.llm.generate(
             prompt,
             self.encode(inputs),
@@ -88,6 +91,7 @@ class Any2AnyPipeline:
             required=[req.output] if req.output else [],
             on_text=on_text,
             should_stop=should_stop,
+            session=req.session,
         )
         media = {}
         for modality, hidden in gen.signal_hidden.items():
@@ -95,4 +99,4 @@ class Any2AnyPipeline:
             media[modality] = self.decoders[modality].generate(
                 self.project(modality, hidden), req.seed, req.steps, req.guidance, report, should_stop
             )
-        return Response(gen.text, gen.ids, media)
+        return Response(gen.text, gen.ids, media, gen.reused)

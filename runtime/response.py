@@ -10,11 +10,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime import media
+from runtime.conversation import Conversation, write_conversation
+
+if TYPE_CHECKING:
+    from runtime.request import Response
 
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -58,6 +62,14 @@ def write_response(
         for item in staging.iterdir():
             shutil.move(str(item), out / item.name)
     return body
+
+
+def write_conversation_answer(out: Path, conversation: Conversation, response: Response, media: dict[str, str]) -> Path:
+    """`out/conversation.json`: the conversation with the answer appended as its last turn (its media
+    as written in `out`, `media`: modality -> file name), to continue with `--conversation`."""
+    path = Path(out) / "conversation.json"
+    write_conversation(path, conversation.then(response.turn({m: Path(out).resolve() / name for m, name in media.items()})))
+    return path
 
 
 def media_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:

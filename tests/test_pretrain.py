@@ -184,7 +184,8 @@ def test_stage_0_is_seeded(fresh):
 def test_the_recipe_ends_in_the_embedded_checkpoint_s_layout(tmp_path, tiny_dir):
     config = {"seed": 0, "limit": 4, **{k: v for k, v in _settings(2).items() if k in PARTS}}
     counts = {"train": {"image": 8, "video": 8, "audio": 8, "text_to_image": 8, "text_to_video": 8, "text_to_audio": 8}}
-    rows = reproduce(tmp_path / "out", tmp_path / "work", 0, config, max_steps=2, counts=counts, progress=False)
+    talks = {"train": {"ask": 1, "compare": 1, "transform": 1, "switch": 1}}
+    rows = reproduce(tmp_path / "out", tmp_path / "work", 0, config, max_steps=2, counts=counts, progress=False, conversation_counts=talks)
     assert [r["stage"] for r in rows] == ["init", *(f"0 {p}" for p in PARTS), "world", "1", "2", "3"]
     out = tmp_path / "out"
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())

@@ -80,7 +80,7 @@ def reference_answer(
     """Greedy ids (`generate_ids` + `finish`), text and the last-layer states at each complete run."""
     runs_len = sum(len(r) for r in reference.vocab.runs.values())
     prompt = reference.build_prompt(text, token is not None, max_new + runs_len)
-    embeds = reference.prompt_embeds(prompt, None if token is None else torch.from_numpy(token))
+    embeds = reference.prompt_embeds(prompt, reference.encode([]) if token is None else torch.from_numpy(token))
     with biased_reference(reference, bias or {}):
         ids = reference.generate_ids(embeds, Request(text, max_new_tokens=max_new, temperature=0.0))
     ids = reference.vocab.finish(ids, required)
@@ -98,7 +98,7 @@ def reference_answer(
 def image_token(reference) -> np.ndarray:
     size = reference.config["imagebind"]["vision"]["image_size"]
     clips = image_to_tensor(shape_image("red", "white", 96), size)[None, None, :, None]
-    return reference.encode({"image": clips}).numpy()
+    return reference.encode([("image", clips)]).numpy()
 
 
 def random_token(hidden: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Constrained signal-token decoding and the prompt template (pure logic, no model)."""
 import pytest
 
-from runtime.prompt import PromptError, build_prompt, check_fits
+from runtime.conversation import Conversation, Medium, Turn
+from runtime.prompt import PromptError, check_fits, conversation_prompt
 from runtime.signals import SignalVocab
 from train.presets import PROMPT
 
@@ -37,25 +38,30 @@ def fake_encode(s: str) -> list[int]:
     return [ord(c) for c in s]
 
 
+def one_turn(text: str, media: int) -> Conversation:
+    return Conversation.single(text, {"image": "a.png"} if media else {})
+
+
 def test_prompt_with_media_places_the_slot_between_the_tags():
-    p = build_prompt("hi", True, PROMPT, fake_encode, bos_id=1, placeholder_id=0)
-    assert p.ids[0] == 1 and p.ids[p.media_position] == 0
-    left = "".join(map(chr, p.ids[1 : p.media_position]))
-    right = "".join(map(chr, p.ids[p.media_position + 1 :]))
+    p = conversation_prompt(one_turn("hi", 1), PROMPT, fake_encode, bos_id=1, placeholder_id=0)
+    [position] = p.media_positions
+    assert p.ids[0] == 1 and p.ids[position] == 0
+    left = "".join(map(chr, p.ids[1:position]))
+    right = "".join(map(chr, p.ids[position + 1 :]))
     assert left == "### Human: <Img>"
     assert right == "</Img> hi\n### Assistant:"
 
 
 def test_prompt_without_media_has_no_slot():
-    p = build_prompt("hi", False, PROMPT, fake_encode, bos_id=1, placeholder_id=0)
-    assert p.media_position is None
+    p = conversation_prompt(one_turn("hi", 0), PROMPT, fake_encode, bos_id=1, placeholder_id=0)
+    assert p.media_positions == [] and p.answers == []
     assert "".join(map(chr, p.ids[1:])) == "### Human: hi\n### Assistant:"
 
 
 @pytest.mark.parametrize("text", ["", "   \n"])
 def test_empty_prompt_is_refused(text):
     with pytest.raises(PromptError, match="empty prompt"):
-        build_prompt(text, False, PROMPT, fake_encode, 1, 0)
+        conversation_prompt(one_turn(text, 0), PROMPT, fake_encode, 1, 0)
 
 
 def test_too_long_prompt_is_refused():

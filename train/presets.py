@@ -469,4 +469,11 @@ WORLD: dict[str, Any] = {
         # 60 a task, so one sample is under 2 points; the 29 held-out sounds are rendered 5 times each
         "heldout": {"image": 60, "video": 60, "audio": 60, "text_to_image": 60, "text_to_video": 60, "text_to_audio": 60},
     },
+    # multi-turn conversations per kind (train/conversations.py), written beside the world's records;
+    # stage 3 trains on the train ones with the single-turn records. Held out: 60 per follow-up task
+    # (ask + compare: follow-up X→text; transform + switch: follow-up text→X)
+    "conversations": {
+        "train": {"ask": 300, "compare": 150, "transform": 450, "switch": 150},
+        "heldout": {"ask": 40, "compare": 20, "transform": 45, "switch": 15},
+    },
 }

@@ -7,15 +7,17 @@ against this.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from runtime.inputs import prepare_inputs
+from runtime.conversation import Conversation, Medium, Turn
+from runtime.inputs import prepare_media
 from runtime.limits import Limits
-from runtime.prompt import PromptIds, build_prompt, check_fits
+from runtime.prompt import PromptIds, check_fits, conversation_prompt
 from runtime.request import OUTPUT_MODALITIES, Request, Response
 from runtime.signals import SignalVocab
 from train.decoders import build_pipeline, generate
@@ -67,36 +69,44 @@ class ReferencePipeline:
     def text_of(self, ids: list[int]) -> str:
         return self.model.tokenizer.decode(self.vocab.strip(ids), skip_special_tokens=True)
 
+    def answer_text(self, ids: list[int]) -> str:
+        """Generated ids as the answer's text in a later prompt: signal runs written out, EOS dropped."""
+        return self.model.tokenizer.decode(ids, skip_special_tokens=True)
+
     @torch.no_grad()
-    def encode(self, inputs: dict[str, np.ndarray]) -> torch.Tensor | None:
-        """One LLM token: the input projection of every input's ImageBind embedding, summed."""
+    def encode(self, inputs: list[tuple[str, np.ndarray]]) -> torch.Tensor:
+        """(N, H): one LLM token per input, the input projection of its ImageBind embedding."""
         enc = self.model.encoder
-        tokens = [
+        tokens = [torch.zeros(0, self.config["llm"]["hidden_size"])] + [
             self.model.input_projection(
                 enc.encode_audio(torch.from_numpy(x)) if m == "audio" else enc.encode_vision(torch.from_numpy(x))
             )
-            for m, x in inputs.items()
+            for m, x in inputs
         ]
-        return torch.stack(tokens).sum(0) if tokens else None
+        return torch.cat(tokens)
 
-    def prompt_embeds(self, prompt: PromptIds, media_token: torch.Tensor | None) -> torch.Tensor:
+    def prompt_embeds(self, prompt: PromptIds, media_tokens: torch.Tensor) -> torch.Tensor:
+        """`inputs_embeds` of the prompt: each media token at its own position."""
         embeds = self.model.embed_tokens(torch.tensor([prompt.ids]))
-        if prompt.media_position is not None:
-            embeds[0, prompt.media_position] = media_token[0]
+        embeds[0, prompt.media_positions] = media_tokens.to(embeds.dtype)
         return embeds
 
-    def build_prompt(self, text: str, has_media: bool, reserved: int) -> PromptIds:
+    def prompt(self, conversation: Conversation, reserved: int) -> PromptIds:
         tok = self.model.tokenizer
-        prompt = build_prompt(
-            text,
-            has_media,
+        prompt = conversation_prompt(
+            conversation,
             self.config["prompt"],
             lambda s: tok.encode(s, add_special_tokens=False),
             self.config["tokens"]["bos_id"],
             tok.unk_token_id,
+            self.answer_text,
         )
         check_fits(len(prompt.ids), reserved, self.config["llm"]["max_position_embeddings"])
         return prompt
+
+    def build_prompt(self, text: str, media: int, reserved: int) -> PromptIds:
+        """One user turn of `text` with `media` input media."""
+        return self.prompt(Conversation((Turn.user(text, [Medium("image", Path())] * int(media)),)), reserved)
 
     @torch.no_grad()
     def generate_ids(self, embeds: torch.Tensor, req: Request) -> list[int]:
@@ -139,10 +149,13 @@ class ReferencePipeline:
     def __call__(self, req: Request) -> Response:
         limits = Limits.for_config(self.config)
         req.check(limits)
-        inputs = prepare_inputs(self.config["imagebind"], req.files, limits=limits)
+        conversation = req.dialogue
+        conversation.check(self.vocab)
         max_new = req.max_new_tokens or self.config["generation"]["max_new_tokens"]
         reserved = max_new + sum(len(r) for r in self.vocab.runs.values())
-        prompt = self.build_prompt(req.prompt, bool(inputs), reserved)
+        prompt = self.prompt(conversation, reserved)
+        limits.check_prompt_tokens(len(prompt.ids))
+        inputs = prepare_media(self.config["imagebind"], conversation.inputs(), limits=limits)
         torch.manual_seed(req.seed)
         embeds = self.prompt_embeds(prompt, self.encode(inputs))
         ids = self.vocab.finish(self.generate_ids(embeds, req), [req.output] if req.output else [])

@@ -138,25 +138,27 @@ class StageModel(nn.Module):
         self.noise = {m: DDPMScheduler.from_config(model.decoders[m]["scheduler"].config) for m in self.gen_modalities}
         self.class_labels = {m: takes_class_labels(model.config["decoders"][m]) for m in self.gen_modalities}
 
-    def media_tokens(self, inputs: dict[str, Tensor]) -> Tensor:
-        """(1, H): each input's ImageBind embedding (frozen) through the input projection, summed."""
+    def media_tokens(self, modality: str, clips: Tensor) -> Tensor:
+        """(N, H): N inputs' ImageBind embeddings (frozen) through the input projection."""
         encoder = self.model.encoder
-        tokens = []
-        for modality, clips in inputs.items():
-            with torch.no_grad():
-                pooled = encoder.encode_audio(clips) if modality == "audio" else encoder.encode_vision(clips)
-            tokens.append(self.model.input_projection(pooled))
-        return torch.stack(tokens).sum(0)
+        with torch.no_grad():
+            pooled = encoder.encode_audio(clips) if modality == "audio" else encoder.encode_vision(clips)
+        return self.model.input_projection(pooled)
 
     def embed(self, batch: dict[str, Any]) -> Tensor:
+        """The token embeddings with every input medium's token at its own position; the media of
+        one modality are encoded together."""
         embeds = self.model.embed_tokens(batch["ids"])
-        rows = [r for r, pos in enumerate(batch["media_positions"]) if pos is not None]
-        if not rows:
+        placed = [(row, pos, modality, clips) for row, media in enumerate(batch["media"]) for pos, modality, clips in media]
+        if not placed:
             return embeds
-        tokens = torch.cat([self.media_tokens(batch["inputs"][r]) for r in rows]).to(embeds.dtype)
-        positions = torch.tensor([batch["media_positions"][r] for r in rows], device=embeds.device)
         embeds = embeds.clone()
-        embeds[torch.tensor(rows, device=embeds.device), positions] = tokens
+        for modality in sorted({p[2] for p in placed}):
+            mine = [p for p in placed if p[2] == modality]
+            tokens = self.media_tokens(modality, torch.cat([p[3] for p in mine])).to(embeds.dtype)
+            rows = torch.tensor([p[0] for p in mine], device=embeds.device)
+            positions = torch.tensor([p[1] for p in mine], device=embeds.device)
+            embeds[rows, positions] = tokens
         return embeds
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -66,7 +66,7 @@ from runtime.pipeline import ENCODERS
 from runtime.request import OUTPUT_MODALITIES
 from runtime.response import media_meta
 from triton_repo.protocol import (
-    ENSEMBLE, FILES, MEDIA, MEDIA_TOKEN, PARAMS, PROGRESS, STREAM, TEXT, TRITON_DTYPES, Tensor, clips_name, engine_dims,
+    ENSEMBLE, FILES, MEDIA, MEDIA_TOKEN, PARAMS, PROGRESS, PROTOCOL, STREAM, TEXT, TRITON_DTYPES, Tensor, clips_name, engine_dims,
     hidden_name,
 )
 
@@ -164,7 +164,7 @@ def step_io(build: Build) -> dict[str, tuple[list[Tensor], list[Tensor]]]:
     hidden = [Tensor(hidden_name(m), "float32", _rows(comp[f"projector_{m}"], "hidden")) for m in OUTPUT_MODALITIES]
     return {
         "preprocess": ([*PARAMS, *FILES], clips),
-        "encode": (clips, [token]),
+        "encode": ([*PARAMS, *clips], [token]),
         "llm": ([*PARAMS, token], [*TEXT, *hidden]),
         "media": ([*PARAMS, *hidden], list(MEDIA)),
     }
@@ -298,7 +298,8 @@ class RepoWriter:
             config = {"backend": "python", **self._queued(), **io, "instance_group": _instances(self.instances[role])}
             self.write(role, {**config, "parameters": self._pipeline_parameters(role)}, role)
         public = {"input": [tensor_config(t) for t in (*PARAMS, *FILES)], "max_batch_size": 0}
-        meta = parameters(media_meta=json.dumps(media_meta(self.build.config)))  # for the client's WAV and MP4 writers
+        # for the client's WAV and MP4 writers, and its check that the deployment speaks conversations
+        meta = parameters(media_meta=json.dumps(media_meta(self.build.config)), protocol=str(PROTOCOL))
         scheduling = [
             {
                 "model_name": role,

@@ -2,15 +2,21 @@
 
     python triton_repo/client.py --url 127.0.0.1:8001 --prompt "show me a red circle" --out outputs/grpc \\
         [--image F] [--audio F] [--video F] [--stream] [--seed N] [--output image|audio|video] \\
-        [--steps N] [--guidance G] [--temperature T] [--top-p P] [--max-new-tokens N] [--video-format mp4|gif]
+        [--steps N] [--guidance G] [--temperature T] [--top-p P] [--max-new-tokens N] [--video-format mp4|gif] \\
+        [--conversation FILE] [--session ID]
 
 The same flags and files as `python -m runtime`. Without `--stream` it calls the `any2any`
 ensemble; with it, the decoupled `any2any_stream` model, printing the text as it comes. Bad input
 (a missing or corrupt file, an empty or over-long prompt, ...) prints the server's one-line reason
 as `error: ...` and exits with status 2, leaving `--out` untouched.
 
-As a library: `with Any2AnyClient(url) as c: c.infer(Request(...))` or `c.stream(req, on_text, on_step)`,
-both returning a `runtime.request.Response`.
+With `--conversation FILE` (and `--prompt` for the next turn) it sends the whole conversation and
+writes `OUT/conversation.json` with the answer appended, which the next call continues; `--session ID`
+lets the server reuse the conversation's KV cache for the follow-up (docs/conversation.md).
+
+As a library: `with Any2AnyClient(url) as c: c.infer(Request(...))` or `c.stream(req, on_text, on_step)`
+for one turn, `c.chat(conversation, session=..., stream=..., ...)` for a conversation; each
+returns a `runtime.request.Response` (`response.turn(files)` is its assistant turn).
 
 `--request-timeout` is the request's deadline: the gRPC deadline, and also sent as the request's
 `timeout` parameter, which every model of the ensemble sees, so that the server stops working
@@ -33,9 +39,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.cli import add_url, make_parser
+from runtime.conversation import Conversation
 from runtime.request import Request, Response, add_request_args, request_from_args
-from runtime.response import write_response
-from triton_repo.protocol import CLIENT_DTYPES, ENSEMBLE, FILES, PARAMS, STREAM, TRITON_DTYPES, decode_answer, encode_request
+from runtime.response import write_conversation_answer, write_response
+from triton_repo.protocol import (
+    CLIENT_DTYPES, ENSEMBLE, FILES, PARAMS, PROTOCOL, STREAM, TRITON_DTYPES, decode_answer, encode_request,
+)
 
 DEFAULT_TIMEOUT_S = 600.0
 TYPES = {t.name: CLIENT_DTYPES[TRITON_DTYPES[t.dtype]] for t in (*PARAMS, *FILES)}
@@ -54,6 +63,7 @@ class Any2AnyClient:
     def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.client = grpcclient.InferenceServerClient(url)
         self.timeout_s = timeout_s
+        self.protocol: int | None = None  # the deployment's, asked once
 
     @property
     def timeout_us(self) -> int:
@@ -62,7 +72,47 @@ class Any2AnyClient:
     def infer(self, req: Request) -> Response:
         """One request through the `any2any` ensemble; InferenceServerException on refusal."""
         result = self.client.infer(ENSEMBLE, infer_inputs(req), timeout=self.timeout_us, client_timeout=self.timeout_s)
-        return Response(*decode_answer(result.as_numpy))
+        return decode_answer(result.as_numpy)
+
+    def chat(
+        self,
+        conversation: Conversation,
+        *,
+        session: str | None = None,
+        stream: bool = False,
+        on_text: Callable[[str], None] | None = None,
+        on_step: Callable[[str, int, int], None] | None = None,
+        output: str | None = None,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ) -> Response:
+        """The answer to `conversation`'s last (user) turn: through `any2any_stream` with `stream`
+        (then `on_text` and `on_step` see it come), else the `any2any` ensemble. With `session`, the
+        server may keep the conversation's KV cache for the next turn (`Response.reused_tokens`
+        says how much of the prompt it held). Continue with
+        `conversation.then(response.turn(files)).then(Turn.user(...))`."""
+        self.check_protocol()
+        req = Request(
+            conversation=conversation, session=session, output=output, seed=seed, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, steps=steps, guidance=guidance,
+        )
+        req.check()
+        return self.stream(req, on_text, on_step) if stream else self.infer(req)
+
+    def check_protocol(self) -> None:
+        """Refuse, by name, a deployment older than conversations (its repository records no protocol 2)."""
+        if self.protocol is None:
+            params = self.client.get_model_config(ENSEMBLE, as_json=True)["config"].get("parameters", {})
+            self.protocol = int(params.get("protocol", {}).get("string_value", "1"))
+        if self.protocol < PROTOCOL:
+            raise ValueError(
+                f"the server's model repository speaks protocol {self.protocol}; conversations need {PROTOCOL}: "
+                "rebuild it with triton_repo/build_repo.py"
+            )
 
     def stream(
         self,
@@ -83,7 +133,7 @@ class Any2AnyClient:
                     raise error
                 if result.as_numpy("TOKEN_IDS") is not None:
                     answered = True
-                    return Response(*decode_answer(result.as_numpy))
+                    return decode_answer(result.as_numpy)
                 progress = result.as_numpy("PROGRESS")
                 if progress is not None:
                     if on_step is not None:
@@ -145,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         req = request_from_args(args)
         req.check()
         with Any2AnyClient(args.url, args.request_timeout) as client:
+            if req.conversation is not None or req.session is not None:
+                client.check_protocol()
             if args.stream:
                 resp = client.stream(req, on_text=lambda piece: print(piece, end="", flush=True), on_step=progress)
                 progress.close()
@@ -154,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(resp.text)
             extra = {"prompt": args.prompt, "seed": args.seed, "backend": "triton", "url": args.url, "num_tokens": len(resp.token_ids)}
             body = write_response(args.out, resp.text, resp.media, client.media_meta(), extra, args.video_format)
+            write_conversation_answer(args.out, req.dialogue, resp, body["media"])
     except InferenceServerException as e:
         progress.close()
         print(f"\nerror: {e.message()}", file=sys.stderr)

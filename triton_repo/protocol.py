@@ -1,25 +1,38 @@
 """The any2any request and response as Triton tensors, declared once.
 
 The generated configs declare these tensors, the Python models decode them, the client encodes
-them. A `runtime.request.Request` travels as one tensor per field (`PROMPT`, `SEED`, ...: the
-field's name in capitals; all but the prompt optional, an absent one is the runtime's default)
-plus one tensor per input file: `IMAGE_FILE` etc., two BYTES elements (the file's name, so that an
-error names it and a video's format is known by its suffix; then the raw file bytes). The answer
-is `TEXT`, `TOKEN_IDS` and one tensor per output modality, empty (a zero-size axis) when the answer
-has no such media. The streaming model also sends `TEXT` pieces and `PROGRESS` steps as they come.
+them. A `runtime.request.Request` travels as one tensor per field (`PROMPT`, `SEED`, `SESSION`,
+...: the field's name in capitals; all optional, an absent one is the runtime's default).
+
+One turn (protocol 1, still served): `PROMPT` plus one tensor per input file, `IMAGE_FILE` etc.,
+two BYTES elements (the file's name, so that an error names it and a video's format is known by
+its suffix; then the raw file bytes). A conversation (protocol 2): `CONVERSATION`, the JSON of
+`runtime.conversation.Conversation.to_dict` whose media paths are bare file names, plus
+`MEDIA_FILES`, name and bytes of every user medium of every turn in conversation order (name1,
+bytes1, name2, bytes2, ...); an assistant turn's media are history and travel as names only.
+
+The answer is `TEXT`, `TOKEN_IDS`, `REUSED_TOKENS` (what the session's KV cache held) and one
+tensor per output modality, empty (a zero-size axis) when the answer has no such media. The
+streaming model also sends `TEXT` pieces and `PROGRESS` steps as they come. `PROTOCOL` is the
+version the repository's ensemble records in its config (`protocol`): a client that sends a
+conversation checks it first, so that an older deployment is named instead of misread.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.conversation import Conversation, ConversationError, Medium
 from runtime.inputs import INPUT_MODALITIES
-from runtime.limits import Limits
-from runtime.request import OUTPUT_MODALITIES, Request
+from runtime.limits import LimitError, Limits
+from runtime.request import OUTPUT_MODALITIES, Request, Response
+
+PROTOCOL = 2  # 2: conversations (CONVERSATION, MEDIA_FILES, SESSION, REUSED_TOKENS); 1: one turn
 
 
 ENSEMBLE, STREAM = "any2any", "any2any_stream"  # the models a client calls
@@ -39,7 +52,9 @@ CLIENT_DTYPES = {"TYPE_STRING": "BYTES", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64
 # Request fields. Floats travel as FP64 so that a Python float arrives unchanged: the same
 # request then gives the same answer over gRPC as in process.
 PARAMS = (
-    Tensor("PROMPT", "object", (1,)),
+    Tensor("PROMPT", "object", (1,), optional=True),
+    Tensor("CONVERSATION", "object", (1,), optional=True),
+    Tensor("SESSION", "object", (1,), optional=True),
     Tensor("OUTPUT", "object", (1,), optional=True),
     Tensor("SEED", "int64", (1,), optional=True),
     Tensor("MAX_NEW_TOKENS", "int64", (1,), optional=True),
@@ -48,11 +63,15 @@ PARAMS = (
     Tensor("STEPS", "int64", (1,), optional=True),
     Tensor("GUIDANCE", "float64", (1,), optional=True),
 )
-FILES = tuple(Tensor(f"{m.upper()}_FILE", "object", (2,), optional=True) for m in INPUT_MODALITIES)
+MEDIA_FILES = "MEDIA_FILES"
+FILES = (
+    *(Tensor(f"{m.upper()}_FILE", "object", (2,), optional=True) for m in INPUT_MODALITIES),
+    Tensor(MEDIA_FILES, "object", (-1,), optional=True),
+)
 MEDIA_SHAPES = {"image": (-1, -1, 3), "video": (-1, -1, -1, 3), "audio": (-1,)}
 MEDIA_DTYPES = {"image": "uint8", "video": "uint8", "audio": "float32"}
 MEDIA = tuple(Tensor(m.upper(), MEDIA_DTYPES[m], MEDIA_SHAPES[m]) for m in OUTPUT_MODALITIES)
-TEXT = (Tensor("TEXT", "object", (1,)), Tensor("TOKEN_IDS", "int64", (-1,)))
+TEXT = (Tensor("TEXT", "object", (1,)), Tensor("TOKEN_IDS", "int64", (-1,)), Tensor("REUSED_TOKENS", "int64", (1,)))
 ANSWER = (*TEXT, *MEDIA)
 # Streaming only: denoising progress, (modality, steps done, steps in all) as `MODALITY` + `PROGRESS`.
 PROGRESS = (Tensor("MODALITY", "object", (1,)), Tensor("PROGRESS", "int64", (2,)))
@@ -86,14 +105,25 @@ def encode_request(req: Request) -> dict[str, np.ndarray]:
     """The tensors of a request: its set fields and its input files (name and bytes)."""
     out = {}
     for t in PARAMS:
-        value = getattr(req, t.name.lower())
+        value = getattr(req, t.name.lower()) or None  # an empty prompt is no prompt
+        if isinstance(value, Conversation):
+            value = json.dumps(_wire(value))
         if value is not None:
             out[t.name] = np.array([value.encode() if isinstance(value, str) else value], dtype=t.dtype)
-    for t in FILES:
+    for t in FILES[:-1]:
         path = req.files.get(t.name.removesuffix("_FILE").lower())
         if path is not None:
             out[t.name] = np.array([Path(path).name.encode(), _read_bytes(Path(path))], dtype=object)
+    if req.conversation is not None and req.conversation.inputs():
+        media = req.conversation.inputs()
+        out[MEDIA_FILES] = np.array([item for m in media for item in (m.path.name.encode(), _read_bytes(m.path))], dtype=object)
     return out
+
+
+def _wire(conversation: Conversation) -> dict[str, Any]:
+    """The conversation's JSON with bare file names: the files travel in MEDIA_FILES."""
+    bare = Conversation(tuple(replace(t, media=tuple(Medium(m.modality, Path(m.path.name)) for m in t.media)) for t in conversation.turns))
+    return bare.to_dict()
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -106,8 +136,10 @@ def _read_bytes(path: Path) -> bytes:
         raise MediaError(path, e.strerror or e) from None
 
 
-def decode_request(get: Getter, files: dict[str, Path | None] | None = None) -> Request:
-    """The Request a model's tensors describe; the input files are what the caller saved them as."""
+def decode_request(get: Getter, files: dict[str, Path] | None = None) -> Request:
+    """The Request a model's tensors describe; the input files are what the caller saved them as
+    (`save_files`). A model that reads no files passes none: a conversation's user media then keep
+    their bare names (the prompt needs only their number and places)."""
     fields: dict[str, Any] = {}
     for t in PARAMS:
         value = get(t.name)
@@ -121,41 +153,92 @@ def decode_request(get: Getter, files: dict[str, Path | None] | None = None) -> 
             fields[t.name.lower()] = item.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{t.name} is not UTF-8 text: {e}") from None
-    return Request(files=files or {}, **fields)
+    if "conversation" in fields:
+        fields["conversation"] = _conversation(fields["conversation"], files)
+        files = {}
+    return Request(files={m: p for m, p in (files or {}).items() if m in INPUT_MODALITIES}, **fields)
+
+
+def _conversation(text: str, files: dict[str, Path] | None) -> Conversation:
+    """CONVERSATION's JSON with its k-th user medium at the path MEDIA_FILES' k-th file was saved as."""
+    try:
+        conversation = Conversation.from_dict(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise ConversationError(f"CONVERSATION is not JSON: {e}") from None
+    if files is None:
+        return conversation
+    saved = [files[f"media/{k}"] for k in range(sum(key.startswith("media/") for key in files))]
+    named = len(conversation.inputs())
+    if named != len(saved):
+        raise ConversationError(f"the conversation names {named} input media but {MEDIA_FILES} holds {len(saved)} files")
+    paths = iter(saved)
+    return Conversation(tuple(
+        replace(t, media=tuple(Medium(m.modality, next(paths)) for m in t.media)) if t.role == "user" else t
+        for t in conversation.turns
+    ))
+
+
+def media_order(get: Getter) -> list[str]:
+    """The modalities of the request's input media in prompt order: a conversation's user media,
+    or one turn's files in the input order (what `Conversation.single` makes of them)."""
+    conversation = decode_request(get).conversation
+    if conversation is not None:
+        return [m.modality for m in conversation.inputs()]
+    return [m for m in INPUT_MODALITIES if get(f"{m.upper()}_FILE") is not None]
 
 
 def has_files(get: Getter) -> bool:
     return any(get(t.name) is not None for t in FILES)
 
 
-def save_files(get: Getter, folder: Path, limits: Limits) -> dict[str, Path | None]:
-    """Each input file written to `folder` under its own name, as the runtime reads files from disk;
-    its name and size are checked against `limits` before anything is written."""
+def save_files(get: Getter, folder: Path, limits: Limits) -> dict[str, Path]:
+    """Each input file written to `folder` under its own name, as the runtime reads files from disk:
+    keyed by modality (one turn's files) or `media/K` (a conversation's K-th medium); names, sizes
+    and the number of media are checked against `limits` before anything is written."""
     received = []
-    for t in FILES:
+    for t in FILES[:-1]:
         value = get(t.name)
         if value is not None:
-            raw_name, data = value.reshape(-1)
-            # Only the last component of the client's name: nothing is written outside `folder`.
-            name = Path(raw_name.decode("utf-8", "replace")).name
-            limits.check_file(name, len(data))
-            received.append((t.name.removesuffix("_FILE").lower(), name, data))
-    files: dict[str, Path | None] = {}
-    for modality, name, data in received:
-        path = folder / modality / (modality if name in ("", ".", "..") else name)
-        path.parent.mkdir()
+            received.append((t.name.removesuffix("_FILE").lower(), *value.reshape(-1)))
+    media = get(MEDIA_FILES)
+    if media is not None:
+        items = media.reshape(-1)
+        if len(items) % 2:
+            raise ValueError(f"{MEDIA_FILES} holds name, bytes pairs: got {len(items)} elements")
+        if len(items) // 2 > limits.max_media:
+            raise LimitError(f"{len(items) // 2} input media exceed the limit max_media={limits.max_media}")
+        received += [(f"media/{k}", items[2 * k], items[2 * k + 1]) for k in range(len(items) // 2)]
+    checked = []
+    for key, raw_name, data in received:
+        # Only the last component of the client's name: nothing is written outside `folder`.
+        name = Path(raw_name.decode("utf-8", "replace")).name
+        limits.check_file(name, len(data))
+        checked.append((key, name, data))
+    files: dict[str, Path] = {}
+    for key, name, data in checked:
+        path = folder / key / (key.replace("/", "-") if name in ("", ".", "..") else name)
+        path.parent.mkdir(parents=True)
         path.write_bytes(data)
-        files[modality] = path
+        files[key] = path
     return files
 
 
-def encode_answer(text: str, token_ids: list[int], media: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def encode_answer(
+    text: str, token_ids: list[int], media: dict[str, np.ndarray], reused_tokens: int = 0
+) -> dict[str, np.ndarray]:
     """The answer's tensors; a modality the answer lacks is left out (the model sends it empty)."""
-    out = {"TEXT": np.array([text.encode("utf-8")], dtype=object), "TOKEN_IDS": np.asarray(token_ids, np.int64)}
+    out = {
+        "TEXT": np.array([text.encode("utf-8")], dtype=object),
+        "TOKEN_IDS": np.asarray(token_ids, np.int64),
+        "REUSED_TOKENS": np.array([reused_tokens], np.int64),
+    }
     return {**out, **{m.upper(): np.ascontiguousarray(value) for m, value in media.items()}}
 
 
-def decode_answer(get: Getter) -> tuple[str, list[int], dict[str, np.ndarray]]:
-    """Text, token ids and the media present (an empty media tensor means none of that modality)."""
+def decode_answer(get: Getter) -> Response:
+    """Text, token ids, reused tokens and the media present (an empty media tensor means none of that modality)."""
     media = {t.name.lower(): value for t in MEDIA if (value := get(t.name)) is not None and value.size}
-    return get("TEXT")[0].decode("utf-8"), get("TOKEN_IDS").tolist(), media
+    reused = get("REUSED_TOKENS")
+    return Response(
+        get("TEXT")[0].decode("utf-8"), get("TOKEN_IDS").tolist(), media, 0 if reused is None or not reused.size else int(reused[0])
+    )

@@ -93,8 +93,8 @@ def pretrain_language(model: NextGPT, data: WorldData, settings: dict[str, Any],
     tokens = Tokens(tok, config)
     exchanges = []
     for modality, index, question, answer in media_exchanges(data.combos, seed):
-        ids, labels, position = tokens.dialogue([{"human": question, "assistant": answer}], True)
-        exchanges.append((ids, labels, position, data.meanings[modality][index]))
+        ids, labels, positions = tokens.dialogue([{"human": question, "assistant": answer}], [modality])
+        exchanges.append((ids, labels, positions[0], data.meanings[modality][index]))
     llm = model.llm.get_base_model()
     reader = nn.Linear(config["imagebind"]["out_embed_dim"], config["llm"]["hidden_size"])
     base = [p for n, p in llm.named_parameters() if "lora_" not in n]

@@ -1,12 +1,11 @@
-"""Ensemble step 2: clips -> the one multimodal LLM token (ImageBind through its served engines,
-the inputs' tokens summed), as `Any2AnyPipeline.encode` makes it."""
+"""Ensemble step 2: clips -> one LLM token per input medium, in the order of the prompt's media
+slots (ImageBind through its served engines), as `Any2AnyPipeline.encode` makes them."""
 from __future__ import annotations
 
 import numpy as np
 
-from runtime.inputs import INPUT_MODALITIES
 from runtime.stop import ShouldStop
-from triton_repo.protocol import MEDIA_TOKEN, Getter, clips_name
+from triton_repo.protocol import MEDIA_TOKEN, Getter, clips_name, media_order
 from triton_repo.served import PipelineModel, pipeline_from_parameters
 
 
@@ -15,6 +14,12 @@ class TritonPythonModel(PipelineModel):
         self.pipeline = pipeline_from_parameters(self.params)
 
     def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
-        inputs = {m: clips for m in INPUT_MODALITIES if (clips := get(clips_name(m))) is not None and clips.size}
-        token = self.pipeline.encode(inputs)
-        return {} if token is None else {MEDIA_TOKEN: token}
+        order = media_order(get)
+        clips = {m: get(clips_name(m)) for m in set(order)}  # one row per medium of that modality, in order
+        taken = dict.fromkeys(clips, 0)
+        inputs = []
+        for modality in order:
+            inputs.append((modality, clips[modality][taken[modality] : taken[modality] + 1]))
+            taken[modality] += 1
+        tokens = self.pipeline.encode(inputs)
+        return {MEDIA_TOKEN: tokens} if len(tokens) else {}

@@ -1,5 +1,6 @@
-"""Ensemble step 3: prompt and media token -> text, token ids and the hidden states at each
-signal-token run (runtime.generation on the local LLM engine, which keeps its KV cache here)."""
+"""Ensemble step 3: the conversation and its media tokens -> text, token ids and the hidden states
+at each signal-token run (runtime.generation on the local LLM engine, which keeps its KV cache here,
+and, for a request with a session, keeps it between turns: runtime.sessions)."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,16 +17,17 @@ class TritonPythonModel(PipelineModel):
     def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         req = decode_request(get)
         req.check(self.limits)  # also when called on its own, not through the ensemble
-        token = get(MEDIA_TOKEN)
-        token = token if token is not None and token.size else None
+        tokens = get(MEDIA_TOKEN)
         gen = self.llm.generate(
-            self.llm.build_prompt(req.prompt, token is not None),
-            token,
+            self.llm.prompt(req.dialogue, self.limits),
+            None if tokens is None else tokens.reshape(-1, self.llm.hidden_size),
             max_new_tokens=req.max_new_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
             required=[req.output] if req.output else [],
             should_stop=should_stop,
+            session=req.session,
         )
-        return {**encode_answer(gen.text, gen.ids, {}), **{hidden_name(m): h for m, h in gen.signal_hidden.items()}}
+        answer = encode_answer(gen.text, gen.ids, {}, gen.reused)
+        return {**answer, **{hidden_name(m): h for m, h in gen.signal_hidden.items()}}

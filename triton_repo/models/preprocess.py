@@ -1,13 +1,13 @@
 """Ensemble step 1: the request's files -> ImageBind-ready clips (runtime.inputs), one tensor per
-input modality. The request's values are checked here against the repository's limits, before
-any other step works on it."""
+input modality holding one row per medium of it, in conversation order. The request's values are
+checked here against the repository's limits, before any other step works on it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from runtime.inputs import prepare_inputs
+from runtime.inputs import prepare_media
 from runtime.manifest import read_manifest
 from runtime.stop import ShouldStop
 from triton_repo.protocol import Getter, clips_name, decode_request
@@ -21,5 +21,9 @@ class TritonPythonModel(PipelineModel):
     def answer(self, get: Getter, should_stop: ShouldStop) -> dict[str, np.ndarray]:
         decode_request(get).check(self.limits)  # before any file is written
         with request_files(get, self.limits, self.params["upload_dir"]) as files:
-            inputs = prepare_inputs(self.imagebind, files, limits=self.limits)
-        return {clips_name(m): clips for m, clips in inputs.items()}
+            media = decode_request(get, files).dialogue.inputs()
+            inputs = prepare_media(self.imagebind, media, limits=self.limits)
+        rows: dict[str, list[np.ndarray]] = {}
+        for modality, clips in inputs:
+            rows.setdefault(modality, []).append(clips)
+        return {clips_name(m): np.concatenate(r) for m, r in rows.items()}
