@@ -63,16 +63,22 @@ class Temperature(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def pretrain_imagebind(model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True) -> dict[str, float]:
+TRUNKS = {"vision": ("image", "video", "video"), "audio": ("audio",)}  # videos twice as often as images: a
+# video's motion is a smaller part of what its caption says
+
+
+def pretrain_imagebind(
+    model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True, trunks: tuple[str, ...] = tuple(TRUNKS)
+) -> dict[str, float]:
     """The vision trunk on images and videos in turn, then the audio trunk, each against captions;
-    `settings` per trunk."""
+    `settings` per trunk; `trunks` picks which are trained (benchmarks/audio_probe.py --retrain)."""
     encoder = model.encoder
     out_dim = model.config["imagebind"]["out_embed_dim"]
     gen = torch.Generator().manual_seed(seed)
-    siblings = video_siblings(data)
+    siblings = {m: sibling_lists(data, m) for m in SIBLINGS}
     results = {}
-    # videos twice as often as images: a video's motion is a smaller part of what its caption says
-    for trunk, modalities in (("vision", ("image", "video", "video")), ("audio", ("audio",))):
+    for trunk in trunks:
+        modalities = TRUNKS[trunk]
         captions = [c for m in modalities for c in data.captions[m]]
         tower, temperature = CaptionTower(captions, 64, out_dim), Temperature()
         parts = [encoder.modality_preprocessors[trunk], encoder.modality_trunks[trunk], encoder.modality_heads[trunk]]
@@ -95,24 +101,31 @@ def pretrain_imagebind(model: NextGPT, data: WorldData, settings: dict[str, Any]
 
 
 SCENE = ("shape", "colour", "background")  # what two videos of a hard pair share
+# per modality, what the media of a hard batch share: videos differ only in motion, sounds only in pitch
+SIBLINGS = {"video": SCENE, "audio": ("sound", "register")}
 
 
-def video_siblings(data: WorldData) -> list[list[int]]:
-    """Per train video, the other train videos of the same scene (they differ only in motion)."""
-    scenes: dict[tuple[str, ...], list[int]] = {}
-    keys = [tuple(a[k] for k in SCENE) for a in data.combos["video"]]
+def sibling_lists(data: WorldData, modality: str) -> list[list[int]]:
+    """Per train medium, the other train media that share its SIBLINGS attributes (they differ only in
+    the one attribute left: a video's motion, a sound's pitch)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    keys = [tuple(a[k] for k in SIBLINGS[modality]) for a in data.combos[modality]]
     for i, key in enumerate(keys):
-        scenes.setdefault(key, []).append(i)
-    return [[j for j in scenes[key] if j != i] for i, key in enumerate(keys)]
+        groups.setdefault(key, []).append(i)
+    return [[j for j in groups[key] if j != i] for i, key in enumerate(keys)]
 
 
-def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, siblings: list[list[int]]) -> Tensor:
+def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, siblings: dict[str, list[list[int]]]) -> Tensor:
     """Distinct media of one modality. Videos come in pairs that differ only in their motion where the
     split has both: a random batch of 128 rarely holds two such videos, so InfoNCE would barely need the
-    motion (a linear probe read it from 70% of held-out videos when batches were random)."""
+    motion (a linear probe read it from 70% of held-out videos when batches were random). Sounds come
+    in whole pitch groups (`_sibling_groups`)."""
     index = torch.randperm(data.count(modality), generator=gen)
+    if modality == "audio":
+        return _sibling_groups(index, siblings["audio"], size)
     if modality != "video":
         return index[:size]
+    siblings = siblings["video"]
     picked: list[int] = []
     seen: set[int] = set()
     for i in index.tolist():
@@ -124,6 +137,23 @@ def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, sibl
         pair = [i, others[int(torch.randint(len(others), (), generator=gen))]] if others else [i]
         picked += pair
         seen.update(pair)
+    return torch.tensor(picked[:size])
+
+
+def _sibling_groups(index: Tensor, siblings: list[list[int]], size: int) -> Tensor:
+    """Whole groups of siblings (a kind and register at every pitch the split has), in the order of
+    their first member in `index`, up to `size` media: the batch's negatives are then mostly the same
+    sound at another pitch, which the caption must be told apart by."""
+    picked: list[int] = []
+    seen: set[int] = set()
+    for i in index.tolist():
+        if i in seen:
+            continue
+        group = [i, *siblings[i]]
+        picked += group
+        seen.update(group)
+        if len(picked) >= size:
+            break
     return torch.tensor(picked[:size])
 
 
