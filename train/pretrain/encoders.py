@@ -49,6 +49,23 @@ class CaptionTower(nn.Module):
         return F.normalize(self.out(x), dim=-1)
 
 
+class AttributeHeads(nn.Module):
+    """A linear classifier per attribute of a modality's media (the world's ground truth), read from the
+    trunk's embedding and discarded after stage 0. InfoNCE against whole captions lets the trunk
+    memorise each train sound as a whole: the held-out pitch probe stayed at chance with varied
+    renders and pitch-group batches (docs/evaluation.md). A target of its own per attribute makes
+    the trunk keep pitch as a feature shared across kinds and registers."""
+
+    def __init__(self, combos: list[dict[str, str]], width: int) -> None:
+        super().__init__()
+        self.values = {k: sorted({a[k] for a in combos}) for k in combos[0]}
+        self.labels = {k: torch.tensor([v.index(a[k]) for a in combos]) for k, v in self.values.items()}
+        self.heads = nn.ModuleDict({k: nn.Linear(width, len(v)) for k, v in self.values.items()})
+
+    def forward(self, embeds: Tensor, index: Tensor) -> Tensor:
+        return sum(F.cross_entropy(head(embeds), self.labels[k][index]) for k, head in self.heads.items()) / len(self.heads)
+
+
 class Temperature(nn.Module):
     """CLIP's learnable logit scale, from 1/0.07, capped at 100."""
 
@@ -81,15 +98,21 @@ def pretrain_imagebind(
         modalities = TRUNKS[trunk]
         captions = [c for m in modalities for c in data.captions[m]]
         tower, temperature = CaptionTower(captions, 64, out_dim), Temperature()
+        weight = settings[trunk].get("attribute_weight", 0.0)
+        heads = nn.ModuleDict({m: AttributeHeads(data.combos[m], out_dim) for m in set(modalities)}) if weight else None
         parts = [encoder.modality_preprocessors[trunk], encoder.modality_trunks[trunk], encoder.modality_heads[trunk]]
 
-        def loss(step: int, trunk: str = trunk, modalities: tuple[str, ...] = modalities, tower: CaptionTower = tower, temperature: Temperature = temperature) -> dict[str, Tensor]:
+        def loss(step: int, trunk: str = trunk, modalities: tuple[str, ...] = modalities, tower: CaptionTower = tower, temperature: Temperature = temperature, heads: nn.ModuleDict | None = heads, weight: float = weight) -> dict[str, Tensor]:
             modality = modalities[step % len(modalities)]
             index = _batch(data, modality, settings[trunk]["batch"], gen, siblings)
-            embeds = _embed(encoder, data, modality, index, gen)
-            return {"loss": temperature(F.normalize(embeds, dim=-1), tower([data.captions[modality][i] for i in index]))}
+            embeds = F.normalize(_embed(encoder, data, modality, index, gen), dim=-1)
+            terms = {"nce": temperature(embeds, tower([data.captions[modality][i] for i in index]))}
+            if heads is not None:
+                terms["attributes"] = heads[modality](embeds, index)
+            return {"loss": terms["nce"] + weight * terms.get("attributes", 0.0), **terms}
 
-        params = [p for part in (*parts, tower, temperature) for p in part.parameters()]
+        extra = [] if heads is None else [heads]
+        params = [p for part in (*parts, tower, temperature, *extra) for p in part.parameters()]
         for part in parts:
             part.requires_grad_(True).train()
         results[trunk] = fit(params, loss, settings[trunk], f"stage 0: imagebind {trunk}", progress)["loss"]
