@@ -77,3 +77,14 @@ def mixed_projector_build(tmp_path_factory, mixed_projector_dir):
 
     out = tmp_path_factory.mktemp("mixed_engines") / "tiny"
     return out, build(mixed_projector_dir, out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def conversation_world(tmp_path_factory) -> Path:
+    """Held-out conversations of the world, one of each kind: two samples per follow-up task."""
+    from train.conversations import write_conversations
+    from train.synthetic import write_world
+
+    root = write_world(tmp_path_factory.mktemp("conversation_world"), counts={"heldout": {"image": 1}}, progress=False)
+    write_conversations(root, 0, {"heldout": {"ask": 1, "compare": 1, "transform": 1, "switch": 1}}, progress=False)
+    return root

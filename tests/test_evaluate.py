@@ -8,7 +8,9 @@ import pytest
 
 from train import synthetic
 from runtime.request import Response
-from train.evaluate import LENIENT, TASKS, EvaluationError, Sample, check_judges, evaluate, main, read_answer, samples, score
+from train.evaluate import (
+    FOLLOW_UP_TASKS, LENIENT, TASKS, EvaluationError, Sample, check_judges, evaluate, main, read_answer, samples, score, summarise,
+)
 from train.judges import DEFAULT_JUDGES, HEADS, SILENT_RMS, TRUST, accuracy, load_judges, rms_below_a_world_sound
 
 SPLITS = synthetic.combination_splits(0)
@@ -163,3 +165,47 @@ def test_cli_refuses_what_it_cannot_evaluate(tiny_build, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: Triton at 127.0.0.1:1") and err.count("\n") == 1
     assert not (tmp_path / "r.json").exists()
+
+
+
+def test_follow_ups_are_asked_turn_by_turn_and_judged_on_the_last_answer(reference, judges, conversation_world):
+    rates = {"audio": float(reference.config["decoders"]["audio"]["sample_rate"])}
+    verdicts = evaluate(reference, conversation_world, judges, rates, None, steps=2, progress=False, follow_ups=True)
+    assert set(FOLLOW_UP_TASKS) <= set(verdicts)
+    by_kind = {v["kind"]: v for task in FOLLOW_UP_TASKS for v in verdicts[task]}
+    assert set(by_kind) == {"ask", "compare", "transform", "switch"}
+    assert len(by_kind["compare"]["history"]) == 2 and len(by_kind["ask"]["history"]) == 1  # every earlier turn answered
+    for v in verdicts["followup_x_to_text"]:
+        assert len(v["right"]) == 1  # the one attribute the follow-up asks about
+    for v in verdicts["followup_text_to_x"]:
+        assert v["present_with_output"] and v["asked"] in ("image", "video", "audio")
+        assert set(v["right"]) == set(HEADS[v["asked"]])  # every attribute of the asked-for combination
+    summary = summarise(verdicts, judges)
+    assert all(summary[t]["n"] == 2 and summary[t]["accuracy"] is not None for t in FOLLOW_UP_TASKS)
+    assert summary["image_to_text"]["n"] == 1  # the single-turn tasks as before
+
+
+def test_a_follow_up_answer_is_read_strictly():
+    from train.conversations import read_follow_up
+
+    a = {"shape": "circle", "colour": "red", "background": "blue", "position": "left"}
+    assert read_follow_up("it is red", "image", "colour", a) == "red"
+    assert read_follow_up("it is red or blue", "image", "colour", a) is None  # two answers are none
+    assert read_follow_up("the background is blue", "image", "background", a) == "blue"
+    assert read_follow_up("it is blue", "image", "background", a) is None  # not the background's answer form
+    sound = {"sound": "tone", "pitch": "a", "register": "low"}
+    assert read_follow_up("it is a", "audio", "pitch", sound) == "a"
+    assert read_follow_up("it is a sharp", "audio", "pitch", sound) == "a sharp"
+    assert read_follow_up("it is a low sound", "audio", "register", sound) == "low"
+
+
+def test_backends_give_the_same_follow_up_verdicts(tiny_build, reference, judges, conversation_world):
+    from runtime.pipeline import Any2AnyPipeline
+
+    rates = {"audio": float(reference.config["decoders"]["audio"]["sample_rate"])}
+    got = evaluate(Any2AnyPipeline(tiny_build[0]), conversation_world, judges, rates, None, steps=2, progress=False, follow_ups=True)
+    expected = evaluate(reference, conversation_world, judges, rates, None, steps=2, progress=False, follow_ups=True)
+    for task in FOLLOW_UP_TASKS:
+        assert [(v["history"], v["token_ids"], v["seen"], v["correct"]) for v in got[task]] == [
+            (v["history"], v["token_ids"], v["seen"], v["correct"]) for v in expected[task]
+        ], task

@@ -14,7 +14,7 @@ from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import _crops, _phases, rescale_latents
 from train.pretrain.diffusion import init_from_image_part, jitter
-from train.pretrain.encoders import SCENE, _batch, video_siblings
+from train.pretrain.encoders import SCENE, _batch, sibling_lists
 from train.pretrain.loop import fit
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
@@ -78,7 +78,7 @@ def test_the_language_part_needs_the_imagebind_part_first(fresh):
 
 def test_video_batches_pair_videos_that_differ_only_in_motion(fresh):
     data = WorldData(fresh.config, seed=0, progress=False)  # combinations only: nothing is rendered
-    siblings = video_siblings(data)
+    siblings = {m: sibling_lists(data, m) for m in ("video", "audio")}
     index = _batch(data, "video", 128, torch.Generator().manual_seed(0), siblings).tolist()
     assert len(set(index)) == len(index) == 128
     combos = [data.combos["video"][i] for i in index]
@@ -86,6 +86,24 @@ def test_video_batches_pair_videos_that_differ_only_in_motion(fresh):
     assert sum(all(a[k] == b[k] for k in SCENE) and a["motion"] != b["motion"] for a, b in pairs) >= 0.8 * len(pairs)
     images = _batch(data, "image", 128, torch.Generator().manual_seed(0), siblings).tolist()
     assert len(set(images)) == 128
+
+
+def test_sound_batches_are_whole_groups_that_differ_only_in_pitch(fresh):
+    data = WorldData(fresh.config, seed=0, progress=False)  # combinations only: nothing is rendered
+    siblings = {m: sibling_lists(data, m) for m in ("video", "audio")}
+    index = _batch(data, "audio", 48, torch.Generator().manual_seed(0), siblings).tolist()
+    assert len(set(index)) == len(index) == 48
+    combos = [data.combos["audio"][i] for i in index]
+    groups = {(a["sound"], a["register"]) for a in combos}
+    assert len(groups) <= 6  # 115 sounds in 12 groups of about 10: a batch of 48 holds few groups
+    def members(key: tuple[str, str], among: list[dict]) -> list[str]:
+        return [a["pitch"] for a in among if (a["sound"], a["register"]) == key]
+
+    assert all(len(set(members(key, combos))) == len(members(key, combos)) for key in groups)  # pitch tells them apart
+    complete = [key for key in groups if len(members(key, combos)) == len(members(key, data.combos["audio"]))]
+    assert len(complete) >= len(groups) - 1  # every group whole but the one the batch size cuts
+    other = _batch(data, "audio", 48, torch.Generator().manual_seed(1), siblings).tolist()
+    assert other != index
 
 
 def test_latent_rescaling_is_exact(fresh, data):
@@ -184,7 +202,8 @@ def test_stage_0_is_seeded(fresh):
 def test_the_recipe_ends_in_the_embedded_checkpoint_s_layout(tmp_path, tiny_dir):
     config = {"seed": 0, "limit": 4, **{k: v for k, v in _settings(2).items() if k in PARTS}}
     counts = {"train": {"image": 8, "video": 8, "audio": 8, "text_to_image": 8, "text_to_video": 8, "text_to_audio": 8}}
-    rows = reproduce(tmp_path / "out", tmp_path / "work", 0, config, max_steps=2, counts=counts, progress=False)
+    talks = {"train": {"ask": 1, "compare": 1, "transform": 1, "switch": 1}}
+    rows = reproduce(tmp_path / "out", tmp_path / "work", 0, config, max_steps=2, counts=counts, progress=False, conversation_counts=talks)
     assert [r["stage"] for r in rows] == ["init", *(f"0 {p}" for p in PARTS), "world", "1", "2", "3"]
     out = tmp_path / "out"
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())

@@ -94,6 +94,23 @@ def test_task_verdicts_over_grpc_equal_the_runtime(client, runtime_ort, heldout_
         ], task
 
 
+def test_follow_up_verdicts_over_grpc_equal_the_runtime(client, runtime_ort, conversation_world):
+    """The follow-up tasks asked turn by turn over gRPC (the conversation and the media of all its
+    turns on the wire): every answer, the judged one and the history, as in process."""
+    from train.evaluate import FOLLOW_UP_TASKS, evaluate
+    from train.judges import DEFAULT_JUDGES, load_judges
+
+    judges = load_judges(DEFAULT_JUDGES)
+    rates = {"audio": float(runtime_ort.config["decoders"]["audio"]["sample_rate"])}
+    got = evaluate(client.infer, conversation_world, judges, rates, None, seed=SEED, steps=2, progress=False, follow_ups=True)
+    want = evaluate(runtime_ort, conversation_world, judges, rates, None, seed=SEED, steps=2, progress=False, follow_ups=True)
+    for task in FOLLOW_UP_TASKS:
+        assert len(want[task]) == 2
+        assert [(v["history"], v["token_ids"], v["seen"], v["correct"]) for v in got[task]] == [
+            (v["history"], v["token_ids"], v["seen"], v["correct"]) for v in want[task]
+        ], task
+
+
 def unet_requests(url, name="sd_unet"):
     """How many requests the UNet model has answered (each denoising step of a loop is one)."""
     import tritonclient.grpc as grpcclient

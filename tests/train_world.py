@@ -8,9 +8,10 @@ from train.embed_captions import embed_captions
 from train.presets import WORLD
 from train.synthetic import write_world
 
-# the world with one record per rendered medium: without the recipe's extra requests and descriptions
+# the world with one record per rendered medium, each a plain render (tests/test_world_variation.py tests
+# the varied ones): without the recipe's extra requests and descriptions
 # of every sound (eight more records per sound), which the tests' record counts leave out
-PLAIN_WORLD = dict(WORLD, every_request=[], every_description=[])
+PLAIN_WORLD = dict(WORLD, every_request=[], every_description=[], varied=None)
 # per stage, train records whose task keeps exactly one batch of 4, plus a held-out record that must be ignored
 STAGE_COUNTS = {
     1: {"image": 2, "audio": 1, "video": 1},

@@ -5,11 +5,12 @@
 - `signal` (stage 2): a record with a caption and one medium becomes, as in the reference,
   `### Human: {caption}\\n### Assistant: [IMG0]..[IMG3]\\n###`, with the caption's embedding by that
   medium's decoder text encoder as the projector's target.
-- `dialogue` (stage 3): the record's own turns; an answer that carries a signal-token run targets the
-  record's caption embedding.
+- `dialogue` (stage 3): the record's own turns, each turn's input media before its text, each medium
+  its own `<Img>[mm]</Img>` span; the last answer that carries a signal-token run targets the record's
+  caption embedding (an earlier run is history: LM loss only).
 
-The prompt is built by `runtime.prompt.conversation_prompt` (every input medium its own
-`<Img>[mm]</Img>` span in the first turn) and the media read by `runtime.inputs`, the code the serving side runs, so training and serving see the same token ids and the same ImageBind input.
+The prompt is built by `runtime.prompt.conversation_prompt` and the media read by `runtime.inputs`, the code
+the serving side runs, so training and serving see the same token ids and the same ImageBind input.
 Records that do not fit the task are dropped at construction and counted by reason.
 """
 from __future__ import annotations
@@ -29,21 +30,28 @@ from torch.utils.data import Dataset
 from runtime import media as media_io
 from runtime.inputs import prepare_inputs
 from runtime.conversation import Medium, Turn
-from runtime.inputs import INPUT_MODALITIES
 from runtime.prompt import PromptError, conversation_prompt
 from runtime.signals import SignalVocab
-from train.data.records import MODALITIES, Record
+from train.data.records import MODALITIES, Record, all_inputs, turn_inputs
 from train.mel import mel_target
 
 IGNORE = -100  # label of a position that carries no loss (prompt, padding), as torch's cross_entropy
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One input medium of an example: the position of its `[mm]` token and the file ImageBind reads."""
+
+    position: int
+    modality: str
+    path: Path
 
 
 @dataclass
 class Example:
     ids: list[int]
     labels: list[int]
-    media_positions: list[int]  # one per input, in the order of `inputs`
-    inputs: dict[str, Path]  # modality -> file fed to ImageBind, in prompt order
+    media: list[Slot]  # in dialogue order, each its own position
     targets: dict[str, tuple[int, Tensor]] = field(default_factory=dict)  # modality -> (run start, caption embedding)
     gen_media: dict[str, Path] = field(default_factory=dict)  # modality -> file whose latents the gen loss denoises
 
@@ -63,15 +71,14 @@ class Tokens:
     def run_text(self, modality: str) -> str:
         return "".join(self.tokenizer.convert_ids_to_tokens(self.vocab.runs[modality]))
 
-    def dialogue(self, turns: Sequence[dict[str, str]], media: Sequence[str] = ()) -> tuple[list[int], list[int], list[int]]:
-        """Token ids, labels (the answers only, each closed by the stop marker) and the media slots:
-        the record's turns as a conversation whose first turn has one input of each of `media`."""
-        first = [Medium(m, Path()) for m in media]
-        conversation = [
-            turn
-            for n, t in enumerate(turns)
-            for turn in (Turn.user(t["human"], first if n == 0 else ()), Turn.assistant(t["assistant"]))
-        ]
+    def dialogue(self, turns: Sequence[dict[str, Any]], media: Sequence[str] = ()) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, labels (the answers only, each closed by the stop marker) and the media slots,
+        in order: record turns as a conversation whose first turn has one input of each of `media`
+        and each later turn those of its own `inputs` (train/data/records.py)."""
+        conversation = []
+        for n, t in enumerate(turns):
+            modalities = media if n == 0 else list(t.get("inputs", {}))
+            conversation += [Turn.user(t["human"], [Medium(m, Path()) for m in modalities]), Turn.assistant(t["assistant"])]
         prompt = conversation_prompt(conversation, self.template, self.encode, self.bos_id, self.tokenizer.unk_token_id)
         labels = [IGNORE] * len(prompt.ids)
         for start, end in prompt.answers:
@@ -110,8 +117,12 @@ class RecordDataset(Dataset):
         # `cache_media`: decoded, preprocessed media kept after their first read (a small data set
         # trained for many epochs; the inputs feed the frozen encoder and never change)
         self.cache: dict[int, dict[str, Any]] = {}
+        skipped = set(train_config.get("skip_sources") or [])
         for record in records:
             if record.split != "train":
+                continue
+            if record.source in skipped:
+                self.dropped[f"{record.source} records (skip_sources)"] += 1
                 continue
             example = self._example(record)
             if isinstance(example, str):
@@ -125,7 +136,7 @@ class RecordDataset(Dataset):
 
     def _example(self, record: Record) -> Example | str:
         """The record as an example, or the reason it does not fit."""
-        missing = [p for p in (*record.inputs.values(), *record.outputs.values()) if not (self.root / p).is_file()]
+        missing = [p for p in (*all_inputs(record), *record.outputs.values()) if not (self.root / p).is_file()]
         if missing:
             return "missing media file"
         builder = {"caption": self._caption, "signal": self._signal, "dialogue": self._dialogue}[self.task]
@@ -140,7 +151,7 @@ class RecordDataset(Dataset):
         return example
 
     def _target(self, record: Record, modality: str, ids: list[int]) -> dict[str, tuple[int, Tensor]] | str:
-        start = self.tokens.vocab.completed(ids).get(modality)
+        start = last_run(self.tokens.vocab.runs[modality], ids)
         if start is None:
             return f"answer has no complete {modality} run"
         table = self.embeddings.get(modality)
@@ -152,19 +163,21 @@ class RecordDataset(Dataset):
         path = record.outputs.get(modality) or record.inputs.get(modality)
         return {modality: self.root / path} if modality in self.gen_modalities and path else {}
 
-    def _inputs(self, record: Record) -> dict[str, Path]:
-        """The record's input files in the project's input order, the order of their media slots."""
-        return {m: self.root / record.inputs[m] for m in INPUT_MODALITIES if m in record.inputs}
+    def _media(self, positions: list[int], media: list[dict[str, str]]) -> list[Slot]:
+        files = [(m, self.root / path) for turn in media for m, path in turn.items()]
+        return [Slot(pos, m, path) for pos, (m, path) in zip(positions, files, strict=True)]
 
     def _caption(self, record: Record) -> Example | str:
         if not record.inputs:
             return "no input media"
         if not record.caption:
             return "no caption"
+        first, *later = turn_inputs(record)
+        if any(later):
+            return "media on several turns"  # which medium would the one caption describe?
         turn = {"human": self.train_config["caption_prompt"], "assistant": record.caption}
-        inputs = self._inputs(record)
-        ids, labels, positions = self.tokens.dialogue([turn], list(inputs))
-        return Example(ids, labels, positions, inputs)
+        ids, labels, positions = self.tokens.dialogue([turn], list(first))
+        return Example(ids, labels, self._media(positions, [first]))
 
     def _signal(self, record: Record) -> Example | str:
         modality = _media_of(record)
@@ -175,12 +188,13 @@ class RecordDataset(Dataset):
         target = self._target(record, modality, ids)
         if isinstance(target, str):
             return target
-        return Example(ids, labels, [], {}, target, self._gen(record, modality))
+        return Example(ids, labels, [], target, self._gen(record, modality))
 
     def _dialogue(self, record: Record) -> Example | str:
-        inputs = self._inputs(record)
-        ids, labels, positions = self.tokens.dialogue(record.turns, list(inputs))
-        example = Example(ids, labels, positions, inputs)
+        media = turn_inputs(record)
+        turns = [{**t, "inputs": m} for t, m in zip(record.turns, media, strict=True)]
+        ids, labels, positions = self.tokens.dialogue(turns, list(media[0]))
+        example = Example(ids, labels, self._media(positions, media))
         if record.target in MODALITIES:
             if not record.caption:
                 return "media answer without caption"
@@ -197,9 +211,12 @@ class RecordDataset(Dataset):
         if index in self.cache:
             return self.cache[index]
         example = self.examples[index]
-        inputs = prepare_inputs(self.config["imagebind"], example.inputs)
+        # one medium at a time: two media of one modality (two pictures on two turns) are two inputs
+        inputs = [
+            torch.from_numpy(prepare_inputs(self.config["imagebind"], {m.modality: m.path})[m.modality]) for m in example.media
+        ]
         gen = {m: self._gen_target(m, path) for m, path in example.gen_media.items()}
-        item = {"example": example, "inputs": {m: torch.from_numpy(x) for m, x in inputs.items()}, "gen": gen}
+        item = {"example": example, "inputs": inputs, "gen": gen}
         if self.train_config.get("cache_media"):
             self.cache[index] = item
         return item
@@ -217,6 +234,13 @@ class RecordDataset(Dataset):
         frames, _ = media_io.read_video(path)
         pick = np.linspace(0, len(frames) - 1, section["frames"]).round().astype(int)
         return torch.stack([_to_unit(frames[i], size) for i in pick], dim=1)
+
+
+def last_run(run: Sequence[int], ids: Sequence[int]) -> int | None:
+    """Start of the last complete `run` in `ids`: the answer a conversation ends with, after earlier
+    runs of the same modality in its history."""
+    n = len(run)
+    return next((s for s in range(len(ids) - n, -1, -1) if list(ids[s : s + n]) == list(run)), None)
 
 
 def _to_unit(image: np.ndarray, size: tuple[int, int]) -> Tensor:
@@ -249,7 +273,9 @@ def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "ids": ids,
         "labels": labels,
         "attention_mask": mask,
-        "media": [list(zip(e.inputs, e.media_positions)) for e in examples],  # (modality, position) per input
-        "inputs": [item["inputs"] for item in items],
+        # per row, each medium's (position, modality, ImageBind input)
+        "media": [
+            [(m.position, m.modality, x) for m, x in zip(item["example"].media, item["inputs"], strict=True)] for item in items
+        ],
         "targets": targets,
     }

@@ -16,6 +16,8 @@ X→text only).
 A verdict is strict: an answer is right when every attribute its caption or request states is right
 (an image's shape, colour, position and background; a video's shape, colour, motion and background;
 a sound's kind, pitch and register). `lenient_accuracy` is the older subset, named as such.
+With `--set world` the follow-up tasks run too (FOLLOW_UP_TASKS: the world's held-out
+conversations, train/conversations.py, asked turn by turn with the model's own answers as history).
 
 JSON: {"tasks": {"image_to_text": {"accuracy": 0.93, "lenient_accuracy": 0.98, "n": 60,
 "attributes": {"shape": 1.0, ...}, ...}, ...}, "judges": {...},
@@ -38,10 +40,11 @@ if __package__ in (None, ""):  # run as a script: the repository root first, not
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from runtime.cli import add_backend, add_url, make_parser
+from runtime.conversation import Conversation, Medium, Turn
 from runtime.manifest import Build, ManifestError, read_manifest
 from runtime.request import Request, Response
-from train import foreign, synthetic
-from train.data.records import Record, read_records
+from train import conversations, foreign, synthetic
+from train.data.records import Record, read_records, turn_inputs
 from train.judges import DEFAULT_JUDGES, Judge, load_judges
 
 TASKS = {  # task → (input modality or None, output modality or None)
@@ -62,6 +65,15 @@ LENIENT = {
     "text_to_image": ("shape", "colour"),
     "text_to_audio": ("sound",),
     "text_to_video": ("motion",),
+}
+# Follow-up tasks: the world's held-out conversations (train/conversations.py), asked turn by turn,
+# each answer the model's own and kept as history, the last one judged. X→text: the follow-up
+# question's one attribute, read with the world's answer grammar. text→X: the judge reads the medium
+# of the last answer, every attribute of the changed (or switched) combination; lenient: the changed
+# attribute alone.
+FOLLOW_UP_TASKS = {
+    "followup_x_to_text": conversations.FOLLOW_UP_X_TO_TEXT,
+    "followup_text_to_x": conversations.FOLLOW_UP_TEXT_TO_X,
 }
 PRESET = "tiny"  # the synthetic world is the tiny preset's world
 Answer = Callable[[Request], Response]
@@ -150,6 +162,57 @@ def score(sample: Sample, answer: Response, forced: Response | None, judges: dic
     verdict["right"] = {h: seen.get(h) == truth[h] for h in truth}
     verdict["correct"] = all(verdict["right"].values())
     verdict["lenient"] = all(verdict["right"][h] for h in LENIENT[sample.task])
+    verdict["asked"] = asked
+    return verdict
+
+
+def follow_up_samples(world: Path, per_task: int | None) -> dict[str, list[Record]]:
+    """The held-out conversations of each follow-up task, in file order, at most `per_task` each."""
+    records = [r for r in read_records(world / conversations.RECORDS_FILE) if r.split == "heldout"]
+    return {task: [r for r in records if r.attributes["kind"] in kinds][:per_task] for task, kinds in FOLLOW_UP_TASKS.items()}
+
+
+def converse(answer: Answer, record: Record, world: Path, seed: int, steps: int | None) -> tuple[list[Response], Response | None]:
+    """The record's user turns asked one by one, each answer the model's own and kept as history
+    (its text and ids, signal runs included); returns every answer and, when the last lacks the
+    asked-for modality, the last asked again with `--output`."""
+    conversation, replies = Conversation(), []
+    for turn, media in zip(record.turns, turn_inputs(record), strict=True):
+        if replies:
+            conversation = conversation.then(Turn.assistant(replies[-1].text, replies[-1].token_ids))
+        conversation = conversation.then(Turn.user(turn["human"], [Medium(m, world / p) for m, p in media.items()]))
+        replies.append(answer(Request(conversation=conversation, seed=seed, steps=steps)))
+    forced = None
+    if record.target != "text":
+        forced = replies[-1] if record.target in replies[-1].media else answer(
+            Request(conversation=conversation, output=record.target, seed=seed, steps=steps)
+        )
+    return replies, forced
+
+
+def score_follow_up(record: Record, replies: list[Response], forced: Response | None, judges: dict[str, Judge], rates: dict[str, float]) -> dict[str, Any]:
+    """A follow-up's verdict, on its last answer (the earlier ones are kept for comparison)."""
+    kind, modality, last = record.attributes["kind"], record.attributes["modality"], replies[-1]
+    subject = record.target if record.target != "text" else modality
+    truth = {h: record.attributes[h] for h in conversations.HEADS[subject]}
+    verdict: dict[str, Any] = {
+        "id": record.id, "kind": kind, "text": last.text, "token_ids": list(last.token_ids),
+        "history": [{"text": r.text, "token_ids": list(r.token_ids)} for r in replies[:-1]],
+    }
+    if record.target == "text":
+        asked = record.attributes["asks"]
+        seen = {asked: conversations.read_follow_up(last.text, modality, asked, record.attributes)}
+        truth = {asked: truth[asked]}
+    else:
+        verdict["present"] = record.target in last.media and last.media[record.target].size > 0
+        medium = forced.media.get(record.target) if forced is not None else None
+        verdict["present_with_output"] = medium is not None and medium.size > 0
+        seen = judges[record.target].judge(medium, rates.get(record.target)) if verdict["present_with_output"] else {}
+    verdict["seen"] = seen
+    verdict["right"] = {h: seen.get(h) == truth[h] for h in truth}
+    verdict["correct"] = all(verdict["right"].values())
+    verdict["lenient"] = verdict["right"][record.attributes["changes"]] if record.target != "text" else verdict["correct"]
+    verdict["asked"] = None if record.target == "text" else record.target
     return verdict
 
 
@@ -164,17 +227,19 @@ def check_judges(judges: dict[str, Judge]) -> None:
 def summarise(verdicts: dict[str, list[dict[str, Any]]], judges: dict[str, Judge]) -> dict[str, Any]:
     tasks = {}
     for task, rows in verdicts.items():
-        asked = TASKS[task][1]
-        counts = asked is None or judges[asked].trusted
+        asked = sorted({r["asked"] for r in rows} - {None})  # the modalities judges read
+        untrusted = [m for m in asked if not judges[m].trusted]
+        counts = not untrusted
         entry: dict[str, Any] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if counts and rows else None, "n": len(rows)}
         if counts and rows:
             entry["lenient_accuracy"] = float(np.mean([r["lenient"] for r in rows]))
-            entry["attributes"] = {head: float(np.mean([r["right"][head] for r in rows])) for head in rows[0]["right"]}
+            heads = list(dict.fromkeys(h for r in rows for h in r["right"]))  # a follow-up asks about one
+            entry["attributes"] = {h: float(np.mean([r["right"][h] for r in rows if h in r["right"]])) for h in heads}
         if asked:
             entry["present"] = float(np.mean([r["present"] for r in rows])) if rows else None
             entry["present_with_output"] = float(np.mean([r["present_with_output"] for r in rows])) if rows else None
             if not counts:
-                entry["note"] = f"the {asked} judge is not trusted"
+                entry["note"] = f"the {', '.join(untrusted)} judge is not trusted"
         entry["samples"] = rows
         tasks[task] = entry
     return tasks
@@ -190,9 +255,16 @@ def evaluate(
     steps: int | None = None,
     progress: bool = True,
     records_file: Path = synthetic.RECORDS_FILE,
+    follow_ups: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Verdicts per task, for the tasks the set has samples of."""
+    """Verdicts per task, for the tasks the set has samples of; with `follow_ups`, the follow-up
+    tasks on the world's conversations too."""
     verdicts: dict[str, list[dict[str, Any]]] = {}
+    if follow_ups:
+        chosen = [(task, r) for task, rs in follow_up_samples(world, per_task).items() for r in rs]
+        for task, record in tqdm(chosen, desc="follow-ups", unit="conversation", disable=not progress):
+            replies, forced = converse(answer, record, world, seed, steps)
+            verdicts.setdefault(task, []).append(score_follow_up(record, replies, forced, judges, rates))
     for s in tqdm(samples(world, per_task, records_file), desc="evaluate", unit="sample", disable=not progress):
         files = {TASKS[s.task][0]: s.file} if s.file else {}
         req = Request(prompt=s.prompt, files=files, seed=seed, steps=steps)
@@ -270,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         root, records_file = foreign.ensure_foreign(progress=not args.quiet), foreign.RECORDS_FILE
     else:
         root, records_file = synthetic.ensure_world(args.seed, progress=not args.quiet), synthetic.RECORDS_FILE
+        conversations.ensure_conversations(root, args.seed, progress=not args.quiet)
     rates = {"audio": float(build.config["decoders"]["audio"]["sample_rate"])}
     try:
-        verdicts = evaluate(answer, root, judges, rates, args.samples, args.seed, args.steps, not args.quiet, records_file)
+        verdicts = evaluate(
+            answer, root, judges, rates, args.samples, args.seed, args.steps, not args.quiet, records_file, args.set == "world"
+        )
     finally:
         close()
     result = {
@@ -287,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         acc = "untrusted judge" if entry["accuracy"] is None else f"{entry['accuracy']:.1%} (lenient {entry['lenient_accuracy']:.1%})"
         present = f"  present {entry['present']:.0%} / with --output {entry['present_with_output']:.0%}" if "present" in entry else ""
         heads = ", ".join(f"{h} {v:.0%}" for h, v in entry.get("attributes", {}).items())
-        print(f"{task:14s} {acc:>16s}  n={entry['n']}{present}  ({heads})")
+        print(f"{task:18s} {acc:>16s}  n={entry['n']}{present}  ({heads})")
     return 0
 
 

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -48,10 +46,10 @@ ASPECTS = (0.5, 2.0)
 VIDEO_SIDE = (96, 256)
 VIDEO_FPS = (6, 8, 10, 12, 15, 24)
 VIDEO_SECONDS = (0.75, 2.0)
-VIDEO_CODECS = {".mp4": ["-c:v", "libx264", "-pix_fmt", "yuv420p"], ".webm": ["-c:v", "libvpx-vp9", "-b:v", "0", "-crf", "32", "-pix_fmt", "yuv420p"]}
+VIDEO_CODECS = synthetic.VIDEO_CODECS
 LEVELS_DBFS = (-20.0, -3.0)
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000)
-AUDIO_CODECS = {".wav": ["-c:a", "pcm_s16le"], ".mp3": ["-c:a", "libmp3lame", "-q:a", "2"], ".ogg": ["-c:a", "libvorbis", "-q:a", "5"]}
+AUDIO_CODECS = synthetic.AUDIO_CODECS
 VERSION = 1  # bump when what is drawn changes for the same seed, so caches are rebuilt
 
 
@@ -63,10 +61,7 @@ Colours = tuple[tuple[int, int, int], tuple[int, int, int]]  # the shape's and t
 
 def colours(a: dict[str, str], rng: np.random.Generator) -> Colours:
     """The shape's and the background's colour, each jittered within its name's range."""
-    def jitter(name: str) -> tuple[int, int, int]:
-        return tuple(int(np.clip(c + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255)) for c in synthetic.RGB[name])
-
-    return jitter(a["colour"]), jitter(a["background"])
+    return synthetic.jitter_colour(a["colour"], rng, COLOUR_JITTER), synthetic.jitter_colour(a["background"], rng, COLOUR_JITTER)
 
 
 def draw_picture(a: dict[str, str], width: int, height: int, offset: tuple[float, float], scale: float, fill: Colours) -> np.ndarray:
@@ -99,10 +94,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: f
 
 def _frame_size(rng: np.random.Generator, sides: tuple[int, int]) -> tuple[int, int]:
     """(width, height) with the long side in `sides` and an aspect ratio within ASPECTS."""
-    long = int(rng.integers(sides[0], sides[1] + 1))
-    aspect = float(np.exp(rng.uniform(np.log(ASPECTS[0]), np.log(ASPECTS[1]))))
-    w, h = (long, round(long / aspect)) if aspect >= 1 else (round(long * aspect), long)
-    return w - w % 2, h - h % 2  # even: yuv420p video needs it
+    return synthetic.frame_size(rng, sides, ASPECTS)
 
 
 def _jittered(place: tuple[float, float], rng: np.random.Generator) -> tuple[float, float]:
@@ -137,7 +129,7 @@ def write_video(path: Path, a: dict[str, str], rng: np.random.Generator) -> Path
     path = path.with_suffix(suffix)
     video = draw_video(a, width, height, frames, rng)
     command = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", *VIDEO_CODECS[suffix], str(path)]
-    _ffmpeg(command, video.tobytes())
+    synthetic.ffmpeg(command, video.tobytes())
     return path
 
 
@@ -168,15 +160,8 @@ def write_sound(path: Path, a: dict[str, str], rng: np.random.Generator) -> Path
     channels = int(rng.integers(1, 3))
     path = path.with_suffix(suffix)
     source = f"aevalsrc=exprs='{sound_expression(a, peak)}':s={rate}:d=1"
-    _ffmpeg(["-f", "lavfi", "-i", source, "-ac", str(channels), *AUDIO_CODECS[suffix], str(path)])
+    synthetic.ffmpeg(["-f", "lavfi", "-i", source, "-ac", str(channels), *AUDIO_CODECS[suffix], str(path)])
     return path
-
-
-def _ffmpeg(args: list[str], stdin: bytes | None = None) -> None:
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args]
-    done = subprocess.run(command, input=stdin, capture_output=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"ffmpeg failed on {args[-1]}: {done.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 # ---------------------------------------------------------------- the set

@@ -462,11 +462,41 @@ WORLD: dict[str, Any] = {
     "every_description": ["audio"],
     # render variants per held-out combination (synthetic.render_variant) where combinations are few
     "heldout_renders": {"audio": 5},
+    # how the train split's input media vary (synthetic.draw_look), as a user's files do: a medium of an
+    # X→text train record is rendered this way with probability `fraction`, else plainly; held-out media
+    # and what the decoders learn to draw stay plain (docs/training.md)
+    "varied": {
+        "fraction": 0.75,
+        "image_long_side": (48, 1024),
+        "aspects": (0.5, 2.0),  # width / height
+        "scale": (0.65, 1.35),  # the shape's size against the plain render's
+        "jitter": 0.06,  # of the centred square's side, around the named place (0.25 from the centre)
+        "colour_jitter": 16,  # per channel: each colour stays nearest its own name (the closest two, yellow and orange, are 83 apart; a jitter moves one by at most 28)
+        "noise": (0.0, 6.0),  # Gaussian, in 8-bit levels
+        "antialias": 4,  # supersampled edges, fewer where the long side passes 512 (memory)
+        "image_formats": (".png", ".jpg", ".webp"),
+        "quality": (70, 95),  # JPEG and WebP
+        "video_long_side": (48, 160),
+        "video_fps": (4, 6, 8, 12, 15),  # one second of frames at each
+        "video_formats": (".mp4", ".webm", ".gif"),
+        "levels_dbfs": (-35.0, 0.0),  # a sound's peak
+        "sample_rates": (8000, 11025, 16000, 22050, 32000, 44100, 48000),
+        "cents": 20.0,  # detuning, either way
+        "noise_dbfs": (-70.0, -45.0),  # white noise's RMS
+        "audio_formats": (".wav", ".mp3", ".ogg"),
+    },
     "counts": {
         # every combination of the train split is rendered once (1344 images, 1612 videos, 115 sounds),
         # as is every held-out sound (29 of 144)
         "train": {"image": 700, "video": 800, "audio": 57, "text_to_image": 644, "text_to_video": 812, "text_to_audio": 58},
         # 60 a task, so one sample is under 2 points; the 29 held-out sounds are rendered 5 times each
         "heldout": {"image": 60, "video": 60, "audio": 60, "text_to_image": 60, "text_to_video": 60, "text_to_audio": 60},
+    },
+    # multi-turn conversations per kind (train/conversations.py), written beside the world's records;
+    # stage 3 trains on the train ones with the single-turn records. Held out: 60 per follow-up task
+    # (ask + compare: follow-up X→text; transform + switch: follow-up text→X)
+    "conversations": {
+        "train": {"ask": 300, "compare": 150, "transform": 450, "switch": 150},
+        "heldout": {"ask": 40, "compare": 20, "transform": 45, "switch": 15},
     },
 }

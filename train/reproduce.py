@@ -5,7 +5,8 @@
 1. `make_tiny`: every architecture with seeded random weights and the world's tokenizers;
 2. stage 0 (train/pretrain, train/configs/stage_0.yaml): ImageBind, the LLM, the decoders' text
    encoders, VAEs, vocoder and UNets pre-trained on the synthetic world's train split;
-3. the synthetic world written to WORK/world and its captions embedded by the stage-0 text encoders;
+3. the synthetic world and its conversations (train/conversations.py) written to WORK/world, and
+   their captions embedded by the stage-0 text encoders;
 4. stages 1, 2 and 3 (train/train.py with train/configs/recipe/stage_{1,2,3}.yaml: the stage configs,
    trained longer) on it;
 5. the last checkpoint copied to OUT, and a closing table (stage, time, final losses) printed and
@@ -30,6 +31,7 @@ import torch
 
 from runtime.cli import add_force, make_parser, refuse_non_empty
 from train import train as stage_runner
+from train.conversations import write_conversations
 from train.embed_captions import embed_captions
 from train.make_tiny import make_tiny
 from train.model import NextGPT, save_checkpoint
@@ -63,9 +65,11 @@ def reproduce(
     max_steps: int | None = None,
     counts: Counts | None = None,
     progress: bool = True,
+    conversation_counts: Counts | None = None,
 ) -> list[dict[str, Any]]:
     """The whole recipe; returns the closing table's rows. `stage0` replaces the stage-0 settings,
-    `max_steps` caps every stage-1-3 run and `counts` the world's records (both for quick checks)."""
+    `max_steps` caps every stage-1-3 run, `counts` and `conversation_counts` the world's records and
+    conversations (for quick checks)."""
     out, work = Path(out), Path(work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -82,6 +86,7 @@ def reproduce(
     del model
     started = time.perf_counter()
     world = write_world(work / "world", seed, counts, progress=progress)
+    write_conversations(world, seed, conversation_counts, progress=progress)
     embed_captions(checkpoint, world, progress=progress)
     rows.append({"stage": "world", "seconds": time.perf_counter() - started, "losses": {}})
     for stage in STAGES:

@@ -138,24 +138,27 @@ class StageModel(nn.Module):
         self.noise = {m: DDPMScheduler.from_config(model.decoders[m]["scheduler"].config) for m in self.gen_modalities}
         self.class_labels = {m: takes_class_labels(model.config["decoders"][m]) for m in self.gen_modalities}
 
-    def media_token(self, modality: str, clips: Tensor) -> Tensor:
-        """(1, H): an input's ImageBind embedding (frozen) through the input projection."""
+    def media_tokens(self, modality: str, clips: Tensor) -> Tensor:
+        """(N, H): N inputs' ImageBind embeddings (frozen) through the input projection."""
         encoder = self.model.encoder
         with torch.no_grad():
             pooled = encoder.encode_audio(clips) if modality == "audio" else encoder.encode_vision(clips)
         return self.model.input_projection(pooled)
 
     def embed(self, batch: dict[str, Any]) -> Tensor:
-        """Token embeddings with each input's media token at its own position."""
+        """The token embeddings with every input medium's token at its own position; the media of
+        one modality are encoded together."""
         embeds = self.model.embed_tokens(batch["ids"])
-        slots = [(r, m, p) for r, media in enumerate(batch["media"]) for m, p in media]
-        if not slots:
+        placed = [(row, pos, modality, clips) for row, media in enumerate(batch["media"]) for pos, modality, clips in media]
+        if not placed:
             return embeds
-        tokens = torch.cat([self.media_token(m, batch["inputs"][r][m]) for r, m, _ in slots]).to(embeds.dtype)
-        rows = torch.tensor([r for r, _, _ in slots], device=embeds.device)
-        positions = torch.tensor([p for _, _, p in slots], device=embeds.device)
         embeds = embeds.clone()
-        embeds[rows, positions] = tokens
+        for modality in sorted({p[2] for p in placed}):
+            mine = [p for p in placed if p[2] == modality]
+            tokens = self.media_tokens(modality, torch.cat([p[3] for p in mine])).to(embeds.dtype)
+            rows = torch.tensor([p[0] for p in mine], device=embeds.device)
+            positions = torch.tensor([p[1] for p in mine], device=embeds.device)
+            embeds[rows, positions] = tokens
         return embeds
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -25,13 +25,17 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from runtime import media
@@ -68,7 +72,7 @@ SOURCE = "synthetic"
 RECORDS_FILE = Path("records") / f"{SOURCE}.jsonl"
 Counts = dict[str, dict[str, int]]  # {split: {record kind: how many}}
 # bump when the world's content changes for the same seed and sizes, so caches are rebuilt
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 DESCRIBE = {
     "image": ("describe this image", "what is in the picture?", "what do you see?"),
@@ -89,11 +93,8 @@ EXT = {"image": ".png", "video": ".mp4", "audio": ".wav"}
 # ---------------------------------------------------------------- drawing
 
 
-def _shape_mask(kind: str, size: int, centre: tuple[float, float], scale: float) -> np.ndarray:
-    """Boolean (size, size) mask of one shape; `centre` in pixels, `scale` times a fifth of the frame."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float64)
-    dy, dx = yy - centre[0], xx - centre[1]
-    r = scale * size / 5
+def _shape_mask(kind: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
+    """Whether each point (`dy`, `dx` pixels from the shape's centre, broadcast) lies in the shape of radius `r`."""
     dist = np.hypot(dy, dx)
     if kind == "circle":
         return dist <= r
@@ -110,15 +111,42 @@ def _shape_mask(kind: str, size: int, centre: tuple[float, float], scale: float)
     raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
 
 
+def _coverage(kind: str, height: int, width: int, centre: tuple[float, float], r: float, antialias: int) -> np.ndarray:
+    """float (height, width): the part of each pixel the shape covers, from `antialias`² points per
+    pixel; with one point (the plain render) the pixel's own position, so 0 or 1."""
+    sub = (np.arange(antialias) + 0.5) / antialias - 0.5
+    ys = (np.arange(height)[:, None] + sub).reshape(-1, 1) - centre[0]
+    xs = (np.arange(width)[:, None] + sub).reshape(1, -1) - centre[1]
+    mask = _shape_mask(kind, ys, xs, r)
+    return mask.reshape(height, antialias, width, antialias).mean(axis=(1, 3))
+
+
+Colour = tuple[int, int, int]
+
+
 def draw_shape(
-    kind: str, colour: str, background: str, size: int, offset: tuple[float, float], scale: float = 1.0
+    kind: str,
+    colour: str,
+    background: str,
+    size: int,
+    offset: tuple[float, float],
+    scale: float = 1.0,
+    *,
+    height: int | None = None,
+    fill: Colour | None = None,
+    back: Colour | None = None,
+    antialias: int = 1,
 ) -> np.ndarray:
-    """One shape on a plain background, uint8 (size, size, 3); `offset` is a fraction of the frame."""
-    img = np.empty((size, size, 3), np.uint8)
-    img[:] = RGB[background]
-    centre = ((0.5 + offset[0]) * size, (0.5 + offset[1]) * size)
-    img[_shape_mask(kind, size, centre, scale)] = RGB[colour]
-    return img
+    """One shape on a plain background, uint8 (height, size, 3), by default square. `offset` (down,
+    right) and the radius (`scale` times a fifth) are fractions of the frame's centred square, the part
+    the model's resize and centre crop keeps, so a named place stays true at any aspect ratio. `fill`
+    and `back` replace the named colours' RGB; `antialias` points per pixel side smooth the edges."""
+    height = height or size
+    side = min(size, height)
+    centre = ((0.5 + offset[0]) * side + (height - side) / 2, (0.5 + offset[1]) * side + (size - side) / 2)
+    cover = _coverage(kind, height, size, centre, scale * side / 5, antialias)[..., None]
+    fg, bg = (np.array(c, np.float64) for c in (fill or RGB[colour], back or RGB[background]))
+    return np.round(bg + cover * (fg - bg)).astype(np.uint8)
 
 
 Offset = tuple[float, float]
@@ -132,10 +160,15 @@ def motion_path(start: Offset, end: Offset, s0: float, s1: float, frames: int) -
     ]
 
 
-def shape_video(kind: str, colour: str, background: str, motion: str, size: int, frames: int) -> np.ndarray:
-    """A shape following one of MOTIONS, uint8 (frames, size, size, 3)."""
-    path = motion_path(*MOTIONS[motion], frames)
-    return np.stack([draw_shape(kind, colour, background, size, offset, scale) for offset, scale in path])
+def shape_video(
+    kind: str, colour: str, background: str, motion: str, size: int, frames: int, shift: Offset = (0.0, 0.0), scale: float = 1.0, **look: Any
+) -> np.ndarray:
+    """A shape following one of MOTIONS, uint8 (frames, height, size, 3); `shift` moves its whole path,
+    `scale` its size, and `look` goes to every frame's `draw_shape`."""
+    start, end, s0, s1 = MOTIONS[motion]
+    start, end = (start[0] + shift[0], start[1] + shift[1]), (end[0] + shift[0], end[1] + shift[1])
+    path = motion_path(start, end, s0 * scale, s1 * scale, frames)
+    return np.stack([draw_shape(kind, colour, background, size, offset, s, **look) for offset, s in path])
 
 
 def shape_image(colour: str, background: str, size: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -181,11 +214,19 @@ def _fade(wave: np.ndarray, rate: int) -> np.ndarray:
 
 
 def sound(
-    kind: str, pitch: str, register: str, seconds: float, rate: int, amplitude: float = AMPLITUDE, phase: float = 0.0
+    kind: str,
+    pitch: str,
+    register: str,
+    seconds: float,
+    rate: int,
+    amplitude: float = AMPLITUDE,
+    phase: float = 0.0,
+    cents: float = 0.0,
 ) -> np.ndarray:
     """A float32 waveform: a tone at the pitch, an octave chirp from (rising) or down to (falling) it,
-    or a rhythm of four short beeps at it; `phase` (radians) is where its sine starts."""
-    f = pitch_hz(pitch, register)
+    or a rhythm of four short beeps at it; `phase` (radians) is where its sine starts, `cents` how far
+    it is detuned."""
+    f = pitch_hz(pitch, register) * 2 ** (cents / 1200)
     t = np.arange(int(seconds * rate)) / rate
     if kind == "tone":
         wave = np.sin(2 * np.pi * f * t + phase)
@@ -319,20 +360,29 @@ class _Item:
     modality: str
     attributes: dict[str, str]
     variant: int = 0  # which render of the combination (render_variant); 0 is the plain one
+    look: Look | None = None  # a varied train render (draw_look); None is the plain one
 
 
 def _items(
-    kind: str, split: str, combos: list[tuple[dict[str, str], int]], rng: np.random.Generator, multi_fraction: float
+    kind: str, split: str, combos: list[tuple[dict[str, str], int]], rng: np.random.Generator, seed: int, world: dict[str, Any]
 ) -> list[_Item]:
-    """One record per (combination, render variant)."""
+    """One record per (combination, render variant). The medium of an X→text train record gets a
+    varied look, drawn from the seed and the record's id alone (not `rng`), so the records and media
+    of every other kind and split are those of the plain world."""
     modality = kind.removeprefix("text_to_")
     to_text = kind == modality
     items = []
     for i, (a, variant) in enumerate(combos):
-        multi = bool(rng.random() < multi_fraction)
+        multi = bool(rng.random() < world["multi_turn_fraction"])
         turns = (_x_to_text_turns if to_text else _text_to_x_turns)(modality, a, rng, multi)
-        items.append(_item(f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}", split, modality, to_text, turns, a, variant=variant))
+        rid = f"{SOURCE}-{split}-{kind.replace('_', '-')}-{i:05d}"
+        look = draw_look(modality, a, _look_rng(seed, rid), world) if to_text and split == "train" else None
+        items.append(_item(rid, split, modality, to_text, turns, a, variant=variant, look=look))
     return items
+
+
+def _look_rng(seed: int, rid: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(rid.encode())])
 
 
 def _item(
@@ -344,9 +394,11 @@ def _item(
     a: dict[str, str],
     path: str | None = None,
     variant: int = 0,
+    look: Look | None = None,
 ) -> _Item:
-    """One record of combination `a`; its medium at `path`, by default a file of its own named by its id."""
-    path = path or f"{modality}/{rid}{EXT[modality]}"
+    """One record of combination `a`; its medium at `path`, by default a file of its own named by its
+    id, in its look's format."""
+    path = path or f"{modality}/{rid}{look.suffix if look else EXT[modality]}"
     record = Record(
         id=rid,
         source=SOURCE,
@@ -358,7 +410,7 @@ def _item(
         caption=CAPTION[modality](a),
         attributes=dict(a),
     )
-    return _Item(record, modality, a, variant)
+    return _Item(record, modality, a, variant, look)
 
 
 def _every_phrasing_items(modality: str, rendered: list[_Item], to_text: bool) -> list[_Item]:
@@ -369,7 +421,7 @@ def _every_phrasing_items(modality: str, rendered: list[_Item], to_text: bool) -
     phrasings = _descriptions if to_text else _requests
     asks = [(item, turns) for item in rendered for turns in phrasings(modality, item.attributes)]
     return [
-        _item(f"{prefix}-{i:05d}", "train", modality, to_text, turns, item.attributes, _medium(item.record), item.variant)
+        _item(f"{prefix}-{i:05d}", "train", modality, to_text, turns, item.attributes, _medium(item.record), item.variant, item.look)
         for i, (item, turns) in enumerate(asks)
     ]
 
@@ -423,7 +475,7 @@ def _plan(seed: int, counts: Counts | None, world: dict[str, Any]) -> list[_Item
                 )
             combos = pool[taken[modality] : taken[modality] + n]
             taken[modality] += n
-            items += _items(kind, split, combos, rng, world["multi_turn_fraction"])
+            items += _items(kind, split, combos, rng, seed, world)
         if split == "train":
             rendered = list(items)
             for key, to_text in (("every_request", False), ("every_description", True)):
@@ -465,8 +517,152 @@ def render(modality: str, a: dict[str, str], world: dict[str, Any] = WORLD) -> n
     return sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], world["sample_rate"])
 
 
-def write_medium(path: Path, modality: str, a: dict[str, str], world: dict[str, Any] = WORLD, variant: int = 0) -> None:
-    """One combination's medium (`render_variant`) in the world's file format (PNG, MP4, WAV)."""
+# ---------------------------------------------------------------- varied train renders
+
+# the ffmpeg binary's encoders for the formats PIL and runtime.media do not write
+VIDEO_CODECS = {".mp4": ["-c:v", "libx264", "-pix_fmt", "yuv420p"], ".webm": ["-c:v", "libvpx-vp9", "-b:v", "0", "-crf", "32", "-pix_fmt", "yuv420p"]}
+AUDIO_CODECS = {".wav": ["-c:a", "pcm_s16le"], ".mp3": ["-c:a", "libmp3lame", "-q:a", "2"], ".ogg": ["-c:a", "libvorbis", "-q:a", "5"]}
+# without it the OGG and WebM muxers write a random stream serial and the like: the same seed must give the same bytes
+BITEXACT = ["-fflags", "+bitexact"]
+
+
+@dataclass(frozen=True)
+class Look:
+    """How one train medium is rendered beyond its attributes (`draw_look`): its file format, the
+    keyword arguments of the world's own drawing or sound function, and what is added after it."""
+
+    suffix: str
+    draw: dict[str, Any]
+    noise: float = 0.0  # images: Gaussian σ in 8-bit levels; sounds: the noise's RMS
+    seed: int = 0  # of the noise
+    quality: int = 0  # JPEG and WebP
+    fps: float = 0.0  # videos
+    channels: int = 1  # sounds
+
+
+def frame_size(rng: np.random.Generator, sides: tuple[int, int], aspects: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) with the long side in `sides` and width / height within `aspects`, both even
+    (yuv420p video needs it)."""
+    long = int(rng.integers(sides[0], sides[1] + 1))
+    aspect = float(np.exp(rng.uniform(np.log(aspects[0]), np.log(aspects[1]))))
+    w, h = (long, round(long / aspect)) if aspect >= 1 else (round(long * aspect), long)
+    return w - w % 2, h - h % 2
+
+
+def jitter_colour(name: str, rng: np.random.Generator, amount: int) -> Colour:
+    """The named colour with each channel moved by up to `amount`."""
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in RGB[name])
+
+
+def draw_look(modality: str, a: dict[str, str], rng: np.random.Generator, world: dict[str, Any] = WORLD) -> Look | None:
+    """A varied look for one train medium of combination `a` (`world["varied"]`), or None (the plain
+    render) with probability 1 - fraction."""
+    varied = world.get("varied")
+    if not varied or rng.random() >= varied["fraction"]:
+        return None
+    return _LOOKS[modality](a, rng, varied)
+
+
+def _shape_look(a: dict[str, str], rng: np.random.Generator, v: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    """draw_shape's arguments beyond the attributes: frame, size, colours and edges."""
+    return {
+        "size": width,
+        "height": height,
+        "scale": float(rng.uniform(*v["scale"])),
+        "fill": jitter_colour(a["colour"], rng, v["colour_jitter"]),
+        "back": jitter_colour(a["background"], rng, v["colour_jitter"]),
+        # supersampling costs antialias² points a pixel: fewer above 512 pixels, where an edge is a small part anyway
+        "antialias": int(max(1, min(v["antialias"], 2048 // max(width, height)))),
+    }
+
+
+def _jitter(rng: np.random.Generator, v: dict[str, Any]) -> Offset:
+    return float(rng.uniform(-v["jitter"], v["jitter"])), float(rng.uniform(-v["jitter"], v["jitter"]))
+
+
+def _image_look(a: dict[str, str], rng: np.random.Generator, v: dict[str, Any]) -> Look:
+    width, height = frame_size(rng, v["image_long_side"], v["aspects"])
+    dy, dx = _jitter(rng, v)
+    place = POSITIONS[a["position"]]
+    draw = {**_shape_look(a, rng, v, width, height), "offset": (place[0] + dy, place[1] + dx)}
+    quality = int(rng.integers(v["quality"][0], v["quality"][1] + 1))
+    return Look(str(rng.choice(v["image_formats"])), draw, float(rng.uniform(*v["noise"])), int(rng.integers(1 << 31)), quality)
+
+
+def _video_look(a: dict[str, str], rng: np.random.Generator, v: dict[str, Any]) -> Look:
+    width, height = frame_size(rng, v["video_long_side"], v["aspects"])
+    fps = int(rng.choice(v["video_fps"]))
+    draw = {**_shape_look(a, rng, v, width, height), "shift": _jitter(rng, v), "frames": fps}  # one second
+    return Look(str(rng.choice(v["video_formats"])), draw, fps=float(fps))
+
+
+def _sound_look(a: dict[str, str], rng: np.random.Generator, v: dict[str, Any]) -> Look:
+    draw = {
+        "rate": int(rng.choice(v["sample_rates"])),
+        "amplitude": float(10 ** (rng.uniform(*v["levels_dbfs"]) / 20)),
+        "phase": float(rng.uniform(0, 2 * np.pi)),
+        "cents": float(rng.uniform(-v["cents"], v["cents"])),
+    }
+    noise = float(10 ** (rng.uniform(*v["noise_dbfs"]) / 20))
+    return Look(str(rng.choice(v["audio_formats"])), draw, noise, int(rng.integers(1 << 31)), channels=int(rng.integers(1, 3)))
+
+
+_LOOKS: dict[str, Callable[[dict[str, str], np.random.Generator, dict[str, Any]], Look]] = {
+    "image": _image_look, "video": _video_look, "audio": _sound_look,
+}
+
+
+def render_look(modality: str, a: dict[str, str], look: Look, world: dict[str, Any] = WORLD) -> np.ndarray:
+    """Combination `a` drawn by the world's own functions with `look`'s arguments, noise added: an
+    image, a video, or a waveform at look.draw["rate"] (channels last when stereo)."""
+    noise = np.random.default_rng(look.seed)
+    if modality == "image":
+        image = draw_shape(a["shape"], a["colour"], a["background"], **look.draw)
+        return np.clip(np.round(image + noise.normal(0.0, look.noise, image.shape)), 0, 255).astype(np.uint8)
+    if modality == "video":
+        return shape_video(a["shape"], a["colour"], a["background"], a["motion"], **look.draw)
+    wave = sound(a["sound"], a["pitch"], a["register"], world["audio_seconds"], **look.draw)
+    wave = np.clip(wave + noise.normal(0.0, look.noise, wave.shape), -1.0, 1.0).astype(np.float32)
+    return np.repeat(wave[:, None], look.channels, axis=1) if look.channels > 1 else wave
+
+
+def write_look(path: Path, modality: str, a: dict[str, str], look: Look, world: dict[str, Any] = WORLD) -> None:
+    """`render_look` in look.suffix's format (`path` must carry it)."""
+    data = render_look(modality, a, look, world)
+    if modality == "image":
+        if look.suffix == ".png":
+            media.write_png(path, data)
+        else:
+            Image.fromarray(data).save(path, quality=look.quality)
+    elif modality == "video":
+        if look.suffix in media.WRITTEN_VIDEO_SUFFIXES:
+            media.write_video(path, data, fps=look.fps)
+        else:
+            raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{data.shape[2]}x{data.shape[1]}", "-r", str(look.fps), "-i", "-"]
+            ffmpeg([*raw, *VIDEO_CODECS[look.suffix], *BITEXACT, str(path)], data.tobytes())
+    elif look.suffix == ".wav" and look.channels == 1:
+        media.write_wav(path, data, look.draw["rate"])
+    else:
+        raw = ["-f", "f32le", "-ar", str(look.draw["rate"]), "-ac", str(look.channels), "-i", "-"]
+        ffmpeg([*raw, *AUDIO_CODECS[look.suffix], *BITEXACT, str(path)], np.ascontiguousarray(data, "<f4").tobytes())
+
+
+def ffmpeg(args: list[str], stdin: bytes | None = None) -> None:
+    """The ffmpeg binary on `args` (its last is the output), quietly; a failure raises with its message."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args]
+    done = subprocess.run(command, input=stdin, capture_output=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"ffmpeg failed on {args[-1]}: {done.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+def write_medium(
+    path: Path, modality: str, a: dict[str, str], world: dict[str, Any] = WORLD, variant: int = 0, look: Look | None = None
+) -> None:
+    """One combination's medium: with a `look`, `write_look`'s; else `render_variant`'s in the world's
+    file format (PNG, MP4, WAV)."""
+    if look is not None:
+        write_look(path, modality, a, look, world)
+        return
     data = render_variant(modality, a, variant, world)
     if modality == "image":
         media.write_png(path, data)
@@ -508,7 +704,7 @@ def write_world(
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(entry: tuple[str, _Item]) -> None:
-        write_medium(root / entry[0], entry[1].modality, entry[1].attributes, world, entry[1].variant)
+        write_medium(root / entry[0], entry[1].modality, entry[1].attributes, world, entry[1].variant, entry[1].look)
 
     map_media(write, media.items(), f"synthetic world (seed {seed})", progress)
     write_records(root / RECORDS_FILE, (item.record for item in items))

@@ -46,6 +46,7 @@ from train.embed_captions import embed_captions
 from train.llm import lora_state_dict
 from train.model import NextGPT, load_checkpoint
 from train.stages import StageModel, merge_signal_rows, set_trainable
+from train.conversations import ensure_conversations
 from train.synthetic import ensure_world
 from train.train_config import ConfigError, load_config
 
@@ -78,9 +79,10 @@ def open_embeddings(root: Path, config: dict[str, Any]) -> dict[str, CaptionEmbe
 
 
 def default_data(checkpoint: Path, needs_embeddings: bool, progress: bool) -> Path:
-    """The synthetic world at seed 0, generated into its cache on first use (train/synthetic.py), with
-    the caption embeddings of `checkpoint`'s text encoders (a no-op when they are there already)."""
+    """The synthetic world at seed 0 and its conversations, generated into its cache on first use
+    (train/synthetic.py, train/conversations.py), with the caption embeddings of `checkpoint`'s text encoders (a no-op when they are there already)."""
     root = ensure_world(seed=0, progress=progress)
+    ensure_conversations(root, seed=0, progress=progress)
     if needs_embeddings:
         embed_captions(checkpoint, root, progress=progress)
     return root

@@ -19,7 +19,7 @@ TRAINABLE = ("input_projection", "projectors", "signal_rows", "lora")
 KEYS = {
     "seed", "epochs", "batch_size", "grad_accum", "max_length", "optimizer", "clip_grad_norm", "schedule",
     "mixed_precision", "save_every", "caption_prompt", "loss", "presets", "task", "train", "extends", "cache_media",
-    "repeat",
+    "repeat", "skip_sources",
 }
 
 
@@ -64,6 +64,9 @@ def _check(config: dict[str, Any], where: Path) -> None:
     repeat = config.get("repeat") or {}
     if not isinstance(repeat, dict) or any(m not in MODALITIES or not isinstance(n, int) or n < 1 for m, n in repeat.items()):
         raise ConfigError(f"{where}: repeat maps image, video or audio to a positive integer, got {repeat!r}")
+    skip = config.get("skip_sources") or []
+    if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
+        raise ConfigError(f"{where}: skip_sources is a list of record sources, got {skip!r}")
     loss = config["loss"]
     if loss["gen_loss"] and not set(loss["gen_modalities"]) <= set(MODALITIES):
         raise ConfigError(f"{where}: gen_modalities are image, video and audio, got {loss['gen_modalities']!r}")

@@ -12,9 +12,12 @@
  "attributes": {"shape": "circle"}}   optional labels of the media (the synthetic world's ground truth)
 ```
 An assistant turn that answers with media carries the run literally, e.g. `[IMG0][IMG1][IMG2][IMG3]`.
-A human turn holds no media placeholder: the prompt template puts the record's input media before
-the first turn's text. A record has at most one caption, whose embedding is the target of its
-(last) signal-token run, or of its input medium's caption when it answers in text.
+A human turn holds no media placeholder: the prompt template puts each turn's media before its text.
+The record's `inputs` are the first turn's media; a later turn gives its own as an optional
+`"inputs": {"image": "..."}` in that turn (a conversation that shows a second picture on turn 2), so
+a record written before turns had media reads as it did. A record has at most one caption, whose
+embedding is the target of its last signal-token run, or of its input medium's caption when it
+answers in text.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class Record:
     id: str
     source: str
     split: str
-    turns: list[dict[str, str]]
+    turns: list[dict[str, Any]]  # human, assistant and, after the first, optionally inputs
     target: str = "text"
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -75,6 +78,34 @@ def _check_media(name: str, media: Any) -> None:
             raise RecordError(f"{name}.{modality}: {path!r} is not a path relative to the data root")
 
 
+def turn_inputs(record: Record) -> list[dict[str, str]]:
+    """Each turn's input media, in turn order: the record's `inputs` are the first turn's. Within a
+    turn in MODALITIES order, the order the runtime gives a request's files (runtime.conversation.media_of)."""
+    media = [record.inputs if i == 0 else turn.get("inputs", {}) for i, turn in enumerate(record.turns)]
+    return [{m: turn[m] for m in MODALITIES if m in turn} for turn in media]
+
+
+def all_inputs(record: Record) -> list[str]:
+    """Every input medium's path, in the order the dialogue gives them."""
+    return [path for media in turn_inputs(record) for path in media.values()]
+
+
+def _check_turns(record: Record) -> None:
+    if not isinstance(record.turns, list) or not record.turns:
+        raise RecordError("turns must be a non-empty list")
+    for i, turn in enumerate(record.turns):
+        if not isinstance(turn, dict) or not {"human", "assistant"} <= set(turn) <= {"human", "assistant", "inputs"}:
+            raise RecordError(f"turns[{i}] must have exactly 'human', 'assistant' and optionally 'inputs'")
+        if not isinstance(turn["human"], str) or not isinstance(turn["assistant"], str) or not turn["assistant"].strip():
+            raise RecordError(f"turns[{i}]: texts must be strings and the answer non-empty")
+        if "inputs" in turn:
+            _check_media(f"turns[{i}].inputs", turn["inputs"])
+            if not turn["inputs"]:
+                raise RecordError(f"turns[{i}].inputs is empty: leave it out")
+            if i == 0:
+                raise RecordError("turns[0].inputs: the first turn's media are the record's inputs")
+
+
 def validate(record: Record) -> None:
     if not isinstance(record.id, str) or not ID_PATTERN.match(record.id):
         raise RecordError(f"id {record.id!r} is not [A-Za-z0-9._-], at most 128 characters")
@@ -84,14 +115,8 @@ def validate(record: Record) -> None:
         raise RecordError(f"split {record.split!r} is not one of {SPLITS}")
     if record.target not in TARGETS:
         raise RecordError(f"target {record.target!r} is not one of {TARGETS}")
-    if not isinstance(record.turns, list) or not record.turns:
-        raise RecordError("turns must be a non-empty list")
-    for i, turn in enumerate(record.turns):
-        if not isinstance(turn, dict) or set(turn) != {"human", "assistant"}:
-            raise RecordError(f"turns[{i}] must have exactly 'human' and 'assistant'")
-        if not all(isinstance(v, str) for v in turn.values()) or not turn["assistant"].strip():
-            raise RecordError(f"turns[{i}]: texts must be strings and the answer non-empty")
     _check_media("inputs", record.inputs)
+    _check_turns(record)
     _check_media("outputs", record.outputs)
     if not isinstance(record.attributes, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in record.attributes.items()

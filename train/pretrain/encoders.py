@@ -49,6 +49,23 @@ class CaptionTower(nn.Module):
         return F.normalize(self.out(x), dim=-1)
 
 
+class AttributeHeads(nn.Module):
+    """A linear classifier per attribute of a modality's media (the world's ground truth), read from the
+    trunk's embedding and discarded after stage 0. InfoNCE against whole captions lets the trunk
+    memorise each train sound as a whole: the held-out pitch probe stayed at chance with varied
+    renders and pitch-group batches (docs/evaluation.md). A target of its own per attribute makes
+    the trunk keep pitch as a feature shared across kinds and registers."""
+
+    def __init__(self, combos: list[dict[str, str]], width: int) -> None:
+        super().__init__()
+        self.values = {k: sorted({a[k] for a in combos}) for k in combos[0]}
+        self.labels = {k: torch.tensor([v.index(a[k]) for a in combos]) for k, v in self.values.items()}
+        self.heads = nn.ModuleDict({k: nn.Linear(width, len(v)) for k, v in self.values.items()})
+
+    def forward(self, embeds: Tensor, index: Tensor) -> Tensor:
+        return sum(F.cross_entropy(head(embeds), self.labels[k][index]) for k, head in self.heads.items()) / len(self.heads)
+
+
 class Temperature(nn.Module):
     """CLIP's learnable logit scale, from 1/0.07, capped at 100."""
 
@@ -63,27 +80,39 @@ class Temperature(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def pretrain_imagebind(model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True) -> dict[str, float]:
+TRUNKS = {"vision": ("image", "video", "video"), "audio": ("audio",)}  # videos twice as often as images: a
+# video's motion is a smaller part of what its caption says
+
+
+def pretrain_imagebind(
+    model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True, trunks: tuple[str, ...] = tuple(TRUNKS)
+) -> dict[str, float]:
     """The vision trunk on images and videos in turn, then the audio trunk, each against captions;
-    `settings` per trunk."""
+    `settings` per trunk; `trunks` picks which are trained (benchmarks/audio_probe.py --retrain)."""
     encoder = model.encoder
     out_dim = model.config["imagebind"]["out_embed_dim"]
     gen = torch.Generator().manual_seed(seed)
-    siblings = video_siblings(data)
+    siblings = {m: sibling_lists(data, m) for m in SIBLINGS}
     results = {}
-    # videos twice as often as images: a video's motion is a smaller part of what its caption says
-    for trunk, modalities in (("vision", ("image", "video", "video")), ("audio", ("audio",))):
+    for trunk in trunks:
+        modalities = TRUNKS[trunk]
         captions = [c for m in modalities for c in data.captions[m]]
         tower, temperature = CaptionTower(captions, 64, out_dim), Temperature()
+        weight = settings[trunk].get("attribute_weight", 0.0)
+        heads = nn.ModuleDict({m: AttributeHeads(data.combos[m], out_dim) for m in set(modalities)}) if weight else None
         parts = [encoder.modality_preprocessors[trunk], encoder.modality_trunks[trunk], encoder.modality_heads[trunk]]
 
-        def loss(step: int, trunk: str = trunk, modalities: tuple[str, ...] = modalities, tower: CaptionTower = tower, temperature: Temperature = temperature) -> dict[str, Tensor]:
+        def loss(step: int, trunk: str = trunk, modalities: tuple[str, ...] = modalities, tower: CaptionTower = tower, temperature: Temperature = temperature, heads: nn.ModuleDict | None = heads, weight: float = weight) -> dict[str, Tensor]:
             modality = modalities[step % len(modalities)]
             index = _batch(data, modality, settings[trunk]["batch"], gen, siblings)
-            embeds = _embed(encoder, data, modality, index, gen)
-            return {"loss": temperature(F.normalize(embeds, dim=-1), tower([data.captions[modality][i] for i in index]))}
+            embeds = F.normalize(_embed(encoder, data, modality, index, gen), dim=-1)
+            terms = {"nce": temperature(embeds, tower([data.captions[modality][i] for i in index]))}
+            if heads is not None:
+                terms["attributes"] = heads[modality](embeds, index)
+            return {"loss": terms["nce"] + weight * terms.get("attributes", 0.0), **terms}
 
-        params = [p for part in (*parts, tower, temperature) for p in part.parameters()]
+        extra = [] if heads is None else [heads]
+        params = [p for part in (*parts, tower, temperature, *extra) for p in part.parameters()]
         for part in parts:
             part.requires_grad_(True).train()
         results[trunk] = fit(params, loss, settings[trunk], f"stage 0: imagebind {trunk}", progress)["loss"]
@@ -95,24 +124,31 @@ def pretrain_imagebind(model: NextGPT, data: WorldData, settings: dict[str, Any]
 
 
 SCENE = ("shape", "colour", "background")  # what two videos of a hard pair share
+# per modality, what the media of a hard batch share: videos differ only in motion, sounds only in pitch
+SIBLINGS = {"video": SCENE, "audio": ("sound", "register")}
 
 
-def video_siblings(data: WorldData) -> list[list[int]]:
-    """Per train video, the other train videos of the same scene (they differ only in motion)."""
-    scenes: dict[tuple[str, ...], list[int]] = {}
-    keys = [tuple(a[k] for k in SCENE) for a in data.combos["video"]]
+def sibling_lists(data: WorldData, modality: str) -> list[list[int]]:
+    """Per train medium, the other train media that share its SIBLINGS attributes (they differ only in
+    the one attribute left: a video's motion, a sound's pitch)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    keys = [tuple(a[k] for k in SIBLINGS[modality]) for a in data.combos[modality]]
     for i, key in enumerate(keys):
-        scenes.setdefault(key, []).append(i)
-    return [[j for j in scenes[key] if j != i] for i, key in enumerate(keys)]
+        groups.setdefault(key, []).append(i)
+    return [[j for j in groups[key] if j != i] for i, key in enumerate(keys)]
 
 
-def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, siblings: list[list[int]]) -> Tensor:
+def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, siblings: dict[str, list[list[int]]]) -> Tensor:
     """Distinct media of one modality. Videos come in pairs that differ only in their motion where the
     split has both: a random batch of 128 rarely holds two such videos, so InfoNCE would barely need the
-    motion (a linear probe read it from 70% of held-out videos when batches were random)."""
+    motion (a linear probe read it from 70% of held-out videos when batches were random). Sounds come
+    in whole pitch groups (`_sibling_groups`)."""
     index = torch.randperm(data.count(modality), generator=gen)
+    if modality == "audio":
+        return _sibling_groups(index, siblings["audio"], size)
     if modality != "video":
         return index[:size]
+    siblings = siblings["video"]
     picked: list[int] = []
     seen: set[int] = set()
     for i in index.tolist():
@@ -124,6 +160,23 @@ def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, sibl
         pair = [i, others[int(torch.randint(len(others), (), generator=gen))]] if others else [i]
         picked += pair
         seen.update(pair)
+    return torch.tensor(picked[:size])
+
+
+def _sibling_groups(index: Tensor, siblings: list[list[int]], size: int) -> Tensor:
+    """Whole groups of siblings (a kind and register at every pitch the split has), in the order of
+    their first member in `index`, up to `size` media: the batch's negatives are then mostly the same
+    sound at another pitch, which the caption must be told apart by."""
+    picked: list[int] = []
+    seen: set[int] = set()
+    for i in index.tolist():
+        if i in seen:
+            continue
+        group = [i, *siblings[i]]
+        picked += group
+        seen.update(group)
+        if len(picked) >= size:
+            break
     return torch.tensor(picked[:size])
 
 

@@ -18,10 +18,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from runtime import media, preprocess
+from runtime.inputs import prepare_inputs
 from train import synthetic
 from train.mel import clip_wave, mel_target
 
-AUDIO_VARIANTS = 4  # renders per audio combination, at different loudness and noise (115 combinations only)
+AUDIO_VARIANTS = 6  # renders per audio combination: the plain one and varied train looks (115 combinations only)
 
 
 class WorldData:
@@ -80,20 +81,30 @@ class WorldData:
     @cached_property
     def audio_fbank(self) -> Tensor:
         """(N, AUDIO_VARIANTS, 1, 1, mel, frames): one fbank clip per render (a world sound is shorter
-        than a clip, so its clips are all the same)."""
+        than a clip, so its clips are all the same). Render 0 is the plain one; the others are varied
+        train looks (synthetic.draw_look: level, sample rate, channels, MP3/OGG, detuning, noise)
+        written to their files and read back as a user's are, so the trunk hears each pitch a little
+        off and through other front ends, not one fixed spectrum it can memorise (docs/evaluation.md)."""
         audio = self.config["imagebind"]["audio"]
-        rng = np.random.default_rng(self.seed)
-        out = []
-        for wave in self._bar(self._waves(audio["sample_rate"]), "fbank sounds"):
-            variants = []
-            for _ in range(AUDIO_VARIANTS):
-                noisy = wave * rng.uniform(0.3, 1.6) + rng.normal(0, 0.003, wave.shape).astype(np.float32)
-                clip = preprocess.fbank_clips(
-                    [noisy], audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"]
-                )
-                variants.append(clip)
-            out.append(np.stack(variants))
-        return torch.from_numpy(np.stack(out))
+        plain = [
+            preprocess.fbank_clips([w], audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"])
+            for w in self._waves(audio["sample_rate"])
+        ]
+        varied_world = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
+        with tempfile.TemporaryDirectory() as tmp:
+
+            def varied(job: tuple[int, int]) -> np.ndarray:
+                i, v = job
+                a = self.combos["audio"][i]
+                look = synthetic.draw_look("audio", a, np.random.default_rng([self.seed, i, v]), varied_world)
+                path = Path(tmp) / f"{i}-{v}{look.suffix}"
+                synthetic.write_look(path, "audio", a, look)
+                return prepare_inputs(self.config["imagebind"], {"audio": path})["audio"][0, :1]  # (batch, clips, ...): one clip
+
+            jobs = [(i, v) for i in range(self.count("audio")) for v in range(1, AUDIO_VARIANTS)]
+            clips = synthetic.map_media(varied, jobs, "varied sounds", self.progress)
+        per = AUDIO_VARIANTS - 1
+        return torch.from_numpy(np.stack([np.stack([plain[i], *clips[i * per : (i + 1) * per]]) for i in range(len(plain))]))
 
     def _waves(self, rate: int) -> list[np.ndarray]:
         world = {**synthetic.WORLD, "sample_rate": rate}
