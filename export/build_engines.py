@@ -43,7 +43,7 @@ from export.specs import ComponentSpec, component_specs
 from export.tensorrt_build import TIMING_CACHE, build_plan, tensorrt_info
 from runtime.backends import Engine, OrtEngine, OvEngine, TrtEngine, labels_for, require_tensorrt, resolve_backend
 from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
-from runtime.manifest import ManifestError, read_manifest, sha256_tree, write_manifest
+from runtime.manifest import Build, ManifestError, read_manifest, sha256_tree, write_manifest
 from runtime.precision import PRECISIONS, TOLERANCE, compare, rule_for
 from runtime.versions import cpu_flags, installed_version, isa_flags, version_number
 from train.checkpoint import TOKENIZER, part_path
@@ -191,28 +191,40 @@ def _build_int8(
     return out, {f"{spec.name}/{out.name}": error}, info
 
 
+def _fp32_files(spec: ComponentSpec, reference: Build, stage: Path) -> tuple[Path, Path]:
+    """The portable and CPU-fused ONNX of the fp32 build an int8 build calibrates on, copied into
+    the stage: `calibration_calls` checked they are what exporting this checkpoint here would give."""
+    entry = reference.component(spec.name)
+    shutil.copytree(reference.root / spec.name, stage / spec.name, dirs_exist_ok=True)
+    return stage / entry["onnx"], stage / entry["provider_files"]["cpu"]
+
+
 def _build_one(
     spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, verify_at: str,
-    calls: list[Feeds] | None = None, seed: int = 0,
+    calls: list[Feeds] | None = None, seed: int = 0, reference: Build | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The component's files (relative to the build) and each verified file's errors (`verify`);
-    `calls`: the component's recorded feeds an int8 build calibrates on."""
+    `calls`: the component's recorded feeds an int8 build calibrates on, `reference` the fp32 build
+    they were recorded on, whose ONNX files it quantizes."""
     module = build_component(model, spec.name)
-    # an int8 or OpenVINO build starts from the fp32 graph: it quantizes it, or OpenVINO lowers it
-    portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision if backend == "tensorrt" else "fp32")
     io = {"name": spec.name, **spec.to_json()}
     rel = lambda path: f"{spec.name}/{path.name}"  # noqa: E731
-    if backend == "openvino" and precision != "int8":
-        errors = {rel(portable): verify(spec, module, OvEngine(portable, io, precision), precision, verify_at)}
-        return {"onnx": rel(portable), "engine": rel(portable)}, errors
-    if backend == "openvino":
-        engine, errors, info = _build_int8(spec, module, portable, calls or [], backend, seed)
-        return {"onnx": rel(portable), "engine": rel(engine), "quantization": info}, errors
-    if backend == "onnxruntime" and precision == "int8":
-        cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
+    if precision == "int8":
+        if reference is None:
+            raise BuildError(f"{spec.name}: an int8 build quantizes the fp32 build it calibrated on; none was given")
+        portable, cpu = _fp32_files(spec, reference, stage)
+        if backend == "openvino":
+            cpu.unlink()  # OpenVINO quantizes the portable graph; the CPU-fused one is ONNX Runtime's
+            engine, errors, info = _build_int8(spec, module, portable, calls or [], backend, seed)
+            return {"onnx": rel(portable), "engine": rel(engine), "quantization": info}, errors
         engine, errors, info = _build_int8(spec, module, cpu, calls or [], backend, seed)
         # int8 QDQ is for the CPU provider only: the GPU providers run fp32 builds
         return {"onnx": rel(portable), "engine": rel(engine), "provider_files": {"cpu": rel(engine)}, "quantization": info}, errors
+    # an OpenVINO build starts from the fp32 graph: OpenVINO lowers it to the asked precision
+    portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision if backend == "tensorrt" else "fp32")
+    if backend == "openvino":
+        errors = {rel(portable): verify(spec, module, OvEngine(portable, io, precision), precision, verify_at)}
+        return {"onnx": rel(portable), "engine": rel(portable)}, errors
     if backend == "onnxruntime":
         cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
         errors = {rel(f): verify(spec, module, OrtEngine(f, io), precision, verify_at) for f in (cpu, portable)}
@@ -303,6 +315,7 @@ def build(
         shutil.copy2(out / TIMING_CACHE, stage_root / TIMING_CACHE)
     outcomes: list[Outcome] = []
     calls: dict[str, list[Feeds]] | None = None  # recorded once, when the first int8 component needs them
+    reference: Build | None = None
     try:
         for spec in tqdm(chosen, desc="components", unit="component", disable=not progress):
             parts = {p: part_hashes[p] for p in spec.parts}
@@ -313,9 +326,9 @@ def build(
                 continue
             start = time.perf_counter()
             if precision == "int8" and calls is None:
-                calls = calibration_calls(checkpoint, specs, stage_root, calibrate_with, seed, progress)
+                reference, calls = calibration_calls(checkpoint, specs, stage_root, calibrate_with, seed, progress)
             try:
-                files, errors = _build_one(spec, model, stage_root, backend, precision, verify_at, (calls or {}).get(spec.name), seed)
+                files, errors = _build_one(spec, model, stage_root, backend, precision, verify_at, (calls or {}).get(spec.name), seed, reference)
             except BuildError:
                 raise
             except Exception as e:  # an exporter or builder failure: name the component, keep the cause
@@ -342,10 +355,10 @@ def build(
 
 def calibration_calls(
     checkpoint: Path, specs: dict[str, ComponentSpec], stage_root: Path, calibrate_with: Path | None, seed: int, progress: bool
-) -> dict[str, list[Feeds]]:
-    """Every component's feeds while an fp32 onnxruntime build of this checkpoint answers the
-    calibration requests (`export.quantize.calibration_requests`, drawn by `seed`). A given build
-    must be up to date: each engine's build key is the one this checkpoint and code give."""
+) -> tuple[Build, dict[str, list[Feeds]]]:
+    """An fp32 onnxruntime build of this checkpoint, and every component's feeds while it answers
+    the calibration requests (`export.quantize.calibration_requests`, drawn by `seed`). A given
+    build must be up to date: each engine's build key is the one this checkpoint and code give."""
     from train import synthetic
 
     fp32 = calibrate_with
@@ -364,7 +377,7 @@ def calibration_calls(
         if entry["build_key"] != build_key(spec, parts, "onnxruntime", "fp32"):
             raise BuildError(f"--calibrate-with {fp32}: its {name} is stale for {checkpoint} (another checkpoint, code or tools); rebuild it")
     world = synthetic.ensure_world(seed, progress=progress)
-    return record_calibration(fp32, calibration_requests(world, seed), progress)
+    return reference, record_calibration(fp32, calibration_requests(world, seed), progress)
 
 
 def _commit(
