@@ -2,7 +2,7 @@
 
     python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \\
         [--backend onnxruntime|tensorrt|openvino] [--precision fp32|fp16|bf16|int8] [--components a,b] [--force] \\
-        [--calibrate-with engines/tiny] [--seed 0]
+        [--from-fp32 engines/tiny] [--seed 0]
 
 Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers, OpenVINO)
 and, for onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one
@@ -11,8 +11,8 @@ serves the onnxruntime, onnxruntime-cuda and onnxruntime-trt backends.
 Precisions: onnxruntime fp32 | int8 (CPU), openvino fp32 | bf16 | int8, tensorrt fp32 | fp16 | bf16.
 int8 is post-training quantization calibrated on real inputs (export/quantize.py): requests drawn by
 --seed from the synthetic world's training split run through the pipeline on an fp32 onnxruntime
-build (--calibrate-with, else one made in the staging folder), and each component's recorded feeds
-calibrate it (NNCF for openvino, static QDQ for onnxruntime). A component whose int8 output misses
+build (--from-fp32, else one made in the staging folder), and each component's recorded feeds
+calibrate that build's ONNX (NNCF for openvino, static QDQ for onnxruntime). A component whose int8 output misses
 the int8 tolerance keeps its layers nearest the output in fp32, doubling their number until it
 passes; the manifest names them. A reduced-precision CPU build records the library version and CPU
 flags it relies on (`requires`); the runtime refuses it elsewhere.
@@ -193,7 +193,7 @@ def _build_int8(
 
 def _fp32_files(spec: ComponentSpec, reference: Build, stage: Path) -> tuple[Path, Path]:
     """The portable and CPU-fused ONNX of the fp32 build an int8 build calibrates on, copied into
-    the stage: `calibration_calls` checked they are what exporting this checkpoint here would give."""
+    the stage: `fp32_reference` checked they are what exporting this checkpoint here would give."""
     entry = reference.component(spec.name)
     shutil.copytree(reference.root / spec.name, stage / spec.name, dirs_exist_ok=True)
     return stage / entry["onnx"], stage / entry["provider_files"]["cpu"]
@@ -205,7 +205,7 @@ def _build_one(
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The component's files (relative to the build) and each verified file's errors (`verify`);
     `calls`: the component's recorded feeds an int8 build calibrates on, `reference` the fp32 build
-    they were recorded on, whose ONNX files it quantizes."""
+    they were recorded on, whose ONNX files an int8 or openvino build starts from."""
     module = build_component(model, spec.name)
     io = {"name": spec.name, **spec.to_json()}
     rel = lambda path: f"{spec.name}/{path.name}"  # noqa: E731
@@ -220,8 +220,11 @@ def _build_one(
         engine, errors, info = _build_int8(spec, module, cpu, calls or [], backend, seed)
         # int8 QDQ is for the CPU provider only: the GPU providers run fp32 builds
         return {"onnx": rel(portable), "engine": rel(engine), "provider_files": {"cpu": rel(engine)}, "quantization": info}, errors
-    # an OpenVINO build starts from the fp32 graph: OpenVINO lowers it to the asked precision
-    portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision if backend == "tensorrt" else "fp32")
+    if backend == "openvino" and reference is not None:
+        portable, cpu = _fp32_files(spec, reference, stage)
+        cpu.unlink()
+    else:  # an OpenVINO build starts from the fp32 graph: OpenVINO lowers it to the asked precision
+        portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision if backend == "tensorrt" else "fp32")
     if backend == "openvino":
         errors = {rel(portable): verify(spec, module, OvEngine(portable, io, precision), precision, verify_at)}
         return {"onnx": rel(portable), "engine": rel(portable)}, errors
@@ -288,13 +291,15 @@ def build(
     components: list[str] | None = None,
     progress: bool = True,
     verify_at: str = "opt",
-    calibrate_with: Path | None = None,
+    from_fp32: Path | None = None,
     seed: int = 0,
 ) -> list[Outcome]:
     """`verify_at`: the profile point (min or opt) at which each engine is compared with PyTorch; min
     where opt does not fit the machine (a full-width UNet's attention at opt needs more RAM than 24 GB).
-    int8: `calibrate_with` an fp32 onnxruntime build of the same checkpoint (default: one is built
-    in the staging folder), requests and samples drawn by `seed` (`calibration_calls`)."""
+    `from_fp32`: an fp32 onnxruntime build of the same checkpoint whose ONNX files an openvino or
+    int8 build starts from (for int8 by default one is built in the staging folder; openvino
+    fp32/bf16 export their own without it); int8 calibrates on it, requests and samples drawn by
+    `seed` (`calibration_calls`)."""
     check_backend(backend, precision)
     if verify_at not in VERIFY_POINTS:
         raise BuildError(f"verify_at must be one of {', '.join(VERIFY_POINTS)}, got {verify_at!r}")
@@ -325,8 +330,10 @@ def build(
                 outcomes.append(Outcome(spec.name, "up to date", 0.0, _tree_bytes(out / spec.name), entry["verify"]["max_abs_error"]))
                 continue
             start = time.perf_counter()
+            if reference is None and (precision == "int8" or (backend == "openvino" and from_fp32 is not None)):
+                reference = fp32_reference(checkpoint, specs, stage_root, from_fp32, progress)
             if precision == "int8" and calls is None:
-                reference, calls = calibration_calls(checkpoint, specs, stage_root, calibrate_with, seed, progress)
+                calls = calibration_calls(reference, seed, progress)
             try:
                 files, errors = _build_one(spec, model, stage_root, backend, precision, verify_at, (calls or {}).get(spec.name), seed, reference)
             except BuildError:
@@ -353,31 +360,35 @@ def build(
     return outcomes
 
 
-def calibration_calls(
-    checkpoint: Path, specs: dict[str, ComponentSpec], stage_root: Path, calibrate_with: Path | None, seed: int, progress: bool
-) -> tuple[Build, dict[str, list[Feeds]]]:
-    """An fp32 onnxruntime build of this checkpoint, and every component's feeds while it answers
-    the calibration requests (`export.quantize.calibration_requests`, drawn by `seed`). A given
-    build must be up to date: each engine's build key is the one this checkpoint and code give."""
-    from train import synthetic
-
-    fp32 = calibrate_with
+def fp32_reference(checkpoint: Path, specs: dict[str, ComponentSpec], stage_root: Path, given: Path | None, progress: bool) -> Build:
+    """An fp32 onnxruntime build of this checkpoint: `given` (`--from-fp32`), which must be up to
+    date (each engine's build key the one this checkpoint, code and tools give), or one built in the
+    staging folder."""
+    fp32 = given
     if fp32 is None:
         fp32 = stage_root / "calibration-fp32"
         build(checkpoint, fp32, "onnxruntime", "fp32", progress=progress)
     try:
         reference = read_manifest(fp32)
     except ManifestError as e:
-        raise BuildError(f"--calibrate-with: {e}") from None
+        raise BuildError(f"--from-fp32: {e}") from None
     for name, spec in specs.items():
         entry = reference.components.get(name)
         if entry is None or entry["backend"] != "onnxruntime" or entry["precision"] != "fp32":
-            raise BuildError(f"--calibrate-with {fp32}: {name} is not an fp32 onnxruntime engine there; int8 calibrates on one")
+            raise BuildError(f"--from-fp32 {fp32}: {name} is not an fp32 onnxruntime engine there")
         parts = {p: sha256_tree(checkpoint_part(checkpoint, p)) for p in spec.parts}
         if entry["build_key"] != build_key(spec, parts, "onnxruntime", "fp32"):
-            raise BuildError(f"--calibrate-with {fp32}: its {name} is stale for {checkpoint} (another checkpoint, code or tools); rebuild it")
+            raise BuildError(f"--from-fp32 {fp32}: its {name} is stale for {checkpoint} (another checkpoint, code or tools); rebuild it")
+    return reference
+
+
+def calibration_calls(reference: Build, seed: int, progress: bool) -> dict[str, list[Feeds]]:
+    """Every component's feeds while the fp32 build `reference` answers the calibration requests
+    (`export.quantize.calibration_requests`, drawn by `seed`)."""
+    from train import synthetic
+
     world = synthetic.ensure_world(seed, progress=progress)
-    return reference, record_calibration(fp32, calibration_requests(world, seed), progress)
+    return record_calibration(reference.root, calibration_requests(world, seed), progress)
 
 
 def _commit(
@@ -419,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--components", help="comma-separated subset (default: all)")
     p.add_argument("--verify-at", choices=VERIFY_POINTS, default="opt", help="profile point of the check against PyTorch")
-    p.add_argument("--calibrate-with", type=Path, help="int8: an fp32 onnxruntime build of the same checkpoint to record calibration inputs on (default: build one)")
+    p.add_argument(
+        "--from-fp32", type=Path,
+        help="an up-to-date fp32 onnxruntime build of the same checkpoint: openvino and int8 builds start from its ONNX files, "
+        "int8 records its calibration inputs on it (int8 default: build one; openvino fp32/bf16: export anew)",
+    )
     p.add_argument("--seed", type=int, default=0, help="int8: draws the calibration requests and samples")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -428,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcomes = build(
             args.checkpoint, args.out, resolve_backend(args.backend)[0], args.precision, chosen, not args.quiet, args.verify_at,
-            args.calibrate_with, args.seed,
+            args.from_fp32, args.seed,
         )
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,8 @@
 components, against fp32 ONNX Runtime at runtime/precision.py's tolerances; calibration drawn and
 quantized the same for a seed; the refusal of a build for another CPU or library version."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -34,7 +36,7 @@ def cpu_builds(tiny_dir, tiny_build, tmp_path_factory):
         if (backend, precision) not in made:
             out = tmp_path_factory.mktemp(f"{backend}-{precision}") / "tiny"
             args = ["--checkpoint", str(tiny_dir), "--out", str(out), "--backend", backend, "--precision", precision,
-                    "--components", ",".join(PARITY), "--calibrate-with", str(tiny_build[0]), "--quiet"]
+                    "--components", ",".join(PARITY), "--from-fp32", str(tiny_build[0]), "--quiet"]
             assert main(args) == 0
             made[backend, precision] = out
         return made[backend, precision]
@@ -105,7 +107,7 @@ def test_calibration_is_reproducible_for_a_seed(calls, world, tiny_build, tmp_pa
 
 def test_a_rebuild_with_the_same_seed_is_up_to_date_and_another_seed_rebuilds(tiny_dir, tiny_build, tmp_path, capsys):
     args = ["--checkpoint", str(tiny_dir), "--out", str(tmp_path / "b"), "--backend", "openvino",
-            "--precision", "int8", "--components", "projector_audio", "--calibrate-with", str(tiny_build[0]), "--quiet"]
+            "--precision", "int8", "--components", "projector_audio", "--from-fp32", str(tiny_build[0]), "--quiet"]
     assert main(args) == 0
     first = read_manifest(tmp_path / "b").component("projector_audio")["files"]
     capsys.readouterr()
@@ -132,7 +134,7 @@ def test_calibrating_on_a_build_of_another_kind_is_refused(tiny_dir, tiny_build,
     ov = tmp_path / "ov"
     build(tiny_dir, ov, "openvino", "fp32", ["projector_audio"], progress=False)
     args = ["--checkpoint", str(tiny_dir), "--out", str(tmp_path / "q"), "--backend", "onnxruntime",
-            "--precision", "int8", "--components", "projector_audio", "--calibrate-with", str(ov), "--quiet"]
+            "--precision", "int8", "--components", "projector_audio", "--from-fp32", str(ov), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not an fp32 onnxruntime engine there" in err
@@ -189,3 +191,14 @@ def test_an_openvino_build_serves_only_the_openvino_label(bf16_build):
     bad = {"hidden": np.zeros((1, 3, 3), np.float32)}
     with pytest.raises(ValueError, match="projector_image: input 'hidden' has shape"):
         engine.run(bad)
+
+
+def test_a_triton_repository_serves_an_openvino_build_through_the_runtime(bf16_build, tmp_path):
+    from triton_repo.build_repo import build_repo
+
+    with pytest.raises(ValueError, match="the openvino engines are served by the runtime's"):
+        build_repo(bf16_build, tmp_path / "native", native=True)
+    models = build_repo(bf16_build, tmp_path / "repo")
+    assert json.loads((tmp_path / "repo" / "repo.json").read_text())["native"] is False
+    config = (tmp_path / "repo" / "projector_image" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and 'string_value: "openvino"' in config and "projector_image" in models

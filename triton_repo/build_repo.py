@@ -354,7 +354,7 @@ def build_repo(
     build.verify_files()
     backend = resolve_backend(build, backend)
     if native and BACKENDS[backend][0] not in NATIVE_PLATFORMS:
-        raise ValueError(f"--native writes {' or '.join(NATIVE_PLATFORMS.values())} configs; a {backend} build is served by the runtime's engines (leave out --native)")
+        raise ValueError(f"--native writes {' or '.join(NATIVE_PLATFORMS.values())} configs; the {backend} engines are served by the runtime's (leave out --native)")
     policy = resolve_bls(bls, backend)
     checked = Limits.for_build(build).override(limits)
     out = Path(out)
