@@ -176,7 +176,7 @@ def _build_int8(
     layers, excluded = quantizable_layers(source), []
     out = folder / ("model.int8.xml" if backend == "openvino" else "model.int8.onnx")
     while True:
-        QUANTIZERS[backend](source, samples, out, spec.name, excluded)
+        QUANTIZERS[backend](source, samples, out, excluded)
         engine = _open_cpu(backend, out, io, "int8")
         try:
             errors = [verify(spec, module, engine, "int8", feeds=feeds) for feeds in checks]

@@ -99,7 +99,7 @@ def test_calibration_is_reproducible_for_a_seed(calls, world, tiny_build, tmp_pa
     onnx = read_manifest(tiny_build[0]).path(read_manifest(tiny_build[0]).component("projector_image")["onnx"])
     made = {}
     for run, seed in (("a", 0), ("b", 0), ("c", 1)):
-        xml = quantize_openvino(onnx, pick_samples(calls["projector_image"], seed, count=2), tmp_path / f"{run}.xml", "projector_image", [])
+        xml = quantize_openvino(onnx, pick_samples(calls["projector_image"], seed, count=2), tmp_path / f"{run}.xml", [])
         made[run] = xml.with_suffix(".bin").read_bytes()
     assert made["a"] == made["b"]
     assert made["a"] != made["c"]
