@@ -57,6 +57,12 @@ BACKEND_TOOLS = {"openvino": ("openvino", "nncf")}  # beyond TOOLS
 # kernels, and int8 dot products (without VNNI ONNX Runtime's u8s8 kernels may saturate)
 CPU_FLAGS = {"bf16": [["avx512_bf16", "amx_bf16"]], "int8": [["avx512_vnni", "avx_vnni", "amx_int8"]]}
 VERIFY_CALLS = 4  # recorded calls outside the calibration set an int8 engine is checked on
+# int8 components left in fp32 where int8 does not pay, with the measurement that says so. ONNX
+# Runtime's tiny LLM: a decode step took 1.25 ms fp32, 1.22 ms QDQ int8, 1.21 ms MatMulNBits 4-bit
+# (1 thread, AMD EPYC, docs/engines.md), and QDQ cost image→text 3 and text→image 4 of 60 held-out
+# answers (benchmarks/results/evaluation_ort_int8_all.json).
+KEEP_FP32 = {("onnxruntime", "llm"): "int8 does not speed up the tiny LLM's step and changes its greedy answers"}
+QUANTIZE_CODE = "export/quantize.py"
 BUILT_LABELS = tuple(label for kind in BACKENDS for label in labels_for(kind))
 VERIFY_POINTS = ("opt", "min")  # profile points an engine may be checked at against PyTorch
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")
@@ -113,7 +119,7 @@ def requirements(backend: str, precision: str) -> dict[str, Any]:
 def build_key(spec: ComponentSpec, part_hashes: dict[str, str], backend: str, precision: str, seed: int = 0) -> str:
     """Everything an engine depends on; equal keys mean the existing engine is still right (an int8
     engine also depends on the calibration seed)."""
-    calibration = seed if precision == "int8" else None
+    calibration = [seed, hashlib.sha256((ROOT / QUANTIZE_CODE).read_bytes()).hexdigest()] if precision == "int8" else None
     blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions(backend), calibration], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -176,7 +182,9 @@ def _build_int8(
     chosen = {id(c) for c in samples}
     checks = [c for c in calls if id(c) not in chosen][-VERIFY_CALLS:] or samples[-1:]
     io = {"name": spec.name, **spec.to_json()}
-    layers, excluded = quantizable_layers(source), []
+    layers = quantizable_layers(source)
+    kept = KEEP_FP32.get((backend, spec.name))
+    excluded = list(layers) if kept else []
     out = folder / ("model.int8.xml" if backend == "openvino" else "model.int8.onnx")
     while True:
         QUANTIZERS[backend](source, samples, out, excluded)
@@ -190,7 +198,8 @@ def _build_int8(
             excluded = layers[len(layers) - min(len(layers), max(1, 2 * len(excluded))):]
     error = {k: (min if k == "min_cosine" else max)(e[k] for e in errors) for k in errors[0]}
     info = {"method": "nncf" if backend == "openvino" else "qdq-static", "seed": seed, "samples": len(samples),
-            "calibration": f"{spec.name}/{SAMPLES_FILE}", "verified_on": len(checks), "layers": len(layers), "fp32_layers": excluded}
+            "calibration": f"{spec.name}/{SAMPLES_FILE}", "verified_on": len(checks), "layers": len(layers), "fp32_layers": excluded,
+            **({"kept_fp32": kept} if kept else {})}
     return out, {f"{spec.name}/{out.name}": error}, info
 
 

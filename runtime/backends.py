@@ -215,7 +215,8 @@ class OvEngine:
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        # no pinning: on a shared machine a thread bound to a busy core waits for it instead of moving
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(str(path), "CPU", config)
