@@ -124,7 +124,7 @@ def test_unknown_component_and_onnxruntime_fp16_are_refused(tiny_dir, tmp_path, 
     assert main(["--checkpoint", str(tiny_dir), "--out", str(tmp_path / "a"), "--components", "nope"]) == 2
     assert "unknown component 'nope'" in capsys.readouterr().err
     assert main(["--checkpoint", str(tiny_dir), "--out", str(tmp_path / "b"), "--precision", "fp16"]) == 2
-    assert "builds fp32 engines" in capsys.readouterr().err
+    assert "the onnxruntime backend builds fp32 | int8 engines; fp16 is a --backend tensorrt build" in capsys.readouterr().err
 
 
 def _tensorrt_missing() -> str | None:

@@ -81,7 +81,7 @@ def test_a_mount_point_is_named_as_given_and_must_be_absolute(tiny_build, tmp_pa
 def test_a_repository_for_a_backend_the_build_cannot_serve_is_refused(tiny_build, tmp_path):
     with pytest.raises(RuntimeError, match="holds engines for onnxruntime: they serve onnxruntime, onnxruntime-cuda, onnxruntime-trt"):
         build_repo(tiny_build[0], tmp_path / "trt", backend="tensorrt")
-    with pytest.raises(ValueError, match="--backend is one of onnxruntime, onnxruntime-cuda, onnxruntime-trt, tensorrt, not 'torch'"):
+    with pytest.raises(ValueError, match="--backend is one of onnxruntime, onnxruntime-cuda, onnxruntime-trt, tensorrt, openvino, not 'torch'"):
         build_repo(tiny_build[0], tmp_path / "torch", backend="torch")
 
 

@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         judges = load_judges(args.judges)
         check_judges(judges)
         answer, close = open_backend(build, args.backend, args.url)
-    except (EvaluationError, FileNotFoundError) as e:
+    except (RuntimeError, ValueError, OSError) as e:  # EvaluationError, and a build this machine refuses (runtime.versions)
         print(f"error: {e}", file=sys.stderr)
         return 2
     from benchmarks.machine import describe_machine
