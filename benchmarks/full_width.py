@@ -509,17 +509,17 @@ def run(
     threads: int,
     preset: str = "nextgpt-7b",
     layers: int = FULL_WIDTH_BENCHMARK["llm_layers"],
-    triad_gib: float = TRIAD_GIB,
-    gemm_size: int = GEMM_SIZE,
+    triad_gib: float | None = None,
+    gemm_size: int | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark: the limits, then every component built (or taken from `cache`) and timed,
-    each in processes of its own."""
+    """The whole benchmark: the limits (TRIAD_GIB, GEMM_SIZE unless given), then every component built
+    (or taken from `cache`) and timed, each in processes of its own."""
     from tqdm import tqdm
 
     threads = thread_budget(threads)
     config = benchmark_config(preset, layers)
     machine = describe_machine(threads)
-    limits = machine_limits(threads, triad_gib, gemm_size)
+    limits = machine_limits(threads, triad_gib or TRIAD_GIB, gemm_size or GEMM_SIZE)
     result: dict[str, Any] = {
         "cpu": machine["cpu"], "cpu_flags": machine["cpu_flags"], "threads": threads, "preset": preset,
         "limits": limits, "backends": backends, "machine": machine, "components": {},
