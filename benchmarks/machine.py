@@ -12,11 +12,9 @@ from typing import Any
 from runtime.backends import BACKENDS, BackendUnavailable, Engines
 from runtime.manifest import MANIFEST, sha256_tree
 from runtime.precision import RUN_PRECISIONS
-from runtime.versions import installed_version
+from runtime.versions import cpu_flags, installed_version, isa_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-# the flags that decide which kernels a CPU library picks (a result on AMX is no result for AVX2)
-ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
 LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "diffusers", "numpy", "tritonclient")
 # the backends that compute in a run's --precision, and the precisions each takes: torch on CUDA
 # (autocast, or TF32 matmuls and convolutions) and the CUDA provider (its use_tf32 option). The others
@@ -49,15 +47,6 @@ def _cpuinfo(field: str) -> str | None:
 
 def _cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """Every flag /proc/cpuinfo reports (empty where there is none)."""
-    return sorted((_cpuinfo("flags") or "").split())
-
-
-def isa_flags(flags: list[str]) -> list[str]:
-    return [f for f in flags if f.startswith(ISA_PREFIXES)]
 
 
 def _git(*args: str) -> str | None:

@@ -1,11 +1,21 @@
 """Compile every component of a checkpoint into engines described by a manifest.
 
     python export/build_engines.py --checkpoint train/checkpoints/tiny --out engines/tiny \\
-        [--backend onnxruntime|tensorrt] [--precision fp32|fp16|bf16] [--components a,b] [--force]
+        [--backend onnxruntime|tensorrt|openvino] [--precision fp32|fp16|bf16|int8] [--components a,b] [--force] \\
+        [--calibrate-with engines/tiny] [--seed 0]
 
-Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers) and, for
-onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one into a
-plan. One onnxruntime build serves the onnxruntime, onnxruntime-cuda and onnxruntime-trt backends.
+Each component is exported to a portable ONNX (standard ops: TensorRT, the GPU providers, OpenVINO)
+and, for onnxruntime, to a CPU-fused one (the CPU provider); a tensorrt build turns the portable one
+into a plan; an openvino build compiles the portable one (fp32, bf16). One fp32 onnxruntime build
+serves the onnxruntime, onnxruntime-cuda and onnxruntime-trt backends.
+Precisions: onnxruntime fp32 | int8 (CPU), openvino fp32 | bf16 | int8, tensorrt fp32 | fp16 | bf16.
+int8 is post-training quantization calibrated on real inputs (export/quantize.py): requests drawn by
+--seed from the synthetic world's training split run through the pipeline on an fp32 onnxruntime
+build (--calibrate-with, else one made in the staging folder), and each component's recorded feeds
+calibrate it (NNCF for openvino, static QDQ for onnxruntime). A component whose int8 output misses
+the int8 tolerance keeps its layers nearest the output in fp32, doubling their number until it
+passes; the manifest names them. A reduced-precision CPU build records the library version and CPU
+flags it relies on (`requires`); the runtime refuses it elsewhere.
 Every file is run once on sample inputs against PyTorch and recorded in `OUT/manifest.json`.
 An existing OUT is written into only with `--force`: then a component whose checkpoint parts,
 spec, backend, precision and tools are unchanged is not rebuilt. Work happens in a staging folder:
@@ -28,18 +38,25 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from export.onnx_export import COMPUTE_DTYPES, computing_in, export_cpu, export_portable
+from export.quantize import QUANTIZERS, SAMPLES_FILE, Feeds, calibration_requests, pick_samples, quantizable_layers, record_calibration, save_samples
 from export.specs import ComponentSpec, component_specs
 from export.tensorrt_build import TIMING_CACHE, build_plan, tensorrt_info
-from runtime.backends import OrtEngine, TrtEngine, labels_for, require_tensorrt, resolve_backend
+from runtime.backends import Engine, OrtEngine, OvEngine, TrtEngine, labels_for, require_tensorrt, resolve_backend
 from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
 from runtime.manifest import ManifestError, read_manifest, sha256_tree, write_manifest
 from runtime.precision import PRECISIONS, TOLERANCE, compare, rule_for
-from runtime.versions import installed_version
+from runtime.versions import cpu_flags, installed_version, isa_flags, version_number
 from train.checkpoint import TOKENIZER, part_path
 from train.components import build_component
 from train.model import NextGPT, load_checkpoint
 
-BACKENDS = ("onnxruntime", "tensorrt")  # the engine kinds a build is made for
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")  # the engine kinds a build is made for
+BUILD_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "bf16"), "openvino": ("fp32", "bf16", "int8")}
+BACKEND_TOOLS = {"openvino": ("openvino", "nncf")}  # beyond TOOLS
+# the CPU flags a reduced-precision CPU build's numbers were checked with (one of each group): bf16
+# kernels, and int8 dot products (without VNNI ONNX Runtime's u8s8 kernels may saturate)
+CPU_FLAGS = {"bf16": [["avx512_bf16", "amx_bf16"]], "int8": [["avx512_vnni", "avx_vnni", "amx_int8"]]}
+VERIFY_CALLS = 4  # recorded calls outside the calibration set an int8 engine is checked on
 BUILT_LABELS = tuple(label for kind in BACKENDS for label in labels_for(kind))
 VERIFY_POINTS = ("opt", "min")  # profile points an engine may be checked at against PyTorch
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")
@@ -68,10 +85,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def tool_versions(backend: str = "onnxruntime") -> dict[str, str]:
     """Every tool an engine depends on; for a TensorRT plan also the GPU architecture it was built for."""
     code = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in EXPORT_CODE)).hexdigest()
-    versions = {t: installed_version(t) for t in TOOLS}
+    tools = (*TOOLS, *BACKEND_TOOLS.get(backend, ()))
+    versions = {t: installed_version(t) for t in tools}
     missing = [t for t, v in versions.items() if v is None]
     if missing:
-        raise BuildError(f"{missing[0]} is not installed; the build needs {', '.join(TOOLS)}")
+        raise BuildError(f"{missing[0]} is not installed; the build needs {', '.join(tools)}")
     if backend == "tensorrt":
         trt = tensorrt_info()
         versions |= {"tensorrt": trt["version"], "gpu_arch": trt["gpu_arch"]}
@@ -82,9 +100,21 @@ def checkpoint_part(checkpoint: Path, part: str) -> Path:
     return checkpoint / part if part.startswith("decoders/") else part_path(checkpoint, part)
 
 
-def build_key(spec: ComponentSpec, part_hashes: dict[str, str], backend: str, precision: str) -> str:
-    """Everything an engine depends on; equal keys mean the existing engine is still right."""
-    blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions(backend)], sort_keys=True)
+def requirements(backend: str, precision: str) -> dict[str, Any]:
+    """What a CPU build's engines rely on at run time (`runtime.versions.check_requires`): OpenVINO's
+    files and compiled-model cache are bound to its version, an int8 ONNX Runtime file's QDQ kernels
+    to ONNX Runtime's; bf16 and int8 need the CPU flags they were checked with. fp32 ONNX Runtime and
+    GPU builds require nothing (a GPU host runs onnxruntime-gpu at another release)."""
+    if backend == "tensorrt" or (backend == "onnxruntime" and precision == "fp32"):
+        return {}
+    return {"libraries": {backend: version_number(installed_version(backend))}, "cpu_flags": CPU_FLAGS.get(precision, [])}
+
+
+def build_key(spec: ComponentSpec, part_hashes: dict[str, str], backend: str, precision: str, seed: int = 0) -> str:
+    """Everything an engine depends on; equal keys mean the existing engine is still right (an int8
+    engine also depends on the calibration seed)."""
+    calibration = seed if precision == "int8" else None
+    blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions(backend), calibration], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -93,17 +123,20 @@ def _tree_bytes(path: Path) -> int:
 
 
 @torch.no_grad()
-def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, precision: str, at: str = "opt") -> dict[str, float]:
-    """Run the engine and PyTorch on the same sample, every dynamic axis at the profile point `at`;
-    raise naming the first output out of tolerance. PyTorch computes in the engine's precision (as
-    the ONNX does, `computing_in`), so the check is the precision's one tolerance; the error against
-    fp32 PyTorch is reported beside it. Max abs errors: {"max_abs_error", "max_abs_error_vs_fp32"}."""
-    feeds = spec.sample(spec.point(at), seed=1)
-    args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
-    reference = module if precision == "fp32" else computing_in(module, COMPUTE_DTYPES[precision])
+def verify(
+    spec: ComponentSpec, module: torch.nn.Module, engine: Engine, precision: str, at: str = "opt", feeds: Feeds | None = None
+) -> dict[str, float]:
+    """Run the engine and PyTorch on the same sample, every dynamic axis at the profile point `at`
+    (or on `feeds`, a recorded real input); raise naming the first output out of tolerance. PyTorch
+    computes in the engine's precision where it can (fp16/bf16, as the ONNX does, `computing_in`;
+    int8 against fp32), so the check is the precision's one tolerance; the error against fp32 PyTorch
+    is reported beside it. Max abs errors: {"max_abs_error", "max_abs_error_vs_fp32"}."""
+    feeds = spec.sample(spec.point(at), seed=1) if feeds is None else feeds
+    args = [torch.from_numpy(np.asarray(feeds[n])) for n in spec.input_names]
+    reference = computing_in(module, COMPUTE_DTYPES[precision]) if precision in ("fp16", "bf16") else module
     expected, fp32 = (_outputs(m(*args)) for m in (reference, module))
     got = {n: np.asarray(v) for n, v in engine.run(feeds).items()}
-    tol, worst, worst_fp32 = TOLERANCE[precision], 0.0, 0.0
+    tol, worst, worst_fp32, cos = TOLERANCE[precision], 0.0, 0.0, 1.0
     for name, ref, full in zip(spec.output_names, expected, fp32):
         ref, out = ref.numpy(), got[name]
         if ref.shape != out.shape:
@@ -113,23 +146,73 @@ def verify(spec: ComponentSpec, module: torch.nn.Module, engine: OrtEngine, prec
             raise BuildError(
                 f"{spec.name}: output {name!r} differs from PyTorch ({precision}) by up to {check['max_abs']:.3g}: {check['reason']}"
             )
-        worst = max(worst, check["max_abs"])
+        worst, cos = max(worst, check["max_abs"]), min(cos, check["cosine"])
         worst_fp32 = max(worst_fp32, compare(full.numpy(), out, tol, tol)["max_abs"])
-    return {"max_abs_error": worst, "max_abs_error_vs_fp32": worst_fp32}
+    return {"max_abs_error": worst, "max_abs_error_vs_fp32": worst_fp32, "min_cosine": cos}
 
 
 def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
+def _open_cpu(backend: str, path: Path, io: dict[str, Any], precision: str) -> Engine:
+    return OvEngine(path, io, precision) if backend == "openvino" else OrtEngine(path, io)
+
+
+def _build_int8(
+    spec: ComponentSpec, module: torch.nn.Module, source: Path, calls: list[Feeds], backend: str, seed: int
+) -> tuple[Path, dict[str, dict[str, float]], dict[str, Any]]:
+    """Quantize `source` on a seeded subset of the component's recorded calls, check it against fp32
+    PyTorch on recorded calls outside that subset, and keep the quantizable layers nearest the
+    output in fp32 (1, 2, 4, ... of them) until it passes. The engine, its errors, and what was done."""
+    if not calls:
+        raise BuildError(f"{spec.name}: the calibration requests never ran it; nothing to calibrate int8 on")
+    samples = pick_samples(calls, seed)
+    folder = source.parent
+    save_samples(samples, folder / SAMPLES_FILE)
+    chosen = {id(c) for c in samples}
+    checks = [c for c in calls if id(c) not in chosen][-VERIFY_CALLS:] or samples[-1:]
+    io = {"name": spec.name, **spec.to_json()}
+    layers, excluded = quantizable_layers(source), []
+    out = folder / ("model.int8.xml" if backend == "openvino" else "model.int8.onnx")
+    while True:
+        QUANTIZERS[backend](source, samples, out, spec.name, excluded)
+        engine = _open_cpu(backend, out, io, "int8")
+        try:
+            errors = [verify(spec, module, engine, "int8", feeds=feeds) for feeds in checks]
+            break
+        except BuildError:
+            if len(excluded) == len(layers):
+                raise
+            excluded = layers[len(layers) - min(len(layers), max(1, 2 * len(excluded))):]
+    error = {k: (min if k == "min_cosine" else max)(e[k] for e in errors) for k in errors[0]}
+    info = {"method": "nncf" if backend == "openvino" else "qdq-static", "seed": seed, "samples": len(samples),
+            "calibration": f"{spec.name}/{SAMPLES_FILE}", "verified_on": len(checks), "layers": len(layers), "fp32_layers": excluded}
+    return out, {f"{spec.name}/{out.name}": error}, info
+
+
 def _build_one(
-    spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, verify_at: str
+    spec: ComponentSpec, model: NextGPT, stage: Path, backend: str, precision: str, verify_at: str,
+    calls: list[Feeds] | None = None, seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """The component's files (relative to the build) and each verified file's errors (`verify`)."""
+    """The component's files (relative to the build) and each verified file's errors (`verify`);
+    `calls`: the component's recorded feeds an int8 build calibrates on."""
     module = build_component(model, spec.name)
-    portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision)
+    # an int8 or OpenVINO build starts from the fp32 graph: it quantizes it, or OpenVINO lowers it
+    portable = export_portable(spec, module, stage / spec.name / "model.onnx", precision if backend == "tensorrt" else "fp32")
     io = {"name": spec.name, **spec.to_json()}
     rel = lambda path: f"{spec.name}/{path.name}"  # noqa: E731
+    if backend == "openvino" and precision != "int8":
+        errors = {rel(portable): verify(spec, module, OvEngine(portable, io, precision), precision, verify_at)}
+        return {"onnx": rel(portable), "engine": rel(portable)}, errors
+    if backend == "openvino":
+        engine, errors, info = _build_int8(spec, module, portable, calls or [], backend, seed)
+        return {"onnx": rel(portable), "engine": rel(engine), "quantization": info}, errors
+    if backend == "onnxruntime" and precision == "int8":
+        cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
+        engine, errors, info = _build_int8(spec, module, cpu, calls or [], backend, seed)
+        # int8 QDQ is for the CPU provider only: the GPU providers run fp32 builds
+        return {"onnx": rel(portable), "engine": rel(engine), "provider_files": {"cpu": rel(engine)}, "quantization": info}, errors
     if backend == "onnxruntime":
         cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
         errors = {rel(f): verify(spec, module, OrtEngine(f, io), precision, verify_at) for f in (cpu, portable)}
@@ -176,10 +259,13 @@ def check_backend(backend: str, precision: str) -> None:
         raise BuildError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision not in BUILD_PRECISIONS[backend]:
+        makers = [b for b, p in BUILD_PRECISIONS.items() if precision in p]
+        raise BuildError(
+            f"the {backend} backend builds {' | '.join(BUILD_PRECISIONS[backend])} engines; {precision} is a --backend {' or '.join(makers)} build"
+        )
     if backend == "tensorrt":
         require_tensorrt()
-    elif precision != "fp32":
-        raise BuildError("the onnxruntime backend builds fp32 engines; use --backend tensorrt for fp16/bf16")
 
 
 def build(
@@ -190,9 +276,13 @@ def build(
     components: list[str] | None = None,
     progress: bool = True,
     verify_at: str = "opt",
+    calibrate_with: Path | None = None,
+    seed: int = 0,
 ) -> list[Outcome]:
     """`verify_at`: the profile point (min or opt) at which each engine is compared with PyTorch; min
-    where opt does not fit the machine (a full-width UNet's attention at opt needs more RAM than 24 GB)."""
+    where opt does not fit the machine (a full-width UNet's attention at opt needs more RAM than 24 GB).
+    int8: `calibrate_with` an fp32 onnxruntime build of the same checkpoint (default: one is built
+    in the staging folder), requests and samples drawn by `seed` (`calibration_calls`)."""
     check_backend(backend, precision)
     if verify_at not in VERIFY_POINTS:
         raise BuildError(f"verify_at must be one of {', '.join(VERIFY_POINTS)}, got {verify_at!r}")
@@ -212,17 +302,20 @@ def build(
     if (out / TIMING_CACHE).exists():  # plans update a staged copy; it replaces the old one on success only
         shutil.copy2(out / TIMING_CACHE, stage_root / TIMING_CACHE)
     outcomes: list[Outcome] = []
+    calls: dict[str, list[Feeds]] | None = None  # recorded once, when the first int8 component needs them
     try:
         for spec in tqdm(chosen, desc="components", unit="component", disable=not progress):
             parts = {p: part_hashes[p] for p in spec.parts}
-            key = build_key(spec, parts, backend, precision)
+            key = build_key(spec, parts, backend, precision, seed)
             if _up_to_date(out, old.get(spec.name), key, verify_at):
                 entry = old[spec.name]
                 outcomes.append(Outcome(spec.name, "up to date", 0.0, _tree_bytes(out / spec.name), entry["verify"]["max_abs_error"]))
                 continue
             start = time.perf_counter()
+            if precision == "int8" and calls is None:
+                calls = calibration_calls(checkpoint, specs, stage_root, calibrate_with, seed, progress)
             try:
-                files, errors = _build_one(spec, model, stage_root, backend, precision, verify_at)
+                files, errors = _build_one(spec, model, stage_root, backend, precision, verify_at, (calls or {}).get(spec.name), seed)
             except BuildError:
                 raise
             except Exception as e:  # an exporter or builder failure: name the component, keep the cause
@@ -231,6 +324,7 @@ def build(
             error = max(e["max_abs_error"] for e in errors.values())
             entries[spec.name] = {
                 "backend": backend, "precision": precision, "parts": parts, "build_key": key, **files,
+                "requires": requirements(backend, precision),
                 "verify": {
                     "max_abs_error": error,
                     "max_abs_error_vs_fp32": max(e["max_abs_error_vs_fp32"] for e in errors.values()),
@@ -244,6 +338,33 @@ def build(
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
     return outcomes
+
+
+def calibration_calls(
+    checkpoint: Path, specs: dict[str, ComponentSpec], stage_root: Path, calibrate_with: Path | None, seed: int, progress: bool
+) -> dict[str, list[Feeds]]:
+    """Every component's feeds while an fp32 onnxruntime build of this checkpoint answers the
+    calibration requests (`export.quantize.calibration_requests`, drawn by `seed`). A given build
+    must be up to date: each engine's build key is the one this checkpoint and code give."""
+    from train import synthetic
+
+    fp32 = calibrate_with
+    if fp32 is None:
+        fp32 = stage_root / "calibration-fp32"
+        build(checkpoint, fp32, "onnxruntime", "fp32", progress=progress)
+    try:
+        reference = read_manifest(fp32)
+    except ManifestError as e:
+        raise BuildError(f"--calibrate-with: {e}") from None
+    for name, spec in specs.items():
+        entry = reference.components.get(name)
+        if entry is None or entry["backend"] != "onnxruntime" or entry["precision"] != "fp32":
+            raise BuildError(f"--calibrate-with {fp32}: {name} is not an fp32 onnxruntime engine there; int8 calibrates on one")
+        parts = {p: sha256_tree(checkpoint_part(checkpoint, p)) for p in spec.parts}
+        if entry["build_key"] != build_key(spec, parts, "onnxruntime", "fp32"):
+            raise BuildError(f"--calibrate-with {fp32}: its {name} is stale for {checkpoint} (another checkpoint, code or tools); rebuild it")
+    world = synthetic.ensure_world(seed, progress=progress)
+    return record_calibration(fp32, calibration_requests(world, seed), progress)
 
 
 def _commit(
@@ -261,6 +382,7 @@ def _commit(
         {
             "checkpoint": {"path": str(checkpoint.resolve()), "config_sha256": sha256_tree(checkpoint / "config.json")},
             "versions": tool_versions(backend),
+            "built_on": {"cpu_flags": isa_flags(cpu_flags())},
             "config": model.config,
             "constants": _write_constants(model, checkpoint, out),
             "components": {n: entries[n] for n in specs if n in entries},
@@ -284,12 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--components", help="comma-separated subset (default: all)")
     p.add_argument("--verify-at", choices=VERIFY_POINTS, default="opt", help="profile point of the check against PyTorch")
+    p.add_argument("--calibrate-with", type=Path, help="int8: an fp32 onnxruntime build of the same checkpoint to record calibration inputs on (default: build one)")
+    p.add_argument("--seed", type=int, default=0, help="int8: draws the calibration requests and samples")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     refuse_non_empty(args.out, args.force)
     chosen = [c.strip() for c in args.components.split(",")] if args.components else None
     try:
-        outcomes = build(args.checkpoint, args.out, resolve_backend(args.backend)[0], args.precision, chosen, not args.quiet, args.verify_at)
+        outcomes = build(
+            args.checkpoint, args.out, resolve_backend(args.backend)[0], args.precision, chosen, not args.quiet, args.verify_at,
+            args.calibrate_with, args.seed,
+        )
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Engines behind one interface: `engine.run(feeds) -> outputs`, both keyed by the spec's IO names.
 
-`onnxruntime` runs the optimised ONNX files (CPU, CUDA or TensorRT execution provider), `tensorrt`
-runs serialized TensorRT plans, `torch` the checkpoint's modules. The pipeline never knows which
-one it drives.
+`onnxruntime` runs the optimised ONNX files (CPU, CUDA or TensorRT execution provider; int8 QDQ files
+on the CPU), `openvino` compiles the portable ONNX (fp32, bf16) or an NNCF-quantized IR (int8) for
+the CPU, `tensorrt` runs serialized TensorRT plans, `torch` the checkpoint's modules. The pipeline
+never knows which one it drives.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from runtime.versions import check_requires
 
 # The backend labels every command takes (`--backend`, `--backends`): label -> (engine kind, device).
 # The kind is what a build is made for (the manifest's `backend`); an onnxruntime build serves all
@@ -22,6 +25,7 @@ BACKENDS = {
     "onnxruntime-cuda": ("onnxruntime", "cuda"),
     "onnxruntime-trt": ("onnxruntime", "tensorrt"),
     "tensorrt": ("tensorrt", "cuda"),
+    "openvino": ("openvino", "cpu"),
 }
 
 ORT_PROVIDERS = {
@@ -40,6 +44,11 @@ ORT_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "tf32"), "tensorrt": ("fp32
 # did not apply would change the numbers silently)
 PRECISION_OPTIONS = {"CUDAExecutionProvider": ("use_tf32",)}
 ORT_TRT_CACHE = "cache/onnxruntime-tensorrt"  # inside a build: the TensorRT provider's engine and timing caches
+OV_CACHE = "cache/openvino"  # inside a build: OpenVINO's compiled models (a second open skips compiling)
+# what an OpenVINO build computes in, as the CPU plugin's INFERENCE_PRECISION_HINT. fp32 and int8 say
+# f32 explicitly: on a CPU with AMX the plugin's default is bf16. int8 runs its quantized layers in
+# int8 and the layers NNCF left out in f32.
+OV_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class BackendUnavailable(RuntimeError):
@@ -188,6 +197,38 @@ class OrtEngine:
         check_feeds(feeds, self.io["inputs"], self.io["dims"], self.io.get("name", "engine"))
         outputs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
         return dict(zip(self.output_names, outputs))
+
+
+class OvEngine:
+    """A component compiled by OpenVINO for the CPU, from the portable ONNX (fp32, bf16) or from the
+    quantized IR an int8 build made; compiled models are cached under `cache_dir`."""
+
+    def __init__(self, path: Path, io: dict[str, Any], precision: str = "fp32", threads: int = 0, cache_dir: Path | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise BackendUnavailable(f"the openvino backend needs the openvino package: {e}") from None
+        self.io, self.name = io, io.get("name", "engine")
+        if precision not in OV_HINTS:
+            raise ValueError(f"{self.name}: OpenVINO builds compute in {', '.join(OV_HINTS)}, not {precision}")
+        core = ov.Core()
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [t["name"] for t in io["inputs"]]
+        self.output_names = [t["name"] for t in io["outputs"]]
+        self.ports = {n: self.compiled.output(n) for n in self.output_names}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(feeds, self.io["inputs"], self.io["dims"], self.name)
+        results = self.request.infer({n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
+        # the request reuses its output buffers on the next call: hand out copies
+        return {n: np.array(results[port]) for n, port in self.ports.items()}
 
 
 def require_tensorrt() -> Any:
@@ -435,6 +476,9 @@ class Engines:
         if kind == "tensorrt":
             require_tensorrt()
         check_build_serves(build, backend)
+        if kind != "torch":
+            for name, entry in build.components.items():
+                check_requires(entry.get("requires", {}), f"{build.root} ({name}, {entry['backend']} {entry['precision']})")
         if kind == "torch" and device != "cpu":
             import torch
 
@@ -463,11 +507,18 @@ class Engines:
             # the CPU provider runs the CPU-fused file, the GPU providers the portable one
             if "provider_files" not in entry:
                 raise BackendUnavailable(f"{self.build.root}: {name} predates per-provider files; rebuild it with export/build_engines.py")
+            if self.device not in entry["provider_files"]:
+                raise BackendUnavailable(
+                    f"{self.build.root}: {name} is an onnxruntime {entry['precision']} build for the CPU provider; {self.backend} runs fp32 builds"
+                )
             path = self.build.path(entry["provider_files"][self.device])
             cache = self.build.root / ORT_TRT_CACHE if self.device == "tensorrt" else None
             return OrtEngine(path, self.io(name), self.device, self.threads, precision=self.precision, cache_dir=cache)
         if self.kind == "tensorrt":
             return TrtEngine(self.build.path(entry["engine"]), self.io(name))
+        if self.kind == "openvino":
+            cache = self.build.root / OV_CACHE
+            return OvEngine(self.build.path(entry["engine"]), self.io(name), entry["precision"], self.threads, cache)
         return TorchEngine(self._torch_module(name), self.io(name), self.device, self.precision)
 
     def _torch_module(self, name: str) -> Any:

@@ -1,7 +1,7 @@
 """Write a Triton model repository for a build of engines.
 
     python triton_repo/build_repo.py --engines engines/tiny --out triton_models \\
-        [--backend onnxruntime|onnxruntime-cuda|onnxruntime-trt|tensorrt] [--engines-at /engines/tiny] \\
+        [--backend onnxruntime|onnxruntime-cuda|onnxruntime-trt|tensorrt|openvino] [--engines-at /engines/tiny] \\
         [--instances media=4,llm=2] [--max-queue-delay-us 0] [--bls auto|all|unets|none] [--threads 0] \\
         [--native] [--limits NAME=VALUE,...] [--deadline-s 300] [--max-queue-size 64] [--upload-dir DIR] [--force]
 
@@ -14,8 +14,9 @@ server runs (a container's volume), which need not exist here.
 - one model per stateless engine whose every tensor has the batch as its first axis (encoders,
   projectors, UNets, VAE decoders, vocoder): `max_batch_size` is the spec's batch maximum and
   dynamic batching merges concurrent requests. A Python model hosting the runtime's engine by
-  default; with `--native`, an `onnxruntime_onnx` or `tensorrt_plan` config over the build's
-  file, for NVIDIA's Triton container (the `nvidia-pytriton` server has only the Python backend).
+  default (OpenVINO and int8 builds too: the runtime's engines run them); with `--native`, an
+  `onnxruntime_onnx` or `tensorrt_plan` config over the build's file, for NVIDIA's Triton container
+  (the `nvidia-pytriton` server has only the Python backend).
 - `preprocess` (files -> clips), `encode` (clips -> media token), `llm` (-> text, token ids,
   signal states; the LLM keeps its KV cache inside) and `media` (-> image, video, audio):
   Python models hosting the runtime, calling the engine models through BLS.
@@ -75,7 +76,7 @@ DEFAULT_INSTANCES = {"preprocess": 1, "encode": 1, "llm": 2, "media": 4, STREAM:
 BLS = {"all": lambda name: True, "unets": lambda name: name.endswith("_unet"), "none": lambda name: False}
 BLS_CHOICES = ("auto", *BLS)
 NATIVE_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
-SERVED_BACKENDS = tuple(label for label, (kind, _) in BACKENDS.items() if kind in NATIVE_PLATFORMS)
+SERVED_BACKENDS = tuple(label for label, (kind, _) in BACKENDS.items() if kind != "torch")
 MODEL_SOURCES = Path(__file__).resolve().parent / "models"
 MARKER = "repo.json"  # what this script generated; its presence makes OUT replaceable
 
@@ -352,6 +353,8 @@ def build_repo(
     build = read_manifest(Path(engines))
     build.verify_files()
     backend = resolve_backend(build, backend)
+    if native and BACKENDS[backend][0] not in NATIVE_PLATFORMS:
+        raise ValueError(f"--native writes {' or '.join(NATIVE_PLATFORMS.values())} configs; a {backend} build is served by the runtime's engines (leave out --native)")
     policy = resolve_bls(bls, backend)
     checked = Limits.for_build(build).override(limits)
     out = Path(out)
