@@ -41,14 +41,13 @@ from benchmarks.compare_latency import interleaved
 from benchmarks.machine import describe_machine, thread_budget
 from benchmarks.report import save_figure, save_report
 from export.specs import ComponentSpec, component_specs
-from runtime.backends import BACKENDS, Engine, OrtEngine, TorchEngine
+from runtime.backends import BACKENDS, Engine, OrtEngine, OvEngine, TorchEngine
 from runtime.cli import make_parser
 from runtime.precision import COSINE_TARGET, cosine, rel_l2
 from runtime.versions import installed_version
 from train.presets import FULL_WIDTH_BENCHMARK, added_tokens, get_preset
 
 SEED = 0
-ONNX = "model.opt.onnx"  # the CPU-fused ONNX, what ONNX Runtime's CPU provider runs
 KEY = "key.json"
 GB = 1e9
 TRIAD_GIB = 1.5  # three arrays of 0.5 GiB: far past any cache, as STREAM asks (4x the last level)
@@ -219,12 +218,28 @@ class Backend:
     open: Callable[[Built], Engine]
     precision: str  # what it computes in: the GEMM peak its achieved fraction is taken of
     weight_bytes: int  # bytes per weight it reads per call (autocast reads fp32 weights and casts them)
+    files: tuple[str, ...] = ()  # the cached files (FILES) it runs
 
 
+def _ort(name: str) -> Callable[[Built], Engine]:
+    return lambda b: OrtEngine(b.folder / FILES[name], b.io, "cpu", b.threads)
+
+
+def _ov(name: str, precision: str) -> Callable[[Built], Engine]:
+    return lambda b: OvEngine(b.folder / FILES[name], b.io, precision, b.threads)
+
+
+# the files a component is built into: ONNX Runtime's CPU-fused ONNX, the portable ONNX OpenVINO reads,
+# and the int8 models quantized from each (export/quantize.py, calibrated on seeded samples)
+FILES = {"cpu": "model.opt.onnx", "portable": "model.onnx", "ov_int8": "model.int8.xml", "ort_int8": "model.int8.onnx"}
 BENCH_BACKENDS: dict[str, Backend] = {
     "torch-fp32": Backend(lambda b: TorchEngine(b.module, b.io), "fp32", 4),
     "torch-bf16": Backend(lambda b: TorchEngine(b.module, b.io, "cpu", "bf16"), "bf16", 4),
-    "onnxruntime-fp32": Backend(lambda b: OrtEngine(b.folder / ONNX, b.io, "cpu", b.threads), "fp32", 4),
+    "onnxruntime-fp32": Backend(_ort("cpu"), "fp32", 4, ("cpu",)),
+    "onnxruntime-int8": Backend(_ort("ort_int8"), "int8", 1, ("cpu", "ort_int8")),
+    "openvino-fp32": Backend(_ov("portable", "fp32"), "fp32", 4, ("portable",)),
+    "openvino-bf16": Backend(_ov("portable", "bf16"), "bf16", 2, ("portable",)),
+    "openvino-int8": Backend(_ov("ov_int8", "int8"), "int8", 1, ("portable", "ov_int8")),
 }
 REFERENCE = "torch-fp32"
 DEFAULT_BACKENDS = ",".join(BENCH_BACKENDS)
@@ -271,23 +286,57 @@ def _seeded_module(config: dict[str, Any], spec_name: str) -> Any:
     return build_module(config, spec_name)
 
 
-def build_cached(config: dict[str, Any], spec_name: str, folder: Path) -> dict[str, Any]:
-    """The component's ONNX in `folder`, exported unless the cache key there matches (child process)."""
-    from export.onnx_export import export_cpu
+def calibration_samples(config: dict[str, Any], spec: ComponentSpec) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs at the sizes every benchmark component of `spec` runs at (the LLM: prefill and
+    decode alike); none is the seed-0 input the fidelity is measured on."""
+    sizes = [c.sizes(spec) for c in COMPONENTS.values() if c.spec == spec.name]
+    count = FULL_WIDTH_BENCHMARK["calibration_samples"]
+    return [spec.sample(sizes[i % len(sizes)], seed=SEED + 1 + i) for i in range(count)]
+
+
+def _make_file(kind: str, spec: ComponentSpec, folder: Path, module: Callable[[], Any], config: dict[str, Any]) -> None:
+    from export.onnx_export import export_cpu, export_portable
+    from export.quantize import QUANTIZERS
+
+    path = folder / FILES[kind]
+    if kind == "cpu":
+        export_cpu(spec, module(), path)
+    elif kind == "portable":
+        export_portable(spec, module(), path)
+    else:
+        backend, source = ("openvino", "portable") if kind == "ov_int8" else ("onnxruntime", "cpu")
+        QUANTIZERS[backend](folder / FILES[source], calibration_samples(config, spec), path, spec.name, [])
+
+
+def build_cached(config: dict[str, Any], spec_name: str, folder: Path, kinds: list[str]) -> dict[str, Any]:
+    """The component's `kinds` of FILES in `folder` (child process): those the cache key there lists
+    are taken as they are; a changed key empties the folder first."""
+    import shutil
+
+    from tqdm import tqdm
 
     spec = component_specs(config)[spec_name]
-    key = _cache_key(config, spec)
-    if (folder / KEY).exists() and (folder / ONNX).exists():
-        cached = json.loads((folder / KEY).read_text())
-        if {k: v for k, v in cached.items() if k != "fingerprint"} == json.loads(json.dumps(key)):
-            return {"built": False, "seconds": 0.0, "peak_rss_gb": _peak_rss_gb()}
-    start = time.perf_counter()
-    module = _seeded_module(config, spec_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / KEY).unlink(missing_ok=True)  # written last: a half-written cache is never taken
-    export_cpu(spec, module, folder / ONNX)
-    (folder / KEY).write_text(json.dumps({**key, "fingerprint": weights_fingerprint(module)}, indent=1))
-    return {"built": True, "seconds": time.perf_counter() - start, "peak_rss_gb": _peak_rss_gb()}
+    key = json.loads(json.dumps(_cache_key(config, spec)))
+    cached = json.loads((folder / KEY).read_text()) if (folder / KEY).exists() else {}
+    if {k: v for k, v in cached.items() if k not in ("fingerprint", "files")} != key:
+        shutil.rmtree(folder, ignore_errors=True)
+        cached = {}
+    missing = [k for k in FILES if k in kinds and k not in cached.get("files", [])]
+    start, made = time.perf_counter(), {}
+
+    def module() -> Any:
+        if "module" not in made:
+            made["module"] = _seeded_module(config, spec_name)
+        return made["module"]
+
+    if missing and not cached:
+        folder.mkdir(parents=True, exist_ok=True)
+        cached = {**key, "fingerprint": weights_fingerprint(module()), "files": []}
+    for kind in tqdm(missing, desc=f"{spec_name}: build", unit="file", leave=False):
+        _make_file(kind, spec, folder, module, config)
+        cached["files"].append(kind)  # listed once whole: a file cut short by a crash is made again
+        (folder / KEY).write_text(json.dumps(cached, indent=1))
+    return {"built": missing, "seconds": time.perf_counter() - start, "peak_rss_gb": _peak_rss_gb()}
 
 
 def fidelity(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
@@ -310,8 +359,8 @@ def run_component(config: dict[str, Any], name: str, backends: list[str], runs: 
     dims = component.sizes(spec)
     module = _seeded_module(config, component.spec)
     key = json.loads((folder / KEY).read_text()) if (folder / KEY).exists() else {}
-    if key.get("fingerprint") != weights_fingerprint(module):
-        raise RuntimeError(f"{name}: the weights drawn here differ from those of {folder / ONNX}; remove the folder to rebuild")
+    if key.get("files") and key.get("fingerprint") != weights_fingerprint(module):
+        raise RuntimeError(f"{name}: the weights drawn here differ from those {folder} was built from; remove it to rebuild")
     built = Built(spec, module, {"name": spec.name, **spec.to_json()}, folder, threads)
     engines = {b: BENCH_BACKENDS[b].open(built) for b in tqdm(backends, desc=f"{name}: open", unit="backend", leave=False)}
     feeds = spec.sample(dims, seed=SEED)
@@ -527,7 +576,8 @@ def run(
     for name in tqdm(components, desc="components", unit="component"):
         spec_name = COMPONENTS[name].spec
         folder = cache / preset / spec_name
-        build = in_child(build_cached, config, spec_name, folder)
+        kinds = sorted({f for b in backends for f in BENCH_BACKENDS[b].files})
+        build = in_child(build_cached, config, spec_name, folder, kinds)
         row = in_child(run_component, config, name, backends, runs, folder, threads)
         row["build"] = build
         row["achieved"] = achieved(name, row, limits)

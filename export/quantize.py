@@ -166,6 +166,8 @@ def quantize_onnxruntime(onnx: Path, samples: list[Feeds], out: Path, component:
     the `excluded` nodes stay fp32. `component` is unused: ONNX Runtime has no model types."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from export.onnx_export import EXTERNAL_DATA_BYTES, onnx_bytes
+
     quantize_static(
         str(onnx),
         str(out),
@@ -178,6 +180,8 @@ def quantize_onnxruntime(onnx: Path, samples: list[Feeds], out: Path, component:
         nodes_to_exclude=excluded,
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        # a full-width graph (and its calibration copy) passes protobuf's 2 GiB: weights beside it
+        use_external_data_format=onnx_bytes(onnx) > EXTERNAL_DATA_BYTES,
     )
     return out
 
