@@ -242,12 +242,12 @@ BENCH_BACKENDS: dict[str, Backend] = {
     "openvino-int8": Backend(_ov("ov_int8", "int8"), "int8", 1, ("portable", "ov_int8")),
 }
 REFERENCE = "torch-fp32"
-DEFAULT_BACKENDS = ",".join(BENCH_BACKENDS)
+ALL = "all"
 
 
 def backend_names(text: str) -> list[str]:
-    """`--backends`: labels of BENCH_BACKENDS; torch-fp32, the reference of every fidelity, first."""
-    names = [b.strip() for b in text.split(",") if b.strip()]
+    """`--backends`: labels of BENCH_BACKENDS (or `all`); torch-fp32, the reference of every fidelity, first."""
+    names = list(BENCH_BACKENDS) if text == ALL else [b.strip() for b in text.split(",") if b.strip()]
     unknown = [b for b in names if b not in BENCH_BACKENDS]
     if unknown or not names:
         runtime = ", ".join(label for label, (_, device) in BACKENDS.items() if device == "cpu")
@@ -259,7 +259,8 @@ def backend_names(text: str) -> list[str]:
 
 
 def component_names(text: str) -> list[str]:
-    names = [c.strip() for c in text.split(",") if c.strip()]
+    """`--components`: names of COMPONENTS, or `all`."""
+    names = list(COMPONENTS) if text == ALL else [c.strip() for c in text.split(",") if c.strip()]
     unknown = [c for c in names if c not in COMPONENTS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown component {unknown[0] if unknown else text!r}; known: {', '.join(COMPONENTS)}")
@@ -498,7 +499,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Seconds per call (median), ratio to PyTorch fp32, worst cosine to PyTorch fp32, achieved fraction of the bound.",
         "",
-        "| component | shape | " + " | ".join(backends) + " | peak RSS GB |",
+        "| component | shape | " + " | ".join(backends) + " | peak RSS GB (build / run) |",
         "|---|---|" + "---|" * len(backends) + "---|",
     ]
     for name, row in result["components"].items():
@@ -508,7 +509,7 @@ def markdown(result: dict[str, Any]) -> str:
             fid = row["fidelity"].get(b)
             close = f", cos {fid['cosine']:.5f}{'' if fid['meets'] else ' (misses)'}" if fid else ""
             cells.append(f"{row['seconds'][b]:.3f} s ({base / row['seconds'][b]:.2f}x{close}; {row['achieved'][b]['fraction']:.0%})")
-        lines.append(f"| {name} | {row['shape']} | " + " | ".join(cells) + f" | {row['peak_rss_gb']:.1f} |")
+        lines.append(f"| {name} | {row['shape']} | " + " | ".join(cells) + f" | {row['build']['peak_rss_gb']:.1f} / {row['peak_rss_gb']:.1f} |")
     llm = {n: r for n, r in result["components"].items() if n in LLM_PARTS}
     if llm:
         lines += ["", "## LLM per layer and at full depth (seconds)", "", "| step | backend | per layer | all layers |", "|---|---|---|---|"]
@@ -576,10 +577,12 @@ def run(
     for name in tqdm(components, desc="components", unit="component"):
         spec_name = COMPONENTS[name].spec
         folder = cache / preset / spec_name
-        kinds = sorted({f for b in backends for f in BENCH_BACKENDS[b].files})
-        build = in_child(build_cached, config, spec_name, folder, kinds)
+        kinds = [k for k in FILES if any(k in BENCH_BACKENDS[b].files for b in backends)]
+        # a process per file: an export holds several copies of the weights (the LLM's, 19 GB at its width)
+        build = [in_child(build_cached, config, spec_name, folder, [k]) for k in kinds]
         row = in_child(run_component, config, name, backends, runs, folder, threads)
-        row["build"] = build
+        row["build"] = {"built": [k for b in build for k in b["built"]], "seconds": sum(b["seconds"] for b in build),
+                        "peak_rss_gb": max((b["peak_rss_gb"] for b in build), default=0.0)}
         row["achieved"] = achieved(name, row, limits)
         result["components"][name] = row
     return result
@@ -587,8 +590,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__)
-    p.add_argument("--components", type=component_names, default=",".join(COMPONENTS), help="comma-separated")
-    p.add_argument("--backends", type=backend_names, default=DEFAULT_BACKENDS, help=f"comma-separated, of {', '.join(BENCH_BACKENDS)}")
+    p.add_argument("--components", type=component_names, default=ALL, help=f"comma-separated, of {', '.join(COMPONENTS)}")
+    p.add_argument("--backends", type=backend_names, default=ALL, help=f"comma-separated, of {', '.join(BENCH_BACKENDS)}")
     p.add_argument("--runs", type=int, default=3, help="timed runs per backend, after one warm-up round")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/full_width.json"))
     p.add_argument("--cache", type=Path, default=Path("runs/full_width"), help="where the exported ONNX files are kept between runs")

@@ -17,6 +17,7 @@ from runtime.precision import COSINE_TARGET
 def test_backends_are_label_and_precision_with_the_reference_first():
     assert fw.backend_names("onnxruntime-fp32,torch-bf16") == ["torch-fp32", "onnxruntime-fp32", "torch-bf16"]
     assert fw.backend_names("torch-fp32") == ["torch-fp32"]
+    assert fw.backend_names("all") == list(fw.BENCH_BACKENDS)
     for bad in ("onnxruntime", "torch-fp8", "", "tensorrt-fp32"):
         with pytest.raises(argparse.ArgumentTypeError, match="unknown backend"):
             fw.backend_names(bad)
@@ -24,6 +25,7 @@ def test_backends_are_label_and_precision_with_the_reference_first():
 
 def test_components_are_refused_by_name():
     assert fw.component_names("sd_unet, llm_decode") == ["sd_unet", "llm_decode"]
+    assert fw.component_names("all") == list(fw.COMPONENTS)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown component 'sd_vae'"):
         fw.component_names("sd_unet,sd_vae")
 
