@@ -156,7 +156,8 @@ def verify(
 def attention_score_bytes(spec: ComponentSpec, module: torch.nn.Module, at: str) -> int:
     """Bytes of the largest attention-score matrix (batch x heads x queries x keys, fp32) one call of
     `module` at the profile point `at` computes: every scaled_dot_product_attention traced on fake
-    tensors (shapes only, nothing computed)."""
+    tensors (shapes only, nothing computed). nn.MultiheadAttention's own kernel (ImageBind's trunks,
+    the projectors' transformers) is not seen: a few hundred tokens there, never near the limit."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.overrides import TorchFunctionMode
 
