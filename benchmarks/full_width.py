@@ -531,8 +531,9 @@ def roofline(result: dict[str, Any], path: Path, origin: dict[str, Any]) -> Path
     fig, ax = plt.subplots(figsize=(9, 6))
     points = [(n, b, a) for n, row in result["components"].items() for b, a in row["achieved"].items()]
     xs = np.array([a["intensity"] for _, _, a in points] or [1.0])
-    grid = np.logspace(np.log10(max(xs.min() / 4, 1e-2)), np.log10(xs.max() * 4), 100)
     bandwidth = limits["memory_gb_s"] / 1e3  # TB/s: TFLOP/s per FLOP/byte
+    ridges = [peak / bandwidth for peak in limits["gemm_tflops"].values()]  # where each roof bends
+    grid = np.logspace(np.log10(max(min(xs.min(), *ridges) / 4, 1e-2)), np.log10(max(xs.max(), *ridges) * 4), 100)
     for precision, peak in limits["gemm_tflops"].items():
         ax.plot(grid, np.minimum(grid * bandwidth, peak), lw=1, label=f"{precision} peak {peak:.2f} TFLOP/s, {limits['memory_gb_s']:.0f} GB/s")
     markers = dict(zip(result["backends"], "osD^vP*X"))
