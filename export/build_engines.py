@@ -43,6 +43,7 @@ from export.specs import ComponentSpec, component_specs
 from export.tensorrt_build import TIMING_CACHE, build_plan, tensorrt_info
 from runtime.backends import Engine, OrtEngine, OvEngine, TrtEngine, labels_for, require_tensorrt, resolve_backend
 from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
+from runtime.limits import VERIFY_ATTENTION_BYTES
 from runtime.manifest import Build, ManifestError, read_manifest, sha256_tree, write_manifest
 from runtime.precision import PRECISIONS, TOLERANCE, compare, rule_for
 from runtime.versions import cpu_flags, installed_version, isa_flags, version_number
@@ -160,6 +161,42 @@ def verify(
     return {"max_abs_error": worst, "max_abs_error_vs_fp32": worst_fp32, "min_cosine": cos}
 
 
+@torch.no_grad()
+def attention_score_bytes(spec: ComponentSpec, module: torch.nn.Module, at: str) -> int:
+    """Bytes of the largest attention-score matrix (batch x heads x queries x keys, fp32) one call of
+    `module` at the profile point `at` computes: every scaled_dot_product_attention traced on fake
+    tensors (shapes only, nothing computed). nn.MultiheadAttention's own kernel (ImageBind's trunks,
+    the projectors' transformers) is not seen: a few hundred tokens there, never near the limit."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.overrides import TorchFunctionMode
+
+    largest = 0
+
+    class Scores(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            nonlocal largest
+            if func is torch.nn.functional.scaled_dot_product_attention:
+                query, key = args[0], args[1]
+                largest = max(largest, int(np.prod(query.shape[:-1])) * int(key.shape[-2]) * 4)
+            return func(*args, **(kwargs or {}))
+
+    feeds = spec.sample(spec.point(at), seed=1)
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        args = [fake.from_tensor(torch.from_numpy(feeds[n])) for n in spec.input_names]
+        with Scores():
+            module(*args)
+    return largest
+
+
+def portable_point(spec: ComponentSpec, module: torch.nn.Module, at: str) -> str:
+    """Where the portable ONNX is checked: at `at`, unless its decomposed attention would hold more
+    than VERIFY_ATTENTION_BYTES of scores there; then at min. (The CPU file's fused attention does
+    not hold them all, so it is checked at `at` whatever the size.)"""
+    if at == "min" or attention_score_bytes(spec, module, at) <= VERIFY_ATTENTION_BYTES:
+        return at
+    return "min"
+
+
 def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
@@ -242,7 +279,8 @@ def _build_one(
         return {"onnx": rel(portable), "engine": rel(portable)}, errors
     if backend == "onnxruntime":
         cpu = export_cpu(spec, module, stage / spec.name / "model.opt.onnx")
-        errors = {rel(f): verify(spec, module, OrtEngine(f, io), precision, verify_at) for f in (cpu, portable)}
+        points = {cpu: verify_at, portable: portable_point(spec, module, verify_at)}
+        errors = {rel(f): {**verify(spec, module, OrtEngine(f, io), precision, at), "point": at} for f, at in points.items()}
         # which file each ONNX Runtime execution provider runs: the CPU fusions are the CPU provider's only
         files = {"engine": rel(cpu), "provider_files": {"cpu": rel(cpu), "cuda": rel(portable), "tensorrt": rel(portable)}}
         return {"onnx": rel(portable), **files}, errors

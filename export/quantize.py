@@ -167,6 +167,8 @@ def quantize_onnxruntime(onnx: Path, samples: list[Feeds], out: Path, excluded: 
     the `excluded` nodes stay fp32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from export.onnx_export import EXTERNAL_DATA_BYTES, onnx_bytes
+
     quantize_static(
         str(onnx),
         str(out),
@@ -179,6 +181,8 @@ def quantize_onnxruntime(onnx: Path, samples: list[Feeds], out: Path, excluded: 
         nodes_to_exclude=excluded,
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        # a full-width graph (and its calibration copy) passes protobuf's 2 GiB: weights beside it
+        use_external_data_format=onnx_bytes(onnx) > EXTERNAL_DATA_BYTES,
     )
     return out
 

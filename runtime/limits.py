@@ -18,6 +18,10 @@ NAME_MAX_BYTES = 255  # the longest file name Linux file systems store (NAME_MAX
 # averages more than this many bytes per token, so a longer prompt cannot fit the context.
 PROMPT_BYTES_PER_TOKEN = 8
 TOP_P_RANGE = (0.0, 1.0)  # a probability mass: a range by definition, not a policy
+# The build's check of a portable ONNX runs its attention decomposed (MatMul, Softmax, MatMul), every
+# score of a call held at once: at a profile point where one attention's scores pass this, the
+# portable file is checked at min instead (nextgpt-7b-shallow's ZeroScope UNet at opt: 8 GB)
+VERIFY_ATTENTION_BYTES = 2 << 30
 
 
 class LimitError(ValueError):

@@ -87,3 +87,37 @@ def test_every_other_full_width_component_verifies_at_the_profile_minimum(full_w
     assert [o.name for o in outcomes] == rest and all(o.max_abs_error < 1e-4 for o in outcomes)
     manifest = read_manifest(tmp_path / "engines")
     assert {manifest.component(n)["verify"]["point"] for n in rest} == {"min"}
+
+
+def test_attention_scores_are_counted_from_the_traced_shapes(tiny_dir):
+    from export.build_engines import attention_score_bytes
+    from export.specs import component_specs
+    from train.components import build_component
+
+    model = load_checkpoint(tiny_dir)
+    spec = component_specs(model.config)["zeroscope_unet"]
+    module = build_component(model, spec.name)
+    sizes = {p: attention_score_bytes(spec, module, p) for p in ("min", "opt")}
+    # the tiny UNet's first block: 8x8 latents, 4 heads of 8 channels, 64 queries over 64 keys, per frame
+    # and per batch row (batch x frames: 1 at min, 2 x 8 at opt)
+    assert sizes == {"min": 1 * 4 * 64 * 64 * 4, "opt": 16 * 4 * 64 * 64 * 4}
+
+
+def test_a_portable_onnx_whose_attention_is_too_big_is_checked_at_min(tiny_dir, tmp_path, monkeypatch):
+    import export.build_engines as build_engines
+
+    monkeypatch.setattr(build_engines, "VERIFY_ATTENTION_BYTES", 1)  # every attention is too big
+    build(tiny_dir, tmp_path / "engines", components=["zeroscope_unet"], progress=False)
+    entry = read_manifest(tmp_path / "engines").component("zeroscope_unet")
+    points = {f: e["point"] for f, e in entry["verify"]["by_file"].items()}
+    assert points == {"zeroscope_unet/model.opt.onnx": "opt", "zeroscope_unet/model.onnx": "min"}
+    assert entry["verify"]["point"] == "opt"  # what the build was asked for, and the fused file's check
+
+
+@pytest.mark.slow
+def test_zeroscope_at_full_width_verifies_at_opt_with_its_fused_attention(full_width_checkpoint, tmp_path):
+    # 8 GB of scores in the portable file's decomposed attention at opt: that file is checked at min
+    outcomes = build(full_width_checkpoint, tmp_path / "engines", components=["zeroscope_unet"], progress=False)
+    assert outcomes[0].max_abs_error < 1e-4
+    by_file = read_manifest(tmp_path / "engines").component("zeroscope_unet")["verify"]["by_file"]
+    assert {e["point"] for e in by_file.values()} == {"opt", "min"}

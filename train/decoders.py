@@ -145,6 +145,14 @@ def _new_module(cls: type[nn.Module], config: dict[str, Any]) -> nn.Module:
     return cls.from_config(config).eval()
 
 
+def build_network(section: dict[str, Any], name: str) -> nn.Module:
+    """One network of a decoder section (`unet`, `vae` or `vocoder`) with random weights, seeded by the
+    caller's torch.manual_seed: the part alone, without the text encoder `build_decoder` also makes."""
+    if name not in _module_names(section):
+        raise ValueError(f"{section['name']} has no {name!r}; it has {', '.join(_module_names(section))}")
+    return _new_module(_module_class(section, name), section[name])
+
+
 def _new_scheduler(config: dict[str, Any]) -> SchedulerMixin:
     return getattr(diffusers, config["_class_name"]).from_config(config)
 

@@ -421,6 +421,14 @@ def _nextgpt_7b_shallow() -> dict[str, Any]:
     return p
 
 
+# What benchmarks/full_width.py runs `nextgpt-7b`'s components at (issue 29): ZeroScope at 8 of its 24
+# frames (a 24-frame step holds 3x the activations), the LLM as a few of its 32 layers, extrapolated
+# to 32, over a 128-token prompt and one decode step after it; int8 calibrated on 4 seeded samples
+FULL_WIDTH_BENCHMARK: dict[str, Any] = {
+    "video_frames": 8, "llm_layers": 2, "prefill_tokens": 128, "decode_past": 128, "calibration_samples": 4,
+}
+
+
 PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nextgpt-7b": _nextgpt_7b(), "nextgpt-7b-shallow": _nextgpt_7b_shallow()}
 
 

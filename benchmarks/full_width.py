@@ -1,0 +1,615 @@
+"""Every component of `nextgpt-7b` at its real width, from random weights, on every CPU backend.
+
+    python benchmarks/full_width.py [--components sd_unet,llm_decode] [--backends torch-fp32,torch-bf16,onnxruntime-fp32] \\
+        [--runs 3] [--json benchmarks/results/full_width.json] [--cache runs/full_width]
+
+No download: each component is built from the preset's configs (diffusers' SD-1.5, AudioLDM and
+ZeroScope UNets, VAEs and vocoder, ImageBind huge, the projectors, Vicuna-7B layers) with seeded
+random weights, one component at a time, each in a child process of its own so that its memory
+is freed before the next (its peak RSS is reported). Its ONNX is exported once into the cache folder
+and reused while the preset, the seed and the library versions stay the same.
+
+Per component the backends run interleaved on the same inputs, and every output is compared with
+PyTorch fp32 (cosine, relative L2). The LLM runs as `--layers` full-width decoder layers (prefill
+of a prompt, one decode step over its KV cache), reported per layer and extrapolated to all of its
+layers. In the same run the machine's limits are measured (a triad's memory bandwidth, peak GEMM
+per precision), and each component's achieved fraction of them is plotted as a roofline beside the
+JSON and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: the repository root first, so the packages import
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks.compare_latency import interleaved
+from benchmarks.machine import describe_machine, thread_budget
+from benchmarks.report import save_figure, save_report
+from export.specs import ComponentSpec, component_specs
+from runtime.backends import BACKENDS, Engine, OrtEngine, OvEngine, TorchEngine
+from runtime.cli import make_parser
+from runtime.precision import COSINE_TARGET, cosine, rel_l2
+from runtime.versions import installed_version
+from train.presets import FULL_WIDTH_BENCHMARK, added_tokens, get_preset
+
+SEED = 0
+KEY = "key.json"
+GB = 1e9
+TRIAD_GIB = 1.5  # three arrays of 0.5 GiB: far past any cache, as STREAM asks (4x the last level)
+GEMM_SIZE = 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# components: what each one is, how it is built, at which sizes it runs
+
+
+@dataclass(frozen=True)
+class Component:
+    spec: str  # the export/specs.py component it is
+    sizes: Callable[[ComponentSpec], dict[str, int]]  # the axis sizes it runs at
+
+
+def _opt(spec: ComponentSpec) -> dict[str, int]:
+    return spec.point("opt")
+
+
+def _with(**sizes: str | int) -> Callable[[ComponentSpec], dict[str, int]]:
+    """The opt point with some axes at FULL_WIDTH_BENCHMARK's or the profile's sizes (`max`)."""
+
+    def at(spec: ComponentSpec) -> dict[str, int]:
+        dims = spec.point("opt")
+        for axis, source in sizes.items():
+            if isinstance(source, str):
+                source = spec.dims[axis][2] if source == "max" else FULL_WIDTH_BENCHMARK[source]
+            dims[axis] = source
+        if spec.sums:
+            for total, terms in spec.sums.items():
+                dims[total] = sum(dims[t] for t in terms)
+        return dims
+
+    return at
+
+
+COMPONENTS: dict[str, Component] = {
+    "imagebind_image": Component("imagebind_vision", _opt),  # one clip: an image repeated to its 2 frames
+    "imagebind_video": Component("imagebind_vision", _with(clips="max")),  # every clip of a video
+    "imagebind_audio": Component("imagebind_audio", _opt),
+    "llm_prefill": Component("llm", _with(seq="prefill_tokens", past=0)),
+    "llm_decode": Component("llm", _with(seq=1, past="decode_past")),
+    "projector_image": Component("projector_image", _opt),
+    "projector_video": Component("projector_video", _opt),
+    "projector_audio": Component("projector_audio", _opt),
+    "sd_unet": Component("sd_unet", _opt),  # batch 2: classifier-free guidance
+    "sd_vae_decoder": Component("sd_vae_decoder", _opt),
+    "zeroscope_unet": Component("zeroscope_unet", _opt),
+    "zeroscope_vae_decoder": Component("zeroscope_vae_decoder", _opt),  # every frame of the clip
+    "audioldm_unet": Component("audioldm_unet", _opt),
+    "audioldm_vae_decoder": Component("audioldm_vae_decoder", _opt),
+    "audioldm_vocoder": Component("audioldm_vocoder", _opt),
+}
+LLM_PARTS = ("llm_prefill", "llm_decode")
+
+
+def benchmark_config(preset: str, layers: int) -> dict[str, Any]:
+    """The preset as the benchmark runs it: its vocabulary with NExT-GPT's added tokens, the LLM at
+    `layers` layers, ZeroScope at FULL_WIDTH_BENCHMARK's frame count (the preset's where fewer)."""
+    config = get_preset(preset)
+    llm = config["llm"]
+    config["llm"] = {**llm, "vocab_size": llm["base_vocab_size"] + len(added_tokens()), "layers_in_full": llm["num_hidden_layers"]}
+    config["llm"]["num_hidden_layers"] = min(layers, llm["num_hidden_layers"])
+    video = config["decoders"]["video"]
+    video["frames"] = min(video["frames"], FULL_WIDTH_BENCHMARK["video_frames"])
+    return config
+
+
+def build_module(config: dict[str, Any], spec_name: str) -> Any:
+    """A spec's flat-IO module with random weights (caller-seeded), built from its config section alone
+    (no checkpoint, none of the other parts), in eval mode."""
+    from torch import nn
+
+    from train.components import EncoderWithProjection, ProjectorWithSignalEmbeds, UNetStep, VaeDecode, Vocoder
+    from train.decoders import build_network
+    from train.imagebind import ImageBindEncoder
+    from train.llm import build_llm
+    from train.llm_step import LlmStep
+    from train.presets import SIGNAL_TOKEN_COUNTS
+    from train.projectors import build_input_projection, build_projector
+
+    if spec_name.startswith("imagebind_"):
+        encoder = ImageBindEncoder(config["imagebind"])
+        encode = encoder.encode_vision if spec_name.endswith("vision") else encoder.encode_audio
+        module = EncoderWithProjection(encode, build_input_projection(config))
+        module.encoder = encoder  # a submodule, so that .to() and the parameter count reach the trunk
+    elif spec_name == "llm":
+        llm = {k: v for k, v in config["llm"].items() if k != "layers_in_full"}
+        module = LlmStep(build_llm(llm, llm["vocab_size"]))
+    elif spec_name.startswith("projector_"):
+        modality = spec_name.removeprefix("projector_")
+        count = SIGNAL_TOKEN_COUNTS[modality]
+        # the signal tokens' rows of the LLM's embedding: a stand-in model holding only those rows
+        owner = SimpleNamespace(
+            projectors={modality: build_projector(config, modality)},
+            config={"tokens": {"signal_ids": {modality: list(range(count))}}},
+            embed_tokens=nn.Embedding(count, config["llm"]["hidden_size"]),
+        )
+        module = ProjectorWithSignalEmbeds(owner, modality)
+    else:
+        section = next(d for d in config["decoders"].values() if spec_name.startswith(f"{d['name']}_"))
+        part = spec_name.removeprefix(f"{section['name']}_")
+        wrap = {"unet": UNetStep, "vae_decoder": VaeDecode, "vocoder": Vocoder}[part]
+        module = wrap(build_network(section, part.removesuffix("_decoder")))
+    return module.eval()
+
+
+def weights_fingerprint(module: Any) -> list[float]:
+    """Sum and sum of squares of every weight: ties a cached ONNX to the weights a seed draws here."""
+    import torch
+
+    with torch.no_grad():
+        tensors = [t.double() for t in module.state_dict().values() if t.is_floating_point()]
+        return [float(sum(t.sum() for t in tensors)), float(sum((t * t).sum() for t in tensors))]
+
+
+def count_flops(config: dict[str, Any], spec: ComponentSpec, dims: dict[str, int]) -> dict[str, Any]:
+    """FLOPs of one call, counted by torch's FlopCounterMode on the meta device (no weights, no
+    compute), attention decomposed into the matmuls it is; the LLM's split into its decoder layers and
+    the rest (embedding, final norm, head)."""
+    import torch
+    from accelerate import init_empty_weights
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with init_empty_weights(include_buffers=True):
+        module = build_module(config, spec.name).requires_grad_(False)  # the counter's module tracker hooks leaves that need grad
+    feeds = spec.sample(dims, seed=SEED)
+    args = [torch.from_numpy(feeds[n]).to("meta") for n in spec.input_names]
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        module(*args)
+    total = counter.get_total_flops()
+    result: dict[str, Any] = {"flops": int(total)}
+    if spec.name == "llm":
+        per_module = counter.get_flop_counts()
+        layer = next(sum(v.values()) for k, v in per_module.items() if k.endswith("layers.0"))
+        result["layer_flops"] = int(layer)
+    return result
+
+
+def parameter_bytes(module: Any) -> dict[str, int]:
+    """Bytes of the weights in fp32, and of one LLM decoder layer's where there are layers."""
+    out = {"weights": sum(p.numel() * 4 for p in module.parameters())}
+    llm = getattr(module, "llm", None)
+    if llm is not None and hasattr(llm, "model"):
+        out["layer_weights"] = sum(p.numel() * 4 for p in llm.model.layers[0].parameters())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# backends: `<runtime label>-<precision>`, each a way to open an engine on a built component
+
+
+@dataclass
+class Built:
+    """One component ready to run: its module, spec, manifest-style IO and cached files."""
+
+    spec: ComponentSpec
+    module: Any
+    io: dict[str, Any]
+    folder: Path
+    threads: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    open: Callable[[Built], Engine]
+    precision: str  # what it computes in: the GEMM peak its achieved fraction is taken of
+    weight_bytes: int  # bytes per weight it reads per call (autocast reads fp32 weights and casts them)
+    files: tuple[str, ...] = ()  # the cached files (FILES) it runs
+
+
+def _ort(name: str) -> Callable[[Built], Engine]:
+    return lambda b: OrtEngine(b.folder / FILES[name], b.io, "cpu", b.threads)
+
+
+def _ov(name: str, precision: str) -> Callable[[Built], Engine]:
+    return lambda b: OvEngine(b.folder / FILES[name], b.io, precision, b.threads)
+
+
+# the files a component is built into: ONNX Runtime's CPU-fused ONNX, the portable ONNX OpenVINO reads,
+# and the int8 models quantized from each (export/quantize.py, calibrated on seeded samples)
+FILES = {"cpu": "model.opt.onnx", "portable": "model.onnx", "ov_int8": "model.int8.xml", "ort_int8": "model.int8.onnx"}
+BENCH_BACKENDS: dict[str, Backend] = {
+    "torch-fp32": Backend(lambda b: TorchEngine(b.module, b.io), "fp32", 4),
+    "torch-bf16": Backend(lambda b: TorchEngine(b.module, b.io, "cpu", "bf16"), "bf16", 4),
+    "onnxruntime-fp32": Backend(_ort("cpu"), "fp32", 4, ("cpu",)),
+    "onnxruntime-int8": Backend(_ort("ort_int8"), "int8", 1, ("cpu", "ort_int8")),
+    "openvino-fp32": Backend(_ov("portable", "fp32"), "fp32", 4, ("portable",)),
+    "openvino-bf16": Backend(_ov("portable", "bf16"), "bf16", 2, ("portable",)),
+    "openvino-int8": Backend(_ov("ov_int8", "int8"), "int8", 1, ("portable", "ov_int8")),
+}
+REFERENCE = "torch-fp32"
+ALL = "all"
+
+
+def backend_names(text: str) -> list[str]:
+    """`--backends`: labels of BENCH_BACKENDS (or `all`); torch-fp32, the reference of every fidelity, first."""
+    names = list(BENCH_BACKENDS) if text == ALL else [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BENCH_BACKENDS]
+    if unknown or not names:
+        runtime = ", ".join(label for label, (_, device) in BACKENDS.items() if device == "cpu")
+        raise argparse.ArgumentTypeError(
+            f"unknown backend {unknown[0] if unknown else text!r}; known: {', '.join(BENCH_BACKENDS)} "
+            f"(a runtime label of {runtime} and a precision)"
+        )
+    return [REFERENCE, *(b for b in names if b != REFERENCE)]
+
+
+def component_names(text: str) -> list[str]:
+    """`--components`: names of COMPONENTS, or `all`."""
+    names = list(COMPONENTS) if text == ALL else [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in COMPONENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown component {unknown[0] if unknown else text!r}; known: {', '.join(COMPONENTS)}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# one component, in a child process of its own
+
+
+def _cache_key(config: dict[str, Any], spec: ComponentSpec) -> dict[str, Any]:
+    libraries = {n: installed_version(n) for n in ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "diffusers")}
+    return {"spec": spec.to_json(), "config": config, "seed": SEED, "libraries": libraries}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # Linux reports KiB
+
+
+def _seeded_module(config: dict[str, Any], spec_name: str) -> Any:
+    import torch
+
+    torch.manual_seed(SEED)
+    return build_module(config, spec_name)
+
+
+def calibration_samples(config: dict[str, Any], spec: ComponentSpec) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs at the sizes every benchmark component of `spec` runs at (the LLM: prefill and
+    decode alike); none is the seed-0 input the fidelity is measured on."""
+    sizes = [c.sizes(spec) for c in COMPONENTS.values() if c.spec == spec.name]
+    count = FULL_WIDTH_BENCHMARK["calibration_samples"]
+    return [spec.sample(sizes[i % len(sizes)], seed=SEED + 1 + i) for i in range(count)]
+
+
+def _make_file(kind: str, spec: ComponentSpec, folder: Path, module: Callable[[], Any], config: dict[str, Any]) -> None:
+    from export.onnx_export import export_cpu, export_portable
+    from export.quantize import QUANTIZERS
+
+    path = folder / FILES[kind]
+    if kind == "cpu":
+        export_cpu(spec, module(), path)
+    elif kind == "portable":
+        export_portable(spec, module(), path)
+    else:
+        backend, source = ("openvino", "portable") if kind == "ov_int8" else ("onnxruntime", "cpu")
+        QUANTIZERS[backend](folder / FILES[source], calibration_samples(config, spec), path, spec.name, [])
+
+
+def build_cached(config: dict[str, Any], spec_name: str, folder: Path, kinds: list[str]) -> dict[str, Any]:
+    """The component's `kinds` of FILES in `folder` (child process): those the cache key there lists
+    are taken as they are; a changed key empties the folder first."""
+    import shutil
+
+    from tqdm import tqdm
+
+    spec = component_specs(config)[spec_name]
+    key = json.loads(json.dumps(_cache_key(config, spec)))
+    cached = json.loads((folder / KEY).read_text()) if (folder / KEY).exists() else {}
+    if {k: v for k, v in cached.items() if k not in ("fingerprint", "files")} != key:
+        shutil.rmtree(folder, ignore_errors=True)
+        cached = {}
+    missing = [k for k in FILES if k in kinds and k not in cached.get("files", [])]
+    start, made = time.perf_counter(), {}
+
+    def module() -> Any:
+        if "module" not in made:
+            made["module"] = _seeded_module(config, spec_name)
+        return made["module"]
+
+    if missing and not cached:
+        folder.mkdir(parents=True, exist_ok=True)
+        cached = {**key, "fingerprint": weights_fingerprint(module()), "files": []}
+    for kind in tqdm(missing, desc=f"{spec_name}: build", unit="file", leave=False):
+        _make_file(kind, spec, folder, module, config)
+        cached["files"].append(kind)  # listed once whole: a file cut short by a crash is made again
+        (folder / KEY).write_text(json.dumps(cached, indent=1))
+    return {"built": missing, "seconds": time.perf_counter() - start, "peak_rss_gb": _peak_rss_gb()}
+
+
+def fidelity(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
+    """Every output against the reference's: cosine and relative L2; the worst of each, and whether
+    the worst cosine meets the precision's target."""
+    per = {n: {"cosine": cosine(reference[n], np.asarray(o)), "rel_l2": rel_l2(reference[n], np.asarray(o))} for n, o in outputs.items()}
+    worst = min(v["cosine"] for v in per.values())
+    target = COSINE_TARGET[precision]
+    return {"cosine": worst, "rel_l2": max(v["rel_l2"] for v in per.values()), "target": target, "meets": worst >= target, "outputs": per}
+
+
+def run_component(config: dict[str, Any], name: str, backends: list[str], runs: int, folder: Path, threads: int) -> dict[str, Any]:
+    """Time and compare one component on every backend (child process): interleaved runs after one
+    warm-up round, same inputs; FLOPs, weight bytes and the process's peak RSS beside."""
+    from tqdm import tqdm
+
+    thread_budget(threads)
+    component = COMPONENTS[name]
+    spec = component_specs(config)[component.spec]
+    dims = component.sizes(spec)
+    module = _seeded_module(config, component.spec)
+    key = json.loads((folder / KEY).read_text()) if (folder / KEY).exists() else {}
+    if key.get("files") and key.get("fingerprint") != weights_fingerprint(module):
+        raise RuntimeError(f"{name}: the weights drawn here differ from those {folder} was built from; remove it to rebuild")
+    built = Built(spec, module, {"name": spec.name, **spec.to_json()}, folder, threads)
+    engines = {b: BENCH_BACKENDS[b].open(built) for b in tqdm(backends, desc=f"{name}: open", unit="backend", leave=False)}
+    feeds = spec.sample(dims, seed=SEED)
+    outputs = {b: e.run(feeds) for b, e in engines.items()}  # the warm-up round, kept for the fidelity
+    times = interleaved({b: (lambda e=e: e.run(feeds)) for b, e in engines.items()}, runs, warmup=0)
+    result: dict[str, Any] = {
+        "spec": spec.name,
+        "shape": ", ".join(f"{n} {'x'.join(map(str, feeds[n].shape))}" for n in spec.input_names),
+        "dims": dims,
+        "seconds": {b: statistics.median(t) for b, t in times.items()},
+        "best_seconds": {b: min(t) for b, t in times.items()},
+        "fidelity": {b: fidelity(outputs[REFERENCE], outputs[b], BENCH_BACKENDS[b].precision) for b in backends if b != REFERENCE},
+        **count_flops(config, spec, dims),
+        **parameter_bytes(module),
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+    if spec.name == "llm":
+        result.update(llm_layers(result, config["llm"]))
+    return result
+
+
+def llm_layers(result: dict[str, Any], llm: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per decoder layer and for the whole depth. The step's time is shared between its
+    layers and the rest (embedding, final norm, head) in proportion to their FLOPs, which for a decode
+    step are also their weight reads: per layer = t * layer / total, all = t * (L * layer + rest) / total."""
+    layers, full = llm["num_hidden_layers"], llm["layers_in_full"]
+    total, layer = result["flops"], result["layer_flops"]
+    rest = total - layers * layer
+    return {
+        "layers": layers,
+        "layers_in_full": full,
+        "per_layer_seconds": {b: t * layer / total for b, t in result["seconds"].items()},
+        f"extrapolated_{full}_layers_seconds": {b: t * (full * layer + rest) / total for b, t in result["seconds"].items()},
+    }
+
+
+def in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`function(*args)` in a fresh process, so every byte it held is returned to the system after."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+# ---------------------------------------------------------------------------------------------
+# the machine's limits
+
+
+def memory_bandwidth(gib: float = TRIAD_GIB, repeats: int = 5) -> float:
+    """GB/s of a STREAM triad (a = b + s * c) over three float32 arrays of `gib` / 3 GiB in all, on
+    every torch thread; STREAM's count: two arrays read and one written, best of `repeats`."""
+    import torch
+
+    n = int(gib * 2**30 / 3 / 4)
+    b, c, a = torch.rand(n), torch.rand(n), torch.empty(n)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        best = min(best, time.perf_counter() - start)
+    return 3 * n * 4 / best / GB
+
+
+def _best_seconds(call: Callable[[], Any], repeats: int) -> float:
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gemm_tflops(size: int = GEMM_SIZE, repeats: int = 3, threads: int = 0) -> dict[str, float]:
+    """Peak of a square matmul per precision in the fastest library here for it: torch (oneDNN)
+    for fp32 and bf16, ONNX Runtime's MatMulInteger (MLAS: VNNI/AMX where present) for int8."""
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    flops = 2 * size**3
+    out = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x, w = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+        out[precision] = flops / _best_seconds(lambda: torch.mm(x, w), repeats) / 1e12
+    rng = np.random.default_rng(SEED)
+    weight = numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w"], ["y"])],
+        "int8_gemm",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])],
+        [weight],
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString(), options)
+    x8 = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    out["int8"] = flops / _best_seconds(lambda: session.run(None, {"x": x8}), repeats) / 1e12
+    return out
+
+
+def machine_limits(threads: int, triad_gib: float = TRIAD_GIB, gemm_size: int = GEMM_SIZE) -> dict[str, Any]:
+    thread_budget(threads)
+    return {"memory_gb_s": memory_bandwidth(triad_gib), "gemm_tflops": gemm_tflops(gemm_size, threads=threads), "triad_gib": triad_gib, "gemm_size": gemm_size}
+
+
+def achieved(name: str, row: dict[str, Any], limits: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per backend: what it reached and its fraction of the bound that binds it. A decode step reads
+    every weight once per token: weight bytes / time / bandwidth. The rest: FLOPs / time / the GEMM
+    peak of the precision the backend computes in."""
+    out = {}
+    for b, seconds in row["seconds"].items():
+        backend = BENCH_BACKENDS[b]
+        tflops = row["flops"] / seconds / 1e12
+        entry = {"tflops": tflops, "intensity": row["flops"] / (row["weights"] / 4 * backend.weight_bytes)}
+        if name == "llm_decode":
+            gb_s = row["weights"] / 4 * backend.weight_bytes / seconds / GB
+            entry.update(gb_s=gb_s, fraction=gb_s / limits["memory_gb_s"], bound="memory")
+        else:
+            entry.update(fraction=tflops / limits["gemm_tflops"][backend.precision], bound=f"{backend.precision} GEMM")
+        out[b] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def markdown(result: dict[str, Any]) -> str:
+    limits, backends = result["limits"], result["backends"]
+    peaks = ", ".join(f"{p} {v:.2f} TFLOP/s" for p, v in limits["gemm_tflops"].items())
+    lines = [
+        f"# Full width ({result['cpu']}, {result['threads']} threads)",
+        "",
+        f"Limits measured in the same run: memory {limits['memory_gb_s']:.1f} GB/s (triad over {limits['triad_gib']} GiB); GEMM peak {peaks}.",
+        "",
+        "Seconds per call (median), ratio to PyTorch fp32, worst cosine to PyTorch fp32, achieved fraction of the bound.",
+        "",
+        "| component | shape | " + " | ".join(backends) + " | peak RSS GB (build / run) |",
+        "|---|---|" + "---|" * len(backends) + "---|",
+    ]
+    for name, row in result["components"].items():
+        base = row["seconds"][REFERENCE]
+        cells = []
+        for b in backends:
+            fid = row["fidelity"].get(b)
+            close = f", cos {fid['cosine']:.5f}{'' if fid['meets'] else ' (misses)'}" if fid else ""
+            cells.append(f"{row['seconds'][b]:.3f} s ({base / row['seconds'][b]:.2f}x{close}; {row['achieved'][b]['fraction']:.0%})")
+        lines.append(f"| {name} | {row['shape']} | " + " | ".join(cells) + f" | {row['build']['peak_rss_gb']:.1f} / {row['peak_rss_gb']:.1f} |")
+    llm = {n: r for n, r in result["components"].items() if n in LLM_PARTS}
+    if llm:
+        lines += ["", "## LLM per layer and at full depth (seconds)", "", "| step | backend | per layer | all layers |", "|---|---|---|---|"]
+        for name, row in llm.items():
+            full = row[f"extrapolated_{row['layers_in_full']}_layers_seconds"]
+            lines += [f"| {name} ({row['layers']} layers measured) | {b} | {row['per_layer_seconds'][b]:.4f} | {full[b]:.3f} |" for b in backends]
+    return "\n".join(lines) + "\n"
+
+
+def roofline(result: dict[str, Any], path: Path, origin: dict[str, Any]) -> Path:
+    """Achieved TFLOP/s against arithmetic intensity (FLOPs per weight byte), under the measured
+    bandwidth slope and each precision's GEMM peak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    limits = result["limits"]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    points = [(n, b, a) for n, row in result["components"].items() for b, a in row["achieved"].items()]
+    xs = np.array([a["intensity"] for _, _, a in points] or [1.0])
+    bandwidth = limits["memory_gb_s"] / 1e3  # TB/s: TFLOP/s per FLOP/byte
+    ridges = [peak / bandwidth for peak in limits["gemm_tflops"].values()]  # where each roof bends
+    grid = np.logspace(np.log10(max(min(xs.min(), *ridges) / 4, 1e-2)), np.log10(max(xs.max(), *ridges) * 4), 100)
+    for precision, peak in limits["gemm_tflops"].items():
+        ax.plot(grid, np.minimum(grid * bandwidth, peak), lw=1, label=f"{precision} peak {peak:.2f} TFLOP/s, {limits['memory_gb_s']:.0f} GB/s")
+    markers = dict(zip(result["backends"], "osD^vP*X"))
+    for name, backend, a in points:
+        ax.scatter(a["intensity"], a["tflops"], marker=markers.get(backend, "o"), s=30)
+        ax.annotate(f"{name} {backend}", (a["intensity"], a["tflops"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FLOPs per weight byte")
+    ax.set_ylabel("TFLOP/s")
+    ax.set_title(f"Roofline, {result['cpu']}, {result['threads']} threads")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, path, origin)
+    plt.close(fig)
+    return path
+
+
+def run(
+    components: list[str],
+    backends: list[str],
+    runs: int,
+    cache: Path,
+    threads: int,
+    preset: str = "nextgpt-7b",
+    layers: int = FULL_WIDTH_BENCHMARK["llm_layers"],
+    triad_gib: float | None = None,
+    gemm_size: int | None = None,
+) -> dict[str, Any]:
+    """The whole benchmark: the limits (TRIAD_GIB, GEMM_SIZE unless given), then every component built
+    (or taken from `cache`) and timed, each in processes of its own."""
+    from tqdm import tqdm
+
+    threads = thread_budget(threads)
+    config = benchmark_config(preset, layers)
+    machine = describe_machine(threads)
+    limits = machine_limits(threads, triad_gib or TRIAD_GIB, gemm_size or GEMM_SIZE)
+    result: dict[str, Any] = {
+        "cpu": machine["cpu"], "cpu_flags": machine["cpu_flags"], "threads": threads, "preset": preset,
+        "limits": limits, "backends": backends, "machine": machine, "components": {},
+    }
+    for name in tqdm(components, desc="components", unit="component"):
+        spec_name = COMPONENTS[name].spec
+        folder = cache / preset / spec_name
+        kinds = [k for k in FILES if any(k in BENCH_BACKENDS[b].files for b in backends)]
+        # a process per file: an export holds several copies of the weights (the LLM's, 19 GB at its width)
+        build = [in_child(build_cached, config, spec_name, folder, [k]) for k in kinds]
+        row = in_child(run_component, config, name, backends, runs, folder, threads)
+        row["build"] = {"built": [k for b in build for k in b["built"]], "seconds": sum(b["seconds"] for b in build),
+                        "peak_rss_gb": max((b["peak_rss_gb"] for b in build), default=0.0)}
+        row["achieved"] = achieved(name, row, limits)
+        result["components"][name] = row
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser(__doc__)
+    p.add_argument("--components", type=component_names, default=ALL, help=f"comma-separated, of {', '.join(COMPONENTS)}")
+    p.add_argument("--backends", type=backend_names, default=ALL, help=f"comma-separated, of {', '.join(BENCH_BACKENDS)}")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per backend, after one warm-up round")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/full_width.json"))
+    p.add_argument("--cache", type=Path, default=Path("runs/full_width"), help="where the exported ONNX files are kept between runs")
+    p.add_argument("--threads", type=int, default=0, help="threads for every backend (0: all cores)")
+    p.add_argument("--layers", type=int, default=FULL_WIDTH_BENCHMARK["llm_layers"], help="LLM decoder layers built and timed")
+    p.add_argument("--preset", default="nextgpt-7b", help="the sizes (tiny: the same machinery in seconds)")
+    p.add_argument("--roofline", type=Path, default=Path("benchmarks/results/full_width_roofline.png"))
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.layers < 1:
+        p.error("--runs and --layers must be at least 1")
+    result = run(args.components, args.backends, args.runs, args.cache, args.threads, args.preset, args.layers)
+    md = markdown(result)
+    origin = save_report(args.json, result, md, None)
+    roofline(result, args.roofline, origin)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
