@@ -42,7 +42,8 @@ def api(tiny_build, tmp_path_factory):
     log = (tmp / "api.log").open("w+")
     argv = [sys.executable, str(ROOT / "triton_repo" / "openai_api.py"), "--engines", str(tiny_build[0]), "--port", str(port),
             "--allowed-local-media-path", str(local)]
-    proc = subprocess.Popen(argv, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # from the checkout, as a user runs it (the Python models import this checkout's code)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + START_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:

@@ -41,7 +41,8 @@ def demo(tiny_build, tmp_path_factory):
     port = free_port()
     log = (tmp / "demo.log").open("w+")
     argv = [sys.executable, str(ROOT / "triton_repo" / "web_demo.py"), "--engines", str(tiny_build[0]), "--port", str(port)]
-    proc = subprocess.Popen(argv, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # from the checkout, as a user runs it (the Python models import this checkout's code)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:

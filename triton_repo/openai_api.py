@@ -49,7 +49,7 @@ from tritonclient.utils import InferenceServerException
 from runtime.cli import make_parser
 from runtime.conversation import Conversation, Medium, Turn
 from runtime.limits import Limits
-from runtime.request import OUTPUT_MODALITIES, Response
+from runtime.request import OUTPUT_MODALITIES, Request, Response
 from runtime.response import media_filename, write_response
 from triton_repo.client import DEFAULT_TIMEOUT_S, Any2AnyClient
 from triton_repo.serve import ServerError, add_deployment_args, deployment
@@ -118,7 +118,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    seed: int = 0
+    seed: int | None = None  # none: 0, so that an answer is reproducible unless asked otherwise
     n: Literal[1] = 1
     user: str | None = None  # OpenAI's end-user id: nothing here uses it
     # extensions
@@ -134,7 +134,7 @@ class ChatRequest(BaseModel):
         if self.max_tokens is not None and self.max_completion_tokens not in (None, self.max_tokens):
             raise APIError("max_tokens and max_completion_tokens differ; give one", "max_completion_tokens")
         return {
-            "output": media[0] if media else None, "seed": self.seed, "session": self.session,
+            "output": media[0] if media else None, "seed": self.seed or 0, "session": self.session,
             "max_new_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
             "top_p": self.top_p, "steps": self.steps, "guidance": self.guidance,
         }
@@ -287,6 +287,7 @@ class ChatService:
         settings = body.settings()
         with tempfile.TemporaryDirectory(prefix="any2any-api-") as tmp:
             conversation = conversation_from(body.messages, MediaReader(Path(tmp), self.limits, self.local_root))
+            Request(conversation=conversation, **settings).check(self.limits)  # refused here, before anything is sent
             with Any2AnyClient(self.url, self.timeout_s) as client:
                 resp = client.chat(conversation, stream=on_text is not None, on_text=on_text, on_step=on_step, **settings)
             message = self._message(resp, Path(tmp) / "answer")
