@@ -242,25 +242,30 @@ class LlmGenerator:
         return out["logits"][0], out["hidden"][0], KVCache(out["present_keys"], out["present_values"])
 
     def prefill(
-        self, prompt: PromptIds, media_tokens: np.ndarray | None, past: KVCache | None = None
+        self,
+        ids: Sequence[int],
+        media_tokens: np.ndarray | None = None,
+        media_positions: Sequence[int] | None = None,
+        past: KVCache | None = None,
     ) -> Step:
-        """The prompt after the `past` tokens (none: all of it), media tokens in place.
+        """The prompt `ids` after the `past` tokens (none: all of it), media tokens in place.
 
-        `media_tokens` (N, H) are those of the media positions past the cached tokens, in order.
+        `media_tokens` (N, H) are those of the `media_positions` (indices into `ids`) past the
+        cached tokens, in order.
         The llm engine takes one media token per call, so the prompt is fed in chunks, each holding
         at most one media position, one call each on the growing cache: causal attention makes that
         the computation of one call over the whole prompt."""
         cache = past or KVCache(self.empty, self.empty)
         start = cache.keys.shape[3]
-        positions = [p for p in prompt.media_positions if p >= start]
+        positions = [p for p in media_positions or () if p >= start]
         tokens = np.zeros((0, self.hidden_size), np.float32) if media_tokens is None else np.asarray(media_tokens, np.float32)
         if len(tokens) != len(positions):
             raise ValueError(f"{len(tokens)} media tokens for {len(positions)} media positions past the cache")
-        bounds = [start, *positions[1:], len(prompt.ids)]
+        bounds = [start, *positions[1:], len(ids)]
         step = None
         for k, (begin, end) in enumerate(zip(bounds, bounds[1:])):
             media = (tokens[k : k + 1], positions[k] - begin) if k < len(positions) else (None, None)
-            step = self._forward(prompt.ids[begin:end], cache, *media)
+            step = self._forward(ids[begin:end], cache, *media)
             cache = step[2]
         return step
 
@@ -325,7 +330,8 @@ class LlmGenerator:
         media = dict(zip(prompt.media_positions, tokens))
         reused, past = self.sessions.reuse(session, prompt.ids, media) if session and self.sessions else (0, None)
         check(should_stop)
-        logits, _, cache = self.prefill(prompt, tokens[[p >= reused for p in prompt.media_positions]], past)
+        new_media = tokens[[p >= reused for p in prompt.media_positions]]
+        logits, _, cache = self.prefill(prompt.ids, new_media, prompt.media_positions, past)
         ids: list[int] = []
         hidden: list[np.ndarray] = []  # hidden[i] is the state of ids[i], produced when ids[i] is fed
         while True:

@@ -66,7 +66,7 @@ from runtime.pipeline import ENCODERS
 from runtime.request import OUTPUT_MODALITIES
 from runtime.response import media_meta
 from triton_repo.protocol import (
-    ENSEMBLE, FILES, MEDIA, MEDIA_TOKEN, PARAMS, PROGRESS, PROTOCOL, STREAM, TEXT, TRITON_DTYPES, Tensor, clips_name, engine_dims,
+    ENSEMBLE, FILES, MEDIA, MEDIA_ORDER, MEDIA_TOKEN, PARAMS, PROGRESS, PROTOCOL, STREAM, TEXT, TRITON_DTYPES, Tensor, clips_name, engine_dims,
     hidden_name,
 )
 
@@ -161,11 +161,12 @@ def step_io(build: Build) -> dict[str, tuple[list[Tensor], list[Tensor]]]:
     comp = build.components
     clips = [Tensor(clips_name(m), "float32", (-1,) * len(comp[ENCODERS[m]]["inputs"][0]["shape"])) for m in INPUT_MODALITIES]
     token = Tensor(MEDIA_TOKEN, "float32", _rows(comp["llm"], "media_token"))
+    order = Tensor(MEDIA_ORDER, "object", (-1,), optional=True)  # absent when a step is called on its own
     hidden = [Tensor(hidden_name(m), "float32", _rows(comp[f"projector_{m}"], "hidden")) for m in OUTPUT_MODALITIES]
     return {
-        "preprocess": ([*PARAMS, *FILES], clips),
-        "encode": ([*PARAMS, *clips], [token]),
-        "llm": ([*PARAMS, token], [*TEXT, *hidden]),
+        "preprocess": ([*PARAMS, *FILES], [*clips, order]),
+        "encode": ([*clips, order], [token]),
+        "llm": ([*PARAMS, token, order], [*TEXT, *hidden]),
         "media": ([*PARAMS, *hidden], list(MEDIA)),
     }
 

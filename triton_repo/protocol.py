@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.conversation import Conversation, ConversationError, Medium
+from runtime.conversation import Conversation, ConversationError, Medium, Turn
 from runtime.inputs import INPUT_MODALITIES
 from runtime.limits import LimitError, Limits
 from runtime.request import OUTPUT_MODALITIES, Request, Response
@@ -77,9 +77,11 @@ ANSWER = (*TEXT, *MEDIA)
 PROGRESS = (Tensor("MODALITY", "object", (1,)), Tensor("PROGRESS", "int64", (2,)))
 
 # Between the ensemble's steps (shapes from the manifest; a zero-size first axis means none):
-# preprocess -> CLIPS_<M> per input modality -> encode -> MEDIA_TOKEN -> llm -> HIDDEN_<M> per
-# output modality (the states at its signal tokens) -> media.
+# preprocess -> CLIPS_<M> per input modality (a row per medium) and MEDIA_ORDER (the media's
+# modalities in prompt order) -> encode -> MEDIA_TOKEN (a row per medium, in that order) -> llm ->
+# HIDDEN_<M> per output modality (the states at its signal tokens) -> media.
 MEDIA_TOKEN = "MEDIA_TOKEN"
+MEDIA_ORDER = "MEDIA_ORDER"
 
 
 def clips_name(modality: str) -> str:
@@ -179,12 +181,19 @@ def _conversation(text: str, files: dict[str, Path] | None) -> Conversation:
 
 
 def media_order(get: Getter) -> list[str]:
-    """The modalities of the request's input media in prompt order: a conversation's user media,
-    or one turn's files in the input order (what `Conversation.single` makes of them)."""
-    conversation = decode_request(get).conversation
-    if conversation is not None:
-        return [m.modality for m in conversation.inputs()]
-    return [m for m in INPUT_MODALITIES if get(f"{m.upper()}_FILE") is not None]
+    """The modalities of the request's input media in prompt order, as `preprocess` sent them in
+    MEDIA_ORDER (the steps after it do not see the files)."""
+    order = get(MEDIA_ORDER)
+    return [] if order is None else [m.decode() for m in order.reshape(-1)]
+
+
+def dialogue(get: Getter) -> Conversation:
+    """The request's conversation for a step that does not see the files: a one-turn request's
+    media are known from MEDIA_ORDER (their number and places are all the prompt needs)."""
+    req = decode_request(get)
+    if req.conversation is not None:
+        return req.conversation
+    return Conversation((Turn.user(req.prompt, [Medium(m, Path(m)) for m in media_order(get)]),))
 
 
 def has_files(get: Getter) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.stop import ShouldStop
-from triton_repo.protocol import MEDIA_TOKEN, Getter, decode_request, encode_answer, hidden_name
+from triton_repo.protocol import MEDIA_TOKEN, Getter, decode_request, dialogue, encode_answer, hidden_name
 from triton_repo.served import PipelineModel, pipeline_from_parameters
 
 
@@ -19,7 +19,7 @@ class TritonPythonModel(PipelineModel):
         req.check(self.limits)  # also when called on its own, not through the ensemble
         tokens = get(MEDIA_TOKEN)
         gen = self.llm.generate(
-            self.llm.prompt(req.dialogue, self.limits),
+            self.llm.prompt(dialogue(get), self.limits),
             None if tokens is None else tokens.reshape(-1, self.llm.hidden_size),
             max_new_tokens=req.max_new_tokens,
             temperature=req.temperature,

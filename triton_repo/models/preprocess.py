@@ -10,7 +10,7 @@ import numpy as np
 from runtime.inputs import prepare_media
 from runtime.manifest import read_manifest
 from runtime.stop import ShouldStop
-from triton_repo.protocol import Getter, clips_name, decode_request
+from triton_repo.protocol import MEDIA_ORDER, Getter, clips_name, decode_request
 from triton_repo.served import PipelineModel, request_files
 
 
@@ -26,4 +26,5 @@ class TritonPythonModel(PipelineModel):
         rows: dict[str, list[np.ndarray]] = {}
         for modality, clips in inputs:
             rows.setdefault(modality, []).append(clips)
-        return {clips_name(m): np.concatenate(r) for m, r in rows.items()}
+        order = np.array([m.encode() for m, _ in inputs], dtype=object)
+        return {MEDIA_ORDER: order, **{clips_name(m): np.concatenate(r) for m, r in rows.items()}}
