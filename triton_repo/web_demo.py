@@ -10,7 +10,7 @@ says otherwise) talks to Triton over gRPC through `triton_repo.client`, never to
 A turn is text with any of an image, a sound and a video; the answer streams in, with a progress
 bar while its media are drawn, and its picture, sound or video shows inline (image, audio player,
 video player). The whole conversation goes with every turn, and the page's session lets the server
-reuse its KV cache. Controls: output modality ("auto": the model decides by
+reuse its KV cache (docs/conversation.md). Controls: output modality ("auto": the model decides by
 its signal tokens), top-p, temperature, max new tokens, and steps and guidance of the media (blank:
 the model's own); Rerun answers the last turn again with the current controls; Clear starts over.
 Ctrl-C or SIGTERM stops the page and the server it started.
