@@ -53,7 +53,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +161,13 @@ def step_io(build: Build) -> dict[str, tuple[list[Tensor], list[Tensor]]]:
     comp = build.components
     clips = [Tensor(clips_name(m), "float32", (-1,) * len(comp[ENCODERS[m]]["inputs"][0]["shape"])) for m in INPUT_MODALITIES]
     token = Tensor(MEDIA_TOKEN, "float32", _rows(comp["llm"], "media_token"))
-    order = Tensor(MEDIA_ORDER, "object", (-1,), optional=True)  # absent when a step is called on its own
+    order = Tensor(MEDIA_ORDER, "object", (-1,))
+    taken_order = replace(order, optional=True)  # an input absent when a step is called on its own (outputs cannot be optional)
     hidden = [Tensor(hidden_name(m), "float32", _rows(comp[f"projector_{m}"], "hidden")) for m in OUTPUT_MODALITIES]
     return {
         "preprocess": ([*PARAMS, *FILES], [*clips, order]),
-        "encode": ([*clips, order], [token]),
-        "llm": ([*PARAMS, token, order], [*TEXT, *hidden]),
+        "encode": ([*clips, taken_order], [token]),
+        "llm": ([*PARAMS, token, taken_order], [*TEXT, *hidden]),
         "media": ([*PARAMS, *hidden], list(MEDIA)),
     }
 
