@@ -40,6 +40,7 @@ from tritonclient.utils import InferenceServerException
 
 from runtime.cli import add_url, make_parser
 from runtime.conversation import Conversation
+from runtime.limits import Limits
 from runtime.request import Request, Response, add_request_args, request_from_args
 from runtime.response import write_conversation_answer, write_response
 from triton_repo.protocol import (
@@ -149,6 +150,12 @@ class Any2AnyClient:
         """Audio sample rate and video frame rate, as the repository recorded them from the build."""
         config = self.client.get_model_config(ENSEMBLE, as_json=True)["config"]
         return json.loads(config["parameters"]["media_meta"]["string_value"])
+
+    def limits(self) -> Limits:
+        """The limits the deployment enforces (build_repo.py --limits), so that a front end can refuse
+        early, before it decodes or sends anything beyond them."""
+        config = self.client.get_model_config(STREAM, as_json=True)["config"]
+        return Limits.from_json(config["parameters"]["limits"]["string_value"])
 
     def close(self) -> None:
         self.client.close()

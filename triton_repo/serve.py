@@ -21,6 +21,7 @@ stub process has gone, which starts fresh stubs; the next requests are served.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -33,6 +34,8 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -40,7 +43,7 @@ import psutil
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from runtime.cli import make_parser
+from runtime.cli import add_url, make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0  # SIGTERM lets Triton unload every model; past this it is killed
@@ -274,6 +277,38 @@ class TritonServer:
         self.stop()
 
 
+# The front ends (OpenAI API, web demo) run one request at a time per instance of each role.
+FRONT_END_INSTANCES = "llm=1,media=1"
+
+
+def add_deployment_args(p: argparse.ArgumentParser) -> None:
+    """`--engines BUILD` (start Triton here) or `--url HOST:PORT` (attach to a running one), for the
+    commands that stand in front of the deployment and talk to it over gRPC."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--engines", type=Path, help="a build: write its model repository and start Triton on loopback, stopped on exit")
+    add_url(where, None, "a running Triton's gRPC address, instead of --engines")
+    p.add_argument("--instances", default=FRONT_END_INSTANCES, help="ROLE=N,... for the repository --engines writes (build_repo.py)")
+    p.add_argument("--triton-log", type=Path, help="with --engines: the server's log file (default: a temporary file)")
+
+
+@contextmanager
+def deployment(args: argparse.Namespace, timeout_s: float = 300.0) -> Iterator[str]:
+    """The gRPC address of the deployment `add_deployment_args` named: `--url` as given, or a Triton
+    started on loopback on a repository written for `--engines` into a temporary folder; both the
+    server and the folder are gone on leaving. SIGTERM raises KeyboardInterrupt, in either case, so
+    that it unwinds through here."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.url is not None:
+        yield args.url
+        return
+    from triton_repo.build_repo import build_repo, parse_instances  # not at the top: it imports runtime's heavy parts
+
+    with tempfile.TemporaryDirectory(prefix="any2any-repo-") as tmp:
+        build_repo(args.engines, Path(tmp) / "repo", parse_instances(args.instances))
+        with TritonServer(Path(tmp) / "repo", log=args.triton_log, timeout_s=timeout_s) as server:
+            yield server.grpc_url
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__)
     p.add_argument("--repo", type=Path, required=True, help="a model repository (triton_repo/build_repo.py)")
@@ -313,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
 
 if __name__ == "__main__":
     sys.exit(main())
