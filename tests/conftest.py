@@ -45,6 +45,14 @@ def tiny_build(tmp_path_factory, tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def runtime_ort(tiny_build):
+    """The tiny build's pipeline on ONNX Runtime, the in-process answer the served ones must equal."""
+    from runtime.pipeline import Any2AnyPipeline
+
+    return Any2AnyPipeline(tiny_build[0], "onnxruntime")
+
+
+@pytest.fixture(scope="session")
 def heldout_world(tmp_path_factory) -> Path:
     """The synthetic world cut to one held-out record of each kind: one evaluation sample per task."""
     from train.synthetic import write_world

@@ -5,12 +5,9 @@ carry the conversation and the settings unchanged, and hand back the same text, 
 import base64
 import io
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,11 +19,11 @@ import soundfile
 from PIL import Image
 
 from runtime.conversation import Conversation, Medium, Turn
+from front_end import start_front_end
 from triton_repo.client import Any2AnyClient
 from triton_repo.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 300  # the repository written, Triton's models loaded, on 2 busy cores
 DOC = ROOT / "docs" / "serving-chat.md"
 DOC_ADDRESS = "127.0.0.1:8080"  # the address the document's examples use
 
@@ -42,20 +39,8 @@ def api(tiny_build, tmp_path_factory):
     log = (tmp / "api.log").open("w+")
     argv = [sys.executable, str(ROOT / "triton_repo" / "openai_api.py"), "--engines", str(tiny_build[0]), "--port", str(port),
             "--allowed-local-media-path", str(local)]
-    # from the checkout, as a user runs it (the Python models import this checkout's code)
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/models", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    log.seek(0)
-    text = log.read()
-    assert proc.poll() is None and "triton: " in text, text[-3000:]
-    grpc = re.search(r"triton: (\S+)", text).group(1)
+    proc, grpc = start_front_end(argv, f"{base}/models", log)
     yield {"base": base, "grpc": grpc, "proc": proc, "local": local, "log": log}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

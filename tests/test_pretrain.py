@@ -14,7 +14,7 @@ from train.model import load_checkpoint
 from train.pretrain import PARTS, load_stage0_config, pretrain
 from train.pretrain.autoencoders import _crops, _phases, rescale_latents
 from train.pretrain.diffusion import init_from_image_part, jitter
-from train.pretrain.encoders import SCENE, _batch, sibling_lists
+from train.pretrain.encoders import AttributeHeads, SCENE, _batch, sibling_lists
 from train.pretrain.loop import fit
 from train.pretrain.world_data import WorldData
 from train.reproduce import CONFIGS, reproduce
@@ -216,3 +216,19 @@ def test_the_recipe_ends_in_the_embedded_checkpoint_s_layout(tmp_path, tiny_dir)
     init_lora = load_file(str(tmp_path / "work" / "stage_2" / "checkpoint" / "lora.safetensors"))
     assert all(not v.any() for k, v in init_lora.items() if "lora_B" in k)
     assert any(v.any() for k, v in load_file(str(out / "lora.safetensors")).items() if "lora_B" in k)
+
+
+def test_attribute_heads_name_each_medium_s_attributes(fresh):
+    data = WorldData(fresh.config, seed=0, progress=False)  # combinations only: nothing is rendered
+    combos = data.combos["image"]
+    heads = AttributeHeads(combos, width=len(combos))
+    index = torch.arange(len(combos))
+    assert all(heads.values[k][int(heads.labels[k][i])] == a[k] for i, a in enumerate(combos) for k in a)
+    embeds = torch.eye(len(combos))  # one distinct embedding per medium: every label can be fitted
+    opt = torch.optim.Adam(heads.parameters(), lr=0.1)
+    first = float(heads(embeds, index))
+    for _ in range(50):
+        opt.zero_grad()
+        heads(embeds, index).backward()
+        opt.step()
+    assert first > 1.0 and float(heads(embeds, index)) < 0.05

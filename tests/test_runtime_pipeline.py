@@ -11,11 +11,6 @@ from runtime.request import Request
 from train.demo import ROUTES
 
 
-@pytest.fixture(scope="module")
-def runtime_ort(tiny_build):
-    return Any2AnyPipeline(tiny_build[0], "onnxruntime")
-
-
 def route_request(route, files, seed=4):
     prompt, inputs, output = ROUTES[route]
     return Request(prompt, {m: files[m] for m in inputs}, output=output, seed=seed)

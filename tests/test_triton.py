@@ -16,7 +16,6 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.metrics import PSNR_PASS_DB, psnr
-from runtime.pipeline import Any2AnyPipeline
 from runtime.request import Request
 from train.demo import ROUTES
 from triton_repo import client as client_cli
@@ -48,11 +47,6 @@ def server(repo):
 def client(server):
     with Any2AnyClient(server.grpc_url, timeout_s=120) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def runtime_ort(tiny_build):
-    return Any2AnyPipeline(tiny_build[0], "onnxruntime")
 
 
 @pytest.fixture(scope="module")

@@ -49,11 +49,6 @@ def converse(answer, files, turns: int = 3) -> list:
 
 
 @pytest.fixture(scope="module")
-def runtime_ort(tiny_build):
-    return Any2AnyPipeline(tiny_build[0], "onnxruntime")
-
-
-@pytest.fixture(scope="module")
 def expected(runtime_ort, sample_inputs):
     return converse(lambda c, output: runtime_ort(Request(conversation=c, output=output, **SETTINGS)), sample_inputs)
 

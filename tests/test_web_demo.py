@@ -5,12 +5,9 @@ against the deployment's own client (`Any2AnyClient.chat`) on the same Triton, w
 the page sends by default."""
 import io
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ import pytest
 from PIL import Image
 
 from runtime.conversation import Conversation, Medium, Turn
+from front_end import start_front_end
 from triton_repo.client import Any2AnyClient
 from triton_repo.serve import free_port
 from triton_repo.web_demo import AUTO, DEMO_MAX_NEW_TOKENS, WebDemo
@@ -30,7 +28,6 @@ pytestmark = pytest.mark.skipif(
     reason="Debian's chromium and chromium-driver are not installed and scripts/setup_browser.sh could not install them "
     "(it needs root and apt-get)",
 )
-START_TIMEOUT_S = 300
 ANSWER_TIMEOUT_S = 180
 
 
@@ -41,20 +38,9 @@ def demo(tiny_build, tmp_path_factory):
     port = free_port()
     log = (tmp / "demo.log").open("w+")
     argv = [sys.executable, str(ROOT / "triton_repo" / "web_demo.py"), "--engines", str(tiny_build[0]), "--port", str(port)]
-    # from the checkout, as a user runs it (the Python models import this checkout's code)
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    log.seek(0)
-    text = log.read()
-    assert proc.poll() is None and "triton: " in text, text[-3000:]
-    yield {"url": url, "grpc": re.search(r"triton: (\S+)", text).group(1)}
+    proc, grpc = start_front_end(argv, url, log)
+    yield {"url": url, "grpc": grpc}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 0
 
