@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--runs and --layers must be at least 1")
     result = run(args.components, args.backends, args.runs, args.cache, args.threads, args.preset, args.layers)
     md = markdown(result)
-    origin = save_report(args.json, result, md, None)
+    origin = save_report(args.json, result, md, None, random_weights=f"{args.preset}, seed {SEED}")
     roofline(result, args.roofline, origin)
     print(md)
     return 0

@@ -65,15 +65,19 @@ def build_checkpoint(build_dir: Path) -> Path | None:
         return None
 
 
-def provenance(checkpoint: Path | None) -> dict[str, Any]:
+def provenance(checkpoint: Path | None, random_weights: str | None = None) -> dict[str, Any]:
     """Where a result comes from: the code's commit (dirty: tracked files differ from it), the
-    checkpoint's hash (`sha256_tree` of its folder), the CPU and its flags."""
+    checkpoint's hash (`sha256_tree` of its folder) or, for a run on seeded random weights, what
+    they are (`random_weights`, e.g. "nextgpt-7b, seed 0"), the CPU and its flags."""
     commit = _git("rev-parse", "HEAD")
     found = checkpoint is not None and Path(checkpoint).is_dir()
+    weights = {"path": str(checkpoint) if checkpoint else None, "sha256": sha256_tree(Path(checkpoint)) if found else None}
+    if random_weights:
+        weights["random"] = random_weights
     return {
         "commit": commit,
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
-        "checkpoint": {"path": str(checkpoint) if checkpoint else None, "sha256": sha256_tree(Path(checkpoint)) if found else None},
+        "checkpoint": weights,
         "cpu": _cpu_model(),
         "cpu_flags": cpu_flags(),
     }
@@ -82,8 +86,9 @@ def provenance(checkpoint: Path | None) -> dict[str, Any]:
 def provenance_line(p: dict[str, Any]) -> str:
     """One Markdown line naming where a result comes from."""
     commit = f"{p['commit'][:12]}{' (with uncommitted changes)' if p['dirty'] else ''}" if p["commit"] else "unknown"
-    digest = p["checkpoint"]["sha256"]
-    return (f"Commit {commit}; checkpoint `{p['checkpoint']['path']}` sha256 {digest[:16] if digest else 'unknown'}; "
+    digest, random = p["checkpoint"]["sha256"], p["checkpoint"].get("random")
+    weights = f"random weights {random}" if random else f"checkpoint `{p['checkpoint']['path']}` sha256 {digest[:16] if digest else 'unknown'}"
+    return (f"Commit {commit}; {weights}; "
             f"CPU {p['cpu']} ({' '.join(isa_flags(p['cpu_flags'])) or 'flags unknown'}).")
 
 

@@ -26,11 +26,15 @@ def save_figure(fig: Any, path: Path, origin: dict[str, Any]) -> None:
     fig.savefig(path, dpi=100, metadata={"Description": provenance_line(origin)})
 
 
-def save_report(json_path: Path, result: dict[str, Any], markdown: str | None, build_dir: Path | None) -> dict[str, Any]:
+def save_report(
+    json_path: Path, result: dict[str, Any], markdown: str | None, build_dir: Path | None, random_weights: str | None = None
+) -> dict[str, Any]:
     """`json_path` and, given `markdown`, the same name with `.md`, parents created; both name the
-    provenance (commit, checkpoint hash, CPU and its flags) of a run on `build_dir`'s engines,
-    which is returned for the figures beside them."""
+    provenance (commit, checkpoint hash or the random weights, CPU and its flags) of a run on
+    `build_dir`'s engines, which is returned for the figures beside them."""
     origin = build_provenance(build_dir)
+    if random_weights:
+        origin = provenance(None, random_weights)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"provenance": origin, **result}, indent=2, allow_nan=False) + "\n")
     if markdown is not None:

@@ -154,8 +154,9 @@ def test_a_bf16_build_on_a_cpu_without_bf16_is_refused_in_one_line(bf16_build, m
     with pytest.raises(IncompatibleBuild) as e:
         Engines(read_manifest(bf16_build), "openvino")
     assert "\n" not in str(e.value)
+    first = next(iter(read_manifest(bf16_build).components))  # every component is checked, in the manifest's order
     assert str(e.value) == (
-        f"{bf16_build} (llm, openvino bf16) needs a CPU with avx512_bf16 or amx_bf16, which this CPU lacks; build fp32 engines for it instead"
+        f"{bf16_build} ({first}, openvino bf16) needs a CPU with avx512_bf16 or amx_bf16, which this CPU lacks; build fp32 engines for it instead"
     )
     monkeypatch.setattr(versions, "cpu_flags", lambda: ["avx2", "amx_bf16"])
     Engines(read_manifest(bf16_build), "openvino")["projector_image"]  # AMX alone is enough
@@ -166,9 +167,10 @@ def test_a_build_for_another_library_version_is_refused_in_one_line(bf16_build, 
     monkeypatch.setattr(versions, "installed_version", lambda m: "2099.1.0" if m == "openvino" else real(m))
     with pytest.raises(IncompatibleBuild) as e:
         Engines(read_manifest(bf16_build), "openvino")
-    built = read_manifest(bf16_build).component("llm")["requires"]["libraries"]["openvino"]
+    first = next(iter(read_manifest(bf16_build).components))
+    built = read_manifest(bf16_build).component(first)["requires"]["libraries"]["openvino"]
     assert str(e.value) == (
-        f"{bf16_build} (llm, openvino bf16) was built with openvino {built}, this machine has openvino 2099.1.0; "
+        f"{bf16_build} ({first}, openvino bf16) was built with openvino {built}, this machine has openvino 2099.1.0; "
         "rebuild it here with export/build_engines.py"
     )
     # the runtime CLI says it in one line and exits 2
@@ -194,8 +196,12 @@ def test_an_openvino_build_serves_only_the_openvino_label(bf16_build):
         engine.run(bad)
 
 
-def test_a_triton_repository_serves_an_openvino_build_through_the_runtime(bf16_build, tmp_path):
+def test_a_triton_repository_serves_an_openvino_build_through_the_runtime(tiny_dir, tiny_build, tmp_path):
     from triton_repo.build_repo import build_repo
+
+    bf16_build = tmp_path / "tiny-ov"  # every component: the repository's ensemble runs them all
+    assert main(["--checkpoint", str(tiny_dir), "--out", str(bf16_build), "--backend", "openvino", "--precision", "bf16",
+                 "--from-fp32", str(tiny_build[0]), "--quiet"]) == 0
 
     with pytest.raises(ValueError, match="the openvino engines are served by the runtime's"):
         build_repo(bf16_build, tmp_path / "native", native=True)

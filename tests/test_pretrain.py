@@ -226,9 +226,9 @@ def test_attribute_heads_name_each_medium_s_attributes(fresh):
     assert all(heads.values[k][int(heads.labels[k][i])] == a[k] for i, a in enumerate(combos) for k in a)
     embeds = torch.eye(len(combos))  # one distinct embedding per medium: every label can be fitted
     opt = torch.optim.Adam(heads.parameters(), lr=0.1)
-    first = float(heads(embeds, index))
+    first = heads(embeds, index).item()
     for _ in range(50):
         opt.zero_grad()
         heads(embeds, index).backward()
         opt.step()
-    assert first > 1.0 and float(heads(embeds, index)) < 0.05
+    assert first > 1.0 and heads(embeds, index).item() < 0.05

@@ -49,10 +49,11 @@ def test_a_checkpoint_that_is_not_there_has_no_hash_rather_than_a_wrong_one(tmp_
 def _named(path: Path) -> bool:
     if path.suffix == ".json":
         p = json.loads(path.read_text()).get("provenance", {})
+        weights = p.get("checkpoint", {})
         return bool(re.fullmatch(r"[0-9a-f]{40}", p.get("commit") or "")) and bool(
-            re.fullmatch(r"[0-9a-f]{64}", p.get("checkpoint", {}).get("sha256") or "")) and bool(p.get("cpu")) and "cpu_flags" in p
+            re.fullmatch(r"[0-9a-f]{64}", weights.get("sha256") or "") or weights.get("random")) and bool(p.get("cpu")) and "cpu_flags" in p
     if path.suffix == ".md":
-        return re.search(r"^Commit [0-9a-f]{12}.*; checkpoint .* sha256 [0-9a-f]{16}; CPU ", path.read_text(), re.M) is not None
+        return re.search(r"^Commit [0-9a-f]{12}.*; (checkpoint .* sha256 [0-9a-f]{16}|random weights \S.*); CPU ", path.read_text(), re.M) is not None
     if path.suffix == ".png":
         return Image.open(path).text.get("Description", "").startswith("Commit ")
     return False

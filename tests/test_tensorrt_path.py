@@ -205,7 +205,7 @@ def test_llm_profile_covers_every_request_the_runtime_accepts(llm_under_test, da
     required = data.draw(st.lists(st.sampled_from(sorted(generator.vocab.runs)), unique=True), label="outputs")
     ids = [generator.config["tokens"]["bos_id"]] * prompt_len
     engine.calls.clear()
-    generation = generator.generate(PromptIds(ids, None), max_new_tokens=max_new, temperature=0.0, required=required)
+    generation = generator.generate(PromptIds(ids, [], []), max_new_tokens=max_new, temperature=0.0, required=required)
     # the engine never stops the answer: max_new sampled tokens, each but the last fed back one at a
     # time, then every required signal run appended and fed in one chunk with that last token
     appended = sum(len(generator.vocab.runs[m]) for m in required)

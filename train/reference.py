@@ -85,10 +85,11 @@ class ReferencePipeline:
         ]
         return torch.cat(tokens)
 
-    def prompt_embeds(self, prompt: PromptIds, media_tokens: torch.Tensor) -> torch.Tensor:
-        """`inputs_embeds` of the prompt: each media token at its own position."""
+    def prompt_embeds(self, prompt: PromptIds, media_tokens: torch.Tensor | None) -> torch.Tensor:
+        """`inputs_embeds` of the prompt: each media token at its own position (none without media)."""
         embeds = self.model.embed_tokens(torch.tensor([prompt.ids]))
-        embeds[0, prompt.media_positions] = media_tokens.to(embeds.dtype)
+        if prompt.media_positions:
+            embeds[0, prompt.media_positions] = media_tokens.to(embeds.dtype)
         return embeds
 
     def prompt(self, conversation: Conversation, reserved: int) -> PromptIds:

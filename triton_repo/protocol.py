@@ -107,7 +107,9 @@ def encode_request(req: Request) -> dict[str, np.ndarray]:
     """The tensors of a request: its set fields and its input files (name and bytes)."""
     out = {}
     for t in PARAMS:
-        value = getattr(req, t.name.lower()) or None  # an empty prompt is no prompt
+        value = getattr(req, t.name.lower())
+        if value == "":  # an empty prompt is no prompt; a zero (steps, temperature, seed) is a value
+            value = None
         if isinstance(value, Conversation):
             value = json.dumps(_wire(value))
         if value is not None:
