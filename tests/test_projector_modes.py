@@ -62,6 +62,7 @@ def test_the_mode_is_chosen_per_modality_and_an_unknown_one_is_named():
 
 
 def test_qformer_has_the_reference_parameter_names_and_bidirectional_queries():
+    torch.manual_seed(0)
     config = tiny_config("qformer")
     projector = build_projector(config, "image").eval()
     names = set(projector.state_dict())
@@ -73,7 +74,9 @@ def test_qformer_has_the_reference_parameter_names_and_bidirectional_queries():
     hidden, embeds = signal_inputs(config, "image", batch=1)
     with torch.no_grad():
         before = projector(hidden, embeds)
-        projector.query_tokens[0, -1] += 1.0  # the last query changes what the first one sees
+        # the last query changes what the first one sees; not by a constant, which the embeddings'
+        # LayerNorm would take out again
+        projector.query_tokens[0, -1] += torch.linspace(-1.0, 1.0, projector.query_tokens.shape[-1])
         after = projector(hidden, embeds)
         changed_signal = projector(hidden + 1.0, embeds)
     assert not torch.allclose(before[0, 0], after[0, 0])
