@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from export.build_engines import build, main
+from export.build_engines import KEEP_FP32, build, main
 from export.quantize import calibration_requests, load_samples, pick_samples, quantize_openvino, record_calibration
 from export.specs import component_specs
 from runtime import versions
@@ -87,7 +87,12 @@ def test_int8_matches_fp32_on_real_inputs(tiny_build, cpu_builds, calls, backend
         assert (entry["backend"], entry["precision"]) == (backend, "int8")
         assert entry["requires"]["libraries"] == {backend: versions.version_number(versions.installed_version(backend))}
         assert entry["requires"]["cpu_flags"] == [["avx512_vnni", "avx_vnni", "amx_int8"]]
-        assert entry["quantization"]["samples"] == len(load_samples(out / entry["quantization"]["calibration"])) > 0
+        quantization = entry["quantization"]
+        assert quantization["samples"] == len(load_samples(out / quantization["calibration"])) > 0
+        # a component int8 costs answers stays fp32 by rule, and says why; the others compute in int8
+        kept = KEEP_FP32.get((backend, name))
+        assert quantization.get("kept_fp32") == kept
+        assert (len(quantization["fp32_layers"]) == quantization["layers"]) == bool(kept), name
         for feeds in calls[name][:: max(1, len(calls[name]) // 6)]:
             _check(_fp32(tiny_build[0], name), engines[name], feeds, "int8")
     assert built.data["built_on"]["cpu_flags"] == versions.isa_flags(versions.cpu_flags())

@@ -120,6 +120,13 @@ def test_every_task_draws_held_out_records_only(heldout_world):
     assert all((s.file is not None) == (TASKS[s.task][0] is not None) for s in chosen)
 
 
+def test_tasks_can_be_chosen_and_an_unknown_one_is_refused(heldout_world, tmp_path, capsys):
+    assert {s.task for s in samples(heldout_world, 2, tasks=("audio_to_text", "text_to_video"))} == {"audio_to_text", "text_to_video"}
+    with pytest.raises(SystemExit):
+        main(["--engines", str(tmp_path), "--json", str(tmp_path / "r.json"), "--tasks", "image_to_text,image_to_sound"])
+    assert "--tasks: no task image_to_sound" in capsys.readouterr().err
+
+
 def test_backends_give_the_same_verdicts(tiny_build, reference, judges, heldout_world):
     from runtime.pipeline import Any2AnyPipeline
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ FOLLOW_UP_TASKS = {
     "followup_x_to_text": conversations.FOLLOW_UP_X_TO_TEXT,
     "followup_text_to_x": conversations.FOLLOW_UP_TEXT_TO_X,
 }
+ALL_TASKS = (*TASKS, *FOLLOW_UP_TASKS)
 PRESET = "tiny"  # the synthetic world is the tiny preset's world
 Answer = Callable[[Request], Response]
 
@@ -123,13 +124,16 @@ class Sample:
     file: Path | None
 
 
-def samples(world: Path, per_task: int | None, records_file: Path = synthetic.RECORDS_FILE) -> list[Sample]:
-    """The held-out records of each task, in file order, at most `per_task` each. A combination's
+def samples(
+    world: Path, per_task: int | None, records_file: Path = synthetic.RECORDS_FILE, tasks: Collection[str] = tuple(TASKS)
+) -> list[Sample]:
+    """The held-out records of each of `tasks`, in file order, at most `per_task` each. A combination's
     k-th record of a task (another render of it) is asked in the k-th phrasing, so repeats are
     distinct samples for text→X too."""
     out: list[Sample] = []
     records = [r for r in read_records(world / records_file) if r.split == "heldout"]
-    for task, (given, asked) in TASKS.items():
+    for task in tasks:
+        given, asked = TASKS[task]
         chosen = [r for r in records if (given in r.inputs if given else r.target == asked and not r.inputs)]
         seen: dict[str, int] = {}
         for r in chosen[:per_task]:
@@ -166,10 +170,10 @@ def score(sample: Sample, answer: Response, forced: Response | None, judges: dic
     return verdict
 
 
-def follow_up_samples(world: Path, per_task: int | None) -> dict[str, list[Record]]:
+def follow_up_samples(world: Path, per_task: int | None, tasks: Collection[str] = tuple(FOLLOW_UP_TASKS)) -> dict[str, list[Record]]:
     """The held-out conversations of each follow-up task, in file order, at most `per_task` each."""
     records = [r for r in read_records(world / conversations.RECORDS_FILE) if r.split == "heldout"]
-    return {task: [r for r in records if r.attributes["kind"] in kinds][:per_task] for task, kinds in FOLLOW_UP_TASKS.items()}
+    return {task: [r for r in records if r.attributes["kind"] in kinds][:per_task] for task, kinds in FOLLOW_UP_TASKS.items() if task in tasks}
 
 
 def converse(answer: Answer, record: Record, world: Path, seed: int, steps: int | None) -> tuple[list[Response], Response | None]:
@@ -256,16 +260,18 @@ def evaluate(
     progress: bool = True,
     records_file: Path = synthetic.RECORDS_FILE,
     follow_ups: bool = False,
+    tasks: Collection[str] = ALL_TASKS,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Verdicts per task, for the tasks the set has samples of; with `follow_ups`, the follow-up
-    tasks on the world's conversations too."""
+    """Verdicts per task of `tasks`, for those the set has samples of; with `follow_ups`, the
+    follow-up tasks on the world's conversations too."""
     verdicts: dict[str, list[dict[str, Any]]] = {}
     if follow_ups:
-        chosen = [(task, r) for task, rs in follow_up_samples(world, per_task).items() for r in rs]
+        chosen = [(task, r) for task, rs in follow_up_samples(world, per_task, tasks).items() for r in rs]
         for task, record in tqdm(chosen, desc="follow-ups", unit="conversation", disable=not progress):
             replies, forced = converse(answer, record, world, seed, steps)
             verdicts.setdefault(task, []).append(score_follow_up(record, replies, forced, judges, rates))
-    for s in tqdm(samples(world, per_task, records_file), desc="evaluate", unit="sample", disable=not progress):
+    single = [t for t in TASKS if t in tasks]
+    for s in tqdm(samples(world, per_task, records_file, single), desc="evaluate", unit="sample", disable=not progress):
         files = {TASKS[s.task][0]: s.file} if s.file else {}
         req = Request(prompt=s.prompt, files=files, seed=seed, steps=steps)
         natural = answer(req)
@@ -321,12 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     add_url(parser, None, "evaluate the deployment at this gRPC address instead")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--samples", type=int, help="held-out samples per task (default: all)")
+    parser.add_argument("--tasks", type=lambda v: v.split(","), default=list(ALL_TASKS), help=f"comma-separated, of: {', '.join(ALL_TASKS)} (default: all)")
     parser.add_argument("--judges", type=Path, default=DEFAULT_JUDGES)
     parser.add_argument("--set", choices=("world", "foreign"), default="world", help="the world's held-out split, or the foreign set of media other tools made (train/foreign.py; X→text only)")
     parser.add_argument("--seed", type=int, default=0, help="the world's seed")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.tasks) - set(ALL_TASKS))
+    if unknown:
+        parser.error(f"--tasks: no task {', '.join(unknown)}; the tasks are {', '.join(ALL_TASKS)}")
     try:
         build = check_build(args.engines)
         judges = load_judges(args.judges)
@@ -346,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"audio": float(build.config["decoders"]["audio"]["sample_rate"])}
     try:
         verdicts = evaluate(
-            answer, root, judges, rates, args.samples, args.seed, args.steps, not args.quiet, records_file, args.set == "world"
+            answer, root, judges, rates, args.samples, args.seed, args.steps, not args.quiet, records_file, args.set == "world", args.tasks
         )
     finally:
         close()
