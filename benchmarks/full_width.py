@@ -306,7 +306,7 @@ def _make_file(kind: str, spec: ComponentSpec, folder: Path, module: Callable[[]
         export_portable(spec, module(), path)
     else:
         backend, source = ("openvino", "portable") if kind == "ov_int8" else ("onnxruntime", "cpu")
-        QUANTIZERS[backend](folder / FILES[source], calibration_samples(config, spec), path, spec.name, [])
+        QUANTIZERS[backend](folder / FILES[source], calibration_samples(config, spec), path, [])
 
 
 def build_cached(config: dict[str, Any], spec_name: str, folder: Path, kinds: list[str]) -> dict[str, Any]:

@@ -142,3 +142,17 @@ def test_the_roofline_is_a_png_with_its_provenance(tiny_run):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert width > 400 and height > 300 and b"Description" in data
+
+
+def test_every_backend_builds_runs_and_is_compared_on_a_tiny_component(tmp_path, monkeypatch):
+    """Both int8 quantizers, both OpenVINO precisions and ONNX Runtime, from the cached ONNX files."""
+    monkeypatch.setattr(fw, "TRIAD_GIB", 0.01)
+    monkeypatch.setattr(fw, "GEMM_SIZE", 128)
+    argv = ["--preset", "tiny", "--components", "sd_unet", "--backends", "all", "--runs", "1",
+            "--cache", str(tmp_path / "cache"), "--roofline", str(tmp_path / "roofline.png"), "--json", str(tmp_path / "r.json")]
+    assert fw.main(argv) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["components"]["sd_unet"]
+    assert set(row["seconds"]) == set(fw.BENCH_BACKENDS)
+    assert sorted(row["build"]["built"]) == sorted(fw.FILES)
+    for backend, fidelity in row["fidelity"].items():
+        assert fidelity["meets"], (backend, fidelity["cosine"])
