@@ -42,7 +42,7 @@ from benchmarks.machine import describe_machine, thread_budget
 from benchmarks.report import save_figure, save_report
 from export.specs import ComponentSpec, component_specs
 from runtime.backends import BACKENDS, Engine, OrtEngine, OvEngine, TorchEngine
-from runtime.cli import make_parser
+from runtime.cli import comma_list, make_parser
 from runtime.precision import COSINE_TARGET, cosine, rel_l2
 from runtime.versions import installed_version
 from train.presets import FULL_WIDTH_BENCHMARK, added_tokens, get_preset
@@ -245,26 +245,20 @@ REFERENCE = "torch-fp32"
 ALL = "all"
 
 
-def backend_names(text: str) -> list[str]:
-    """`--backends`: labels of BENCH_BACKENDS (or `all`); torch-fp32, the reference of every fidelity, first."""
-    names = list(BENCH_BACKENDS) if text == ALL else [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BENCH_BACKENDS]
-    if unknown or not names:
-        runtime = ", ".join(label for label, (_, device) in BACKENDS.items() if device == "cpu")
-        raise argparse.ArgumentTypeError(
-            f"unknown backend {unknown[0] if unknown else text!r}; known: {', '.join(BENCH_BACKENDS)} "
-            f"(a runtime label of {runtime} and a precision)"
-        )
+def _reference_first(names: list[str]) -> list[str]:
     return [REFERENCE, *(b for b in names if b != REFERENCE)]
 
 
-def component_names(text: str) -> list[str]:
-    """`--components`: names of COMPONENTS, or `all`."""
-    names = list(COMPONENTS) if text == ALL else [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in names if c not in COMPONENTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown component {unknown[0] if unknown else text!r}; known: {', '.join(COMPONENTS)}")
-    return names
+_CPU_RUNTIMES = ", ".join(label for label, (_, device) in BACKENDS.items() if device == "cpu")
+_backend_labels = comma_list("backend", tuple(BENCH_BACKENDS), ALL, f" (a runtime label of {_CPU_RUNTIMES} and a precision)")
+
+
+def backend_names(text: str) -> list[str]:
+    """`--backends`: labels of BENCH_BACKENDS (or `all`); torch-fp32, the reference of every fidelity, first."""
+    return _reference_first(_backend_labels(text))
+
+
+component_names = comma_list("component", tuple(COMPONENTS), ALL)  # `--components`: names of COMPONENTS, or `all`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +275,8 @@ def _peak_rss_gb() -> float:
 
 
 def _split(row: dict[str, Any]) -> str:
-    now = row.get("resident_with_every_backend_open", {})
-    return f"; {now['rssanon_gb']:.1f} + {now['rssfile_gb']:.1f}" if {"rssanon_gb", "rssfile_gb"} <= set(now) else ""
+    now = row["resident_with_every_backend_open"]
+    return f"; {now['rssanon_gb']:.1f} + {now['rssfile_gb']:.1f}"
 
 
 def _resident_gb() -> dict[str, float]:
@@ -290,7 +284,7 @@ def _resident_gb() -> dict[str, float]:
     file-backed (weight files OpenVINO and ONNX Runtime map, which the kernel can drop and read
     again). Peak RSS counts both, so with every backend open it may pass the RAM without any risk."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {f"{key.lower()}_gb": int(fields[key].split()[0]) * 1024 / GB for key in ("RssAnon", "RssFile") if key in fields}
+    return {key: int(fields[field].split()[0]) * 1024 / GB for field, key in (("RssAnon", "rssanon_gb"), ("RssFile", "rssfile_gb"))}
 
 
 def _seeded_module(config: dict[str, Any], spec_name: str) -> Any:

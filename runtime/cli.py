@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from runtime.backends import BACKENDS
@@ -49,13 +50,21 @@ def add_backend(
     p.add_argument("--backend", choices=labels, default=default, help=help or "what runs the engines")
 
 
-def backend_list(text: str) -> list[str]:
-    """`--backends L1,L2,...`: labels compared side by side; an unknown one is refused by name."""
-    labels = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in labels if b not in BACKENDS]
-    if unknown or not labels:
-        raise argparse.ArgumentTypeError(f"unknown backend {unknown[0] if unknown else text!r}; known: {', '.join(BACKENDS)}")
-    return labels
+def comma_list(what: str, known: Collection[str], all_word: str | None = None, hint: str = "") -> Callable[[str], list[str]]:
+    """An argparse type for `A,B,...` of the `known` names (`all_word` alone: every one of them): the
+    first unknown name, or an empty list, is refused in one line that names the known ones."""
+
+    def parse(text: str) -> list[str]:
+        names = list(known) if all_word and text == all_word else [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0] if unknown else text!r}; known: {', '.join(known)}{hint}")
+        return names
+
+    return parse
+
+
+backend_list = comma_list("backend", tuple(BACKENDS))  # `--backends L1,L2,...`: labels compared side by side
 
 
 def add_backends(p: argparse.ArgumentParser, default: str, help: str = "") -> None:

@@ -124,7 +124,7 @@ def test_tasks_can_be_chosen_and_an_unknown_one_is_refused(heldout_world, tmp_pa
     assert {s.task for s in samples(heldout_world, 2, tasks=("audio_to_text", "text_to_video"))} == {"audio_to_text", "text_to_video"}
     with pytest.raises(SystemExit):
         main(["--engines", str(tmp_path), "--json", str(tmp_path / "r.json"), "--tasks", "image_to_text,image_to_sound"])
-    assert "--tasks: no task image_to_sound" in capsys.readouterr().err
+    assert "unknown task 'image_to_sound'; known: image_to_text" in capsys.readouterr().err
 
 
 def test_backends_give_the_same_verdicts(tiny_build, reference, judges, heldout_world):
