@@ -10,7 +10,8 @@ is freed before the next (its peak RSS is reported). Its ONNX is exported once i
 and reused while the preset, the seed and the library versions stay the same.
 
 Per component the backends run interleaved on the same inputs, and every output is compared with
-PyTorch fp32 (cosine, relative L2). The LLM runs as `--layers` full-width decoder layers (prefill
+PyTorch fp32 (cosine, relative L2); where their weights would not all fit in memory at once, in
+groups, each interleaved with PyTorch fp32 (`timed_in_groups`). The LLM runs as `--layers` full-width decoder layers (prefill
 of a prompt, one decode step over its KV cache), reported per layer and extrapolated to all of its
 layers. In the same run the machine's limits are measured (a triad's memory bandwidth, peak GEMM
 per precision), and each component's achieved fraction of them is plotted as a roofline beside the
@@ -52,6 +53,11 @@ KEY = "key.json"
 GB = 1e9
 TRIAD_GIB = 1.5  # three arrays of 0.5 GiB: far past any cache, as STREAM asks (4x the last level)
 GEMM_SIZE = 4096
+# An engine is opened beside the others only where this many bytes per fp32 weight byte fit: its own
+# copy, and the one its runtime reads the file into while it compiles. Of the memory available when a
+# component starts, this share may be taken (the rest: activations, the allocator's slack).
+ENGINE_HOLDS = 2.0
+MEMORY_SHARE = 0.8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +281,9 @@ def _peak_rss_gb() -> float:
 
 
 def _split(row: dict[str, Any]) -> str:
-    now = row["resident_with_every_backend_open"]
-    return f"; {now['rssanon_gb']:.1f} + {now['rssfile_gb']:.1f}"
+    """The largest group's resident memory, anonymous + file-backed, and the number of groups."""
+    most = max(row["groups"], key=lambda g: g["rssanon_gb"])
+    return f"; {most['rssanon_gb']:.1f} + {most['rssfile_gb']:.1f} in {len(row['groups'])} group(s)"
 
 
 def _resident_gb() -> dict[str, float]:
@@ -356,11 +363,49 @@ def fidelity(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], p
     return {"cosine": worst, "rel_l2": max(v["rel_l2"] for v in per.values()), "target": target, "meets": worst >= target, "outputs": per}
 
 
-def run_component(config: dict[str, Any], name: str, backends: list[str], runs: int, folder: Path, threads: int) -> dict[str, Any]:
-    """Time and compare one component on every backend (child process): interleaved runs after one
-    warm-up round, same inputs; FLOPs, weight bytes and the process's peak RSS beside."""
+def _memory_available_gb() -> float:
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return int(fields["MemAvailable"].split()[0]) * 1024 / GB
+
+
+def timed_in_groups(
+    built: Built, backends: list[str], feeds: dict[str, np.ndarray], runs: int, budget_gb: float
+) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, Any]]]:
+    """Open the engines one by one and time them interleaved with the reference, in as few groups as
+    the memory allows: an engine that may not fit beside those open (ENGINE_HOLDS of the weights, its
+    load's copy included, over `budget_gb` of anonymous memory) starts a new group once the open ones
+    are timed and closed. Every engine's first call is its warm-up, and its outputs are the ones
+    compared. Returns the outputs, the times (the reference's from every group) and the groups."""
+    weights_gb = parameter_bytes(built.module)["weights"] / GB
+    reference = {REFERENCE: BENCH_BACKENDS[REFERENCE].open(built)}
+    outputs = {REFERENCE: reference[REFERENCE].run(feeds)}
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    groups: list[dict[str, Any]] = []
+    group: dict[str, Engine] = {}
+
+    def time_group() -> None:
+        calls = {b: (lambda e=e: e.run(feeds)) for b, e in {**reference, **group}.items()}
+        for b, t in interleaved(calls, runs, warmup=0).items():
+            times[b] += t
+        groups.append({"backends": list(calls), **_resident_gb()})
+        group.clear()
+
     from tqdm import tqdm
 
+    for b in tqdm(backends[1:], desc=f"{built.spec.name}: open and time", unit="backend", leave=False):
+        holds = ENGINE_HOLDS if BENCH_BACKENDS[b].files else 0.0  # the torch backends share the reference's module
+        if group and _resident_gb()["rssanon_gb"] + holds * weights_gb > budget_gb:
+            time_group()
+        group[b] = BENCH_BACKENDS[b].open(built)
+        outputs[b] = group[b].run(feeds)
+    time_group()
+    return outputs, times, groups
+
+
+def run_component(config: dict[str, Any], name: str, backends: list[str], runs: int, folder: Path, threads: int) -> dict[str, Any]:
+    """Time and compare one component on every backend (child process): interleaved runs after one
+    warm-up round, same inputs, in memory-bounded groups (`timed_in_groups`); FLOPs, weight bytes and
+    the process's peak RSS beside."""
     thread_budget(threads)
     component = COMPONENTS[name]
     spec = component_specs(config)[component.spec]
@@ -370,10 +415,9 @@ def run_component(config: dict[str, Any], name: str, backends: list[str], runs: 
     if key.get("files") and key.get("fingerprint") != weights_fingerprint(module):
         raise RuntimeError(f"{name}: the weights drawn here differ from those {folder} was built from; remove it to rebuild")
     built = Built(spec, module, {"name": spec.name, **spec.to_json()}, folder, threads)
-    engines = {b: BENCH_BACKENDS[b].open(built) for b in tqdm(backends, desc=f"{name}: open", unit="backend", leave=False)}
     feeds = spec.sample(dims, seed=SEED)
-    outputs = {b: e.run(feeds) for b, e in engines.items()}  # the warm-up round, kept for the fidelity
-    times = interleaved({b: (lambda e=e: e.run(feeds)) for b, e in engines.items()}, runs, warmup=0)
+    budget = _resident_gb()["rssanon_gb"] + MEMORY_SHARE * _memory_available_gb()
+    outputs, times, groups = timed_in_groups(built, backends, feeds, runs, budget)
     result: dict[str, Any] = {
         "spec": spec.name,
         "shape": ", ".join(f"{n} {'x'.join(map(str, feeds[n].shape))}" for n in spec.input_names),
@@ -383,7 +427,7 @@ def run_component(config: dict[str, Any], name: str, backends: list[str], runs: 
         "fidelity": {b: fidelity(outputs[REFERENCE], outputs[b], BENCH_BACKENDS[b].precision) for b in backends if b != REFERENCE},
         **count_flops(config, spec, dims),
         **parameter_bytes(module),
-        "resident_with_every_backend_open": _resident_gb(),
+        "groups": groups,
         "peak_rss_gb": _peak_rss_gb(),
     }
     if spec.name == "llm":
@@ -507,7 +551,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Seconds per call (median), ratio to PyTorch fp32, worst cosine to PyTorch fp32, achieved fraction of the bound.",
         "",
-        "| component | shape | " + " | ".join(backends) + " | peak RSS GB (build / run; anonymous + file-backed, all open) |",
+        "| component | shape | " + " | ".join(backends) + " | peak RSS GB (build / run; anonymous + file-backed, largest group) |",
         "|---|---|" + "---|" * len(backends) + "---|",
     ]
     for name, row in result["components"].items():

@@ -121,3 +121,16 @@ def test_zeroscope_at_full_width_verifies_at_opt_with_its_fused_attention(full_w
     assert outcomes[0].max_abs_error < 1e-4
     by_file = read_manifest(tmp_path / "engines").component("zeroscope_unet")["verify"]["by_file"]
     assert {e["point"] for e in by_file.values()} == {"opt", "min"}
+
+
+def test_the_full_width_encoders_are_imagebind_huge():
+    """ImageBind huge as released (NEXTGPT-FACTS.md): 224-pixel frames in 14-pixel patches, and the
+    trunks' widths; the tiny preset's smaller frames must not leak into it."""
+    from train.presets import get_preset
+
+    for name in ("nextgpt-7b", "nextgpt-7b-shallow"):
+        vision, audio = (get_preset(name)["imagebind"][t] for t in ("vision", "audio"))
+        assert (vision["image_size"], vision["kernel"], vision["embed_dim"], vision["num_heads"]) == (224, [2, 14, 14], 1280, 16)
+        assert (vision["video_clips"], vision["num_frames"], audio["clips"]) == (5, 2, 3)
+        assert (audio["num_mel_bins"], audio["target_length"], audio["embed_dim"], audio["num_heads"]) == (128, 204, 768, 12)
+    assert get_preset("nextgpt-7b")["imagebind"]["vision"]["num_blocks"] == 32

@@ -154,10 +154,27 @@ def test_every_backend_builds_runs_and_is_compared_on_a_tiny_component(tmp_path,
     row = json.loads((tmp_path / "r.json").read_text())["components"]["sd_unet"]
     assert set(row["seconds"]) == set(fw.BENCH_BACKENDS)
     assert sorted(row["build"]["built"]) == sorted(fw.FILES)
-    resident = row["resident_with_every_backend_open"]
+    [group] = row["groups"]  # a tiny component's engines all fit beside each other
+    assert group["backends"] == list(fw.BENCH_BACKENDS)
     # Linux's high-water mark trails the per-thread RSS counters by a few pages: 10 MB of slack
-    assert 0 < resident["rssanon_gb"] and 0 < resident["rssanon_gb"] + resident["rssfile_gb"] <= row["peak_rss_gb"] + 0.01
+    assert 0 < group["rssanon_gb"] and 0 < group["rssanon_gb"] + group["rssfile_gb"] <= row["peak_rss_gb"] + 0.01
     # measured on the 2-core EPYC: int8 cosines 0.9955 (ONNX Runtime) and 0.9966 (OpenVINO), under half
     # of the 0.01 allowed, from deterministic quantizations whose kernels differ by far less between CPUs
     for backend, fidelity in row["fidelity"].items():
         assert fidelity["meets"], (backend, fidelity["cosine"])
+
+
+def test_engines_that_would_not_fit_together_are_timed_in_groups_beside_the_reference(tiny_run):
+    """With no memory to spare every engine gets a group of its own; the torch backends, which share
+    the reference's module, join any group. The reference is timed in every group."""
+    config = fw.benchmark_config("tiny", 2)
+    spec = component_specs(config)["llm"]
+    built = fw.Built(spec, fw._seeded_module(config, "llm"), {"name": "llm", **spec.to_json()}, tiny_run / "cache" / "tiny" / "llm", 1)
+    feeds = spec.sample(spec.point("opt"), seed=fw.SEED)
+    backends = ["torch-fp32", "torch-bf16", "onnxruntime-fp32"]
+    outputs, times, groups = fw.timed_in_groups(built, backends, feeds, 2, budget_gb=0.0)
+    assert [g["backends"] for g in groups] == [["torch-fp32", "torch-bf16"], ["torch-fp32", "onnxruntime-fp32"]]
+    assert len(times["torch-fp32"]) == 4 and len(times["torch-bf16"]) == len(times["onnxruntime-fp32"]) == 2
+    assert set(outputs) == set(backends) and all(g["rssanon_gb"] > 0 for g in groups)
+    everything = fw.timed_in_groups(built, backends, feeds, 1, budget_gb=1e6)[2]
+    assert [g["backends"] for g in everything] == [backends]

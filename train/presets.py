@@ -281,7 +281,7 @@ def _nextgpt_7b() -> dict[str, Any]:
     p = copy.deepcopy(TINY)
     p["preset"] = "nextgpt-7b"
     p["imagebind"]["out_embed_dim"] = 1024
-    p["imagebind"]["vision"].update(embed_dim=1280, num_blocks=32, num_heads=16)
+    p["imagebind"]["vision"].update(image_size=224, embed_dim=1280, num_blocks=32, num_heads=16)
     p["imagebind"]["audio"].update(embed_dim=768, num_blocks=12, num_heads=12)
     p["llm"] = {
         "hidden_size": 4096,
