@@ -20,6 +20,7 @@ JSON and a Markdown table.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import resource
@@ -137,8 +138,10 @@ def build_module(config: dict[str, Any], spec_name: str) -> Any:
     from train.projectors import build_input_projection, build_projector
 
     if spec_name.startswith("imagebind_"):
-        encoder = ImageBindEncoder(config["imagebind"])
-        encode = encoder.encode_vision if spec_name.endswith("vision") else encoder.encode_audio
+        encoder, modality = ImageBindEncoder(config["imagebind"]), spec_name.removeprefix("imagebind_")
+        for parts in (encoder.modality_preprocessors, encoder.modality_trunks, encoder.modality_heads, encoder.modality_postprocessors):
+            del parts[next(m for m in parts if m != modality)]  # the other trunk: not run, so not counted nor held
+        encode = encoder.encode_vision if modality == "vision" else encoder.encode_audio
         module = EncoderWithProjection(encode, build_input_projection(config))
         module.encoder = encoder  # a submodule, so that .to() and the parameter count reach the trunk
     elif spec_name == "llm":
@@ -310,14 +313,19 @@ def calibration_samples(config: dict[str, Any], spec: ComponentSpec) -> list[dic
 
 
 def _make_file(kind: str, spec: ComponentSpec, folder: Path, module: Callable[[], Any], config: dict[str, Any]) -> None:
-    from export.onnx_export import export_cpu, export_portable
+    """One of FILES; `module()` gives the seeded module."""
+    import onnx
+
+    from export.onnx_export import check_portable, export_cpu, export_onnx
     from export.quantize import QUANTIZERS
 
     path = folder / FILES[kind]
     if kind == "cpu":
         export_cpu(spec, module(), path)
-    elif kind == "portable":
-        export_portable(spec, module(), path)
+    elif kind == "portable":  # as exported: OpenVINO folds constants itself, where polygraphy's folding
+        # (export_portable, for TensorRT) holds the weights four times over: 22 GB for ZeroScope's UNet
+        export_onnx(spec, module(), path, fused_attention=False)
+        check_portable(onnx.load(str(path), load_external_data=False), spec.name)
     else:
         backend, source = ("openvino", "portable") if kind == "ov_int8" else ("onnxruntime", "cpu")
         QUANTIZERS[backend](folder / FILES[source], calibration_samples(config, spec), path, [])
@@ -373,8 +381,8 @@ def timed_in_groups(
 ) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, Any]]]:
     """Open the engines one by one and time them interleaved with the reference, in as few groups as
     the memory allows: an engine that may not fit beside those open (ENGINE_HOLDS of the weights, its
-    load's copy included, over `budget_gb` of anonymous memory) starts a new group once the open ones
-    are timed and closed. Every engine's first call is its warm-up, and its outputs are the ones
+    load's copy included, or what the largest engine so far took once run, over `budget_gb` of
+    anonymous memory) starts a new group once the open ones are timed and closed. Every engine's first call is its warm-up, and its outputs are the ones
     compared. Returns the outputs, the times (the reference's from every group) and the groups."""
     weights_gb = parameter_bytes(built.module)["weights"] / GB
     reference = {REFERENCE: BENCH_BACKENDS[REFERENCE].open(built)}
@@ -389,15 +397,21 @@ def timed_in_groups(
             times[b] += t
         groups.append({"backends": list(calls), **_resident_gb()})
         group.clear()
+        gc.collect()  # the closed engines' memory back before the next group opens
 
     from tqdm import tqdm
 
+    largest = 0.0  # the most an engine opened so far took, with its first call's working memory
     for b in tqdm(backends[1:], desc=f"{built.spec.name}: open and time", unit="backend", leave=False):
-        holds = ENGINE_HOLDS if BENCH_BACKENDS[b].files else 0.0  # the torch backends share the reference's module
-        if group and _resident_gb()["rssanon_gb"] + holds * weights_gb > budget_gb:
+        engine = bool(BENCH_BACKENDS[b].files)  # the torch backends share the reference's module
+        need = max(ENGINE_HOLDS * weights_gb, largest) if engine else 0.0
+        if group and _resident_gb()["rssanon_gb"] + need > budget_gb:
             time_group()
+        before = _resident_gb()["rssanon_gb"]
         group[b] = BENCH_BACKENDS[b].open(built)
         outputs[b] = group[b].run(feeds)
+        if engine:  # ONNX Runtime's arena and OpenVINO's requests keep their activations' memory
+            largest = max(largest, _resident_gb()["rssanon_gb"] - before)
     time_group()
     return outputs, times, groups
 
@@ -562,6 +576,7 @@ def markdown(result: dict[str, Any]) -> str:
             close = f", cos {fid['cosine']:.5f}{'' if fid['meets'] else ' (misses)'}" if fid else ""
             cells.append(f"{row['seconds'][b]:.3f} s ({base / row['seconds'][b]:.2f}x{close}; {row['achieved'][b]['fraction']:.0%})")
         lines.append(f"| {name} | {row['shape']} | " + " | ".join(cells) + f" | {row['build']['peak_rss_gb']:.1f} / {row['peak_rss_gb']:.1f}{_split(row)} |")
+    lines += [f"| {name} | failed: {error} |" for name, error in result["failed"].items()]
     llm = {n: r for n, r in result["components"].items() if n in LLM_PARTS}
     if llm:
         lines += ["", "## LLM per layer and at full depth (seconds)", "", "| step | backend | per layer | all layers |", "|---|---|---|---|"]
@@ -625,15 +640,18 @@ def run(
     limits = machine_limits(threads, triad_gib or TRIAD_GIB, gemm_size or GEMM_SIZE)
     result: dict[str, Any] = {
         "cpu": machine["cpu"], "cpu_flags": machine["cpu_flags"], "threads": threads, "preset": preset,
-        "limits": limits, "backends": backends, "machine": machine, "components": {},
+        "limits": limits, "backends": backends, "machine": machine, "components": {}, "failed": {},
     }
     for name in tqdm(components, desc="components", unit="component"):
         spec_name = COMPONENTS[name].spec
         folder = cache / preset / spec_name
         kinds = [k for k in FILES if any(k in BENCH_BACKENDS[b].files for b in backends)]
-        # a process per file: an export holds several copies of the weights (the LLM's, 19 GB at its width)
-        build = [in_child(build_cached, config, spec_name, folder, [k]) for k in kinds]
-        row = in_child(run_component, config, name, backends, runs, folder, threads)
+        try:  # a process per file: an export holds several copies of the weights (the LLM's, 19 GB at its width)
+            build = [in_child(build_cached, config, spec_name, folder, [k]) for k in kinds]
+            row = in_child(run_component, config, name, backends, runs, folder, threads)
+        except Exception as e:  # one component's failure (a child killed for memory too) is reported, not the run's end
+            result["failed"][name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}"
+            continue
         row["build"] = {"built": [k for b in build for k in b["built"]], "seconds": sum(b["seconds"] for b in build),
                         "peak_rss_gb": max((b["peak_rss_gb"] for b in build), default=0.0)}
         row["achieved"] = achieved(name, row, limits)
@@ -660,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     origin = save_report(args.json, result, md, None, random_weights=f"{args.preset}, seed {SEED}")
     roofline(result, args.roofline, origin)
     print(md)
-    return 0
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":

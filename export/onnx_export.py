@@ -212,8 +212,11 @@ def export_portable(spec: ComponentSpec, module: nn.Module, path: Path, precisio
     export_onnx(spec, module, path, fused_attention=False)
     external = onnx_bytes(path) > EXTERNAL_DATA_BYTES
     model = keep_in_fp32(onnx.load(str(path))) if precision != "fp32" else onnx.load(str(path))
-    with _quiet_graph_tools():  # folding also turns the casts of constant weights into fp32 constants
-        folded = fold_constants(model, allow_onnxruntime_shape_inference=True)
+    # Folding also turns the casts of constant weights into fp32 constants. Without shape inference:
+    # it folds the same nodes in every component here (compared node by node on the tiny preset),
+    # and it held ImageBind huge's graph in memory several times over (21 GB, against 10 GB).
+    with _quiet_graph_tools():
+        folded = fold_constants(model, do_shape_inference=False)
     check_portable(folded, spec.name)
     save_onnx(folded, path, external)
     return path
@@ -234,7 +237,10 @@ def optimise_onnx(spec: ComponentSpec, src: Path, dst: Path) -> Path:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
-    if onnx_bytes(src) > EXTERNAL_DATA_BYTES:
+    # a source with its weights beside it (exported from a module with more parameters than this graph
+    # uses, such as one ImageBind trunk of two) is written the same way: otherwise ONNX Runtime points
+    # dst's weights at src's data file, which export_cpu removes
+    if onnx_bytes(src) > EXTERNAL_DATA_BYTES or src.with_name(src.name + ".data").exists():
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])

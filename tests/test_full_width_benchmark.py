@@ -178,3 +178,49 @@ def test_engines_that_would_not_fit_together_are_timed_in_groups_beside_the_refe
     assert set(outputs) == set(backends) and all(g["rssanon_gb"] > 0 for g in groups)
     everything = fw.timed_in_groups(built, backends, feeds, 1, budget_gb=1e6)[2]
     assert [g["backends"] for g in everything] == [backends]
+
+
+def test_a_graph_using_part_of_its_module_keeps_its_weights_after_the_cpu_export(tmp_path, monkeypatch):
+    """An ImageBind encoder's export weighs the whole encoder (both trunks) to decide on external
+    data, so the audio graph is written with its weights beside it though it is small itself; the
+    optimised file must not point at the exporter's data file, which export_cpu removes."""
+    import onnxruntime as ort
+    import torch
+
+    from export import onnx_export
+
+    config = fw.benchmark_config("tiny", 2)
+    spec = component_specs(config)["imagebind_audio"]
+    module = fw._seeded_module(config, "imagebind_audio")
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", onnx_export._param_bytes(module) - 1)
+    path = onnx_export.export_cpu(spec, module, tmp_path / "model.opt.onnx")
+    assert not (tmp_path / "fused.onnx.data").exists()
+    feeds = spec.sample(spec.point("opt"), seed=0)
+    [got] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    with torch.no_grad():
+        want = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_component_that_fails_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(fw, "TRIAD_GIB", 0.01)
+    monkeypatch.setattr(fw, "GEMM_SIZE", 128)
+    (tmp_path / "cache" / "tiny").mkdir(parents=True)
+    (tmp_path / "cache" / "tiny" / "llm").write_text("not a folder")  # the LLM's build cannot be cached
+    argv = ["--preset", "tiny", "--components", "llm_decode,projector_image", "--backends", "onnxruntime-fp32", "--runs", "1",
+            "--cache", str(tmp_path / "cache"), "--roofline", str(tmp_path / "roofline.png"), "--json", str(tmp_path / "r.json")]
+    assert fw.main(argv) == 1
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert list(result["components"]) == ["projector_image"] and list(result["failed"]) == ["llm_decode"]
+    assert "FileExistsError" in result["failed"]["llm_decode"]
+    assert "| llm_decode | failed: FileExistsError" in (tmp_path / "r.md").read_text()
+
+
+def test_an_encoder_holds_only_its_own_trunk():
+    config = fw.benchmark_config("tiny", 2)
+    for modality in ("vision", "audio"):
+        module = fw.build_module(config, f"imagebind_{modality}")
+        assert list(module.encoder.modality_trunks) == [modality]
+        trunk = sum(p.numel() for p in module.encoder.parameters())
+        assert fw.parameter_bytes(module)["weights"] == 4 * (trunk + sum(p.numel() for p in module.projection.parameters()))
+
