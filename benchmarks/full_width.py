@@ -11,9 +11,9 @@ and reused while the preset, the seed and the library versions stay the same.
 
 Per component the backends run interleaved on the same inputs, and every output is compared with
 PyTorch fp32 (cosine, relative L2); where their weights would not all fit in memory at once, in
-groups, each interleaved with PyTorch fp32 (`timed_in_groups`). The LLM runs as `--layers` full-width decoder layers (prefill
-of a prompt, one decode step over its KV cache), reported per layer and extrapolated to all of its
-layers. In the same run the machine's limits are measured (a triad's memory bandwidth, peak GEMM
+groups, each interleaved with PyTorch fp32 (`timed_in_groups`). A component that fails is reported
+and the run goes on. The LLM runs as `--layers` full-width decoder layers (prefill of a prompt, one
+decode step over its KV cache), reported per layer and extrapolated to all of its layers. In the same run the machine's limits are measured (a triad's memory bandwidth, peak GEMM
 per precision), and each component's achieved fraction of them is plotted as a roofline beside the
 JSON and a Markdown table.
 """
@@ -383,8 +383,9 @@ def timed_in_groups(
     """Open the engines one by one and time them interleaved with the reference, in as few groups as
     the memory allows: an engine that may not fit beside those open (ENGINE_HOLDS of the weights, its
     load's copy included, or what the largest engine so far took once run, over `budget_gb` of
-    anonymous memory) starts a new group once the open ones are timed and closed. Every engine's first call is its warm-up, and its outputs are the ones
-    compared. Returns the outputs, the times (the reference's from every group) and the groups."""
+    anonymous memory) starts a new group once the open ones are timed and closed. Every engine's
+    first call is its warm-up, and its outputs are the ones compared. Returns the outputs, the times
+    (the reference's from every group) and the groups."""
     weights_gb = parameter_bytes(built.module)["weights"] / GB
     reference = {REFERENCE: BENCH_BACKENDS[REFERENCE].open(built)}
     outputs = {REFERENCE: reference[REFERENCE].run(feeds)}
