@@ -294,8 +294,13 @@ def _resident_gb() -> dict[str, float]:
     """The process's resident memory now, split as Linux does: anonymous (what must fit in RAM) and
     file-backed (weight files OpenVINO and ONNX Runtime map, which the kernel can drop and read
     again). Peak RSS counts both, so with every backend open it may pass the RAM without any risk."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {key: int(fields[field].split()[0]) * 1024 / GB for field, key in (("RssAnon", "rssanon_gb"), ("RssFile", "rssfile_gb"))}
+    return {"rssanon_gb": _proc_gb("/proc/self/status", "RssAnon"), "rssfile_gb": _proc_gb("/proc/self/status", "RssFile")}
+
+
+def _proc_gb(path: str, field: str) -> float:
+    """A `field: N kB` line of a /proc file, in GB."""
+    line = next(line for line in Path(path).read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) * 1024 / GB
 
 
 def _seeded_module(config: dict[str, Any], spec_name: str) -> Any:
@@ -372,11 +377,6 @@ def fidelity(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], p
     return {"cosine": worst, "rel_l2": max(v["rel_l2"] for v in per.values()), "target": target, "meets": worst >= target, "outputs": per}
 
 
-def _memory_available_gb() -> float:
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    return int(fields["MemAvailable"].split()[0]) * 1024 / GB
-
-
 def timed_in_groups(
     built: Built, backends: list[str], feeds: dict[str, np.ndarray], runs: int, budget_gb: float
 ) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, Any]]]:
@@ -434,7 +434,7 @@ def run_component(config: dict[str, Any], name: str, backends: list[str], runs: 
         raise RuntimeError(f"{name}: the weights drawn here differ from those {folder} was built from; remove it to rebuild")
     built = Built(spec, module, {"name": spec.name, **spec.to_json()}, folder, threads)
     feeds = spec.sample(dims, seed=SEED)
-    budget = _resident_gb()["rssanon_gb"] + MEMORY_SHARE * _memory_available_gb()
+    budget = _resident_gb()["rssanon_gb"] + MEMORY_SHARE * _proc_gb("/proc/meminfo", "MemAvailable")
     outputs, times, groups = timed_in_groups(built, backends, feeds, runs, budget)
     result: dict[str, Any] = {
         "spec": spec.name,
