@@ -1,7 +1,7 @@
 """The three output projector modes trained from one common start on the synthetic world, and compared.
 
     python train/compare_projectors.py [--from train/checkpoints/tiny] [--work runs/projectors] \\
-        [--stages train/configs/compare] [--steps 996 40] [--modes transformer linear qformer] \\
+        [--stages train/configs/recipe] [--steps STAGE2 STAGE3] [--modes transformer linear qformer] \\
         [--seed 0] [--samples N]
 
 No stage-1 checkpoint is kept, so the common start is derived from `--from` (the embedded checkpoint),
@@ -10,8 +10,9 @@ are; LoRA reset to the identity (B = 0, as peft starts it); the signal-token row
 of lm_head drawn afresh (normal, std 0.02, seeded); every output projector built afresh in the mode
 (seeded). That is what stage 1 leaves: only stages 2 and 3 differ between the modes.
 
-Each mode then trains stages 2 and 3 (STAGES/stage_{2,3}.yaml; by default train/configs/compare/,
-the recipe's stages at one epoch), each stopped after its --steps optimizer steps, into
+Each mode then trains stages 2 and 3 (STAGES/stage_{2,3}.yaml; by default train/configs/recipe/,
+the whole recipe's stages; train/configs/compare/ holds shorter ones), each stopped after its
+--steps optimizer steps when given (the whole stage when not), into
 WORK/<mode>/, and is evaluated on the world's held-out split by train/evaluate.py's scoring with
 the PyTorch reference pipeline. A mode already trained (WORK/<mode>/train.json) is not trained again,
 nor one already scored at the same --samples and --seed (WORK/<mode>/measure.json).
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.machine import provenance
 from runtime.cli import make_parser
 from train import synthetic
 from train import train as stage_runner
@@ -76,17 +78,17 @@ def common_start(source: Path, mode: str, out: Path, seed: int) -> None:
     save_checkpoint(model, out)
 
 
-def train_mode(source: Path, mode: str, work: Path, stages: Path, steps: list[int], seed: int, world: Path) -> dict[str, Any]:
+def train_mode(source: Path, mode: str, work: Path, stages: Path, steps: list[int | None], seed: int, world: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     common_start(source, mode, work / "start", seed)
-    checkpoint, seconds = work / "start", {}
+    checkpoint, seconds, taken = work / "start", {}, []
     for stage, max_steps in zip((2, 3), steps):
         started = time.perf_counter()
         run = work / f"stage_{stage}"
-        stage_runner.run(stages / f"stage_{stage}.yaml", checkpoint, run, world, max_steps)
+        taken.append(len(stage_runner.run(stages / f"stage_{stage}.yaml", checkpoint, run, world, max_steps)))
         seconds[f"stage_{stage}"] = time.perf_counter() - started
         checkpoint = run / "checkpoint"
-    result = {"mode": mode, "checkpoint": str(checkpoint), "seconds": seconds, "steps": steps}
+    result = {"mode": mode, "checkpoint": str(checkpoint), "seconds": seconds, "steps": taken}
     (work / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -170,8 +172,8 @@ def main() -> None:
     parser = make_parser(__doc__)
     parser.add_argument("--from", dest="source", type=Path, default=Path("train/checkpoints/tiny"))
     parser.add_argument("--work", type=Path, default=Path("runs/projectors"))
-    parser.add_argument("--stages", type=Path, default=CONFIGS / "compare", help="folder of stage_2.yaml and stage_3.yaml")
-    parser.add_argument("--steps", type=int, nargs=2, default=[996, 40], metavar=("STAGE2", "STAGE3"), help="optimizer steps of each stage")
+    parser.add_argument("--stages", type=Path, default=CONFIGS / "recipe", help="folder of stage_2.yaml and stage_3.yaml")
+    parser.add_argument("--steps", type=int, nargs=2, default=[None, None], metavar=("STAGE2", "STAGE3"), help="optimizer steps of each stage (default: the whole stage)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, help="held-out samples per task (all when not given)")
@@ -188,7 +190,8 @@ def main() -> None:
         row["stage_2_losses"] = final_losses(args.work / row["mode"] / "stage_2" / "log.jsonl")
     # what the whole recipe reached: the checkpoint the start was derived from, scored the same way
     source = measured(args.work / "source", args.source, world, args.samples, args.seed)
-    (args.work / "compare.json").write_text(json.dumps({"modes": rows, "source": source}, indent=2) + "\n")
+    result = {"provenance": provenance(args.source), "stages": str(args.stages), "modes": rows, "source": source}
+    (args.work / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     print(f"\n{args.source}: " + ", ".join(f"{t} {_score(source['scores'][t])}" for t in TEXT_TO))
 

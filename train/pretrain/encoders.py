@@ -88,7 +88,7 @@ def pretrain_imagebind(
     model: NextGPT, data: WorldData, settings: dict[str, Any], seed: int, progress: bool = True, trunks: tuple[str, ...] = tuple(TRUNKS)
 ) -> dict[str, float]:
     """The vision trunk on images and videos in turn, then the audio trunk, each against captions;
-    `settings` per trunk; `trunks` picks which are trained (benchmarks/audio_probe.py --retrain)."""
+    `settings` per trunk; `trunks` picks which are trained (benchmarks/trunk_probe.py --retrain)."""
     encoder = model.encoder
     out_dim = model.config["imagebind"]["out_embed_dim"]
     gen = torch.Generator().manual_seed(seed)
@@ -123,14 +123,15 @@ def pretrain_imagebind(
     return results
 
 
-SCENE = ("shape", "colour", "background")  # what two videos of a hard pair share
-# per modality, what the media of a hard batch share: videos differ only in motion, sounds only in pitch
-SIBLINGS = {"video": SCENE, "audio": ("sound", "register")}
+SCENE = ("shape", "colour", "background")  # what two pictures or videos of a hard pair share
+# per modality, what the media of a hard batch share: pictures differ only in position, videos only in
+# motion, sounds only in pitch
+SIBLINGS = {"image": SCENE, "video": SCENE, "audio": ("sound", "register")}
 
 
 def sibling_lists(data: WorldData, modality: str) -> list[list[int]]:
     """Per train medium, the other train media that share its SIBLINGS attributes (they differ only in
-    the one attribute left: a video's motion, a sound's pitch)."""
+    the one attribute left: a picture's position, a video's motion, a sound's pitch)."""
     groups: dict[tuple[str, ...], list[int]] = {}
     keys = [tuple(a[k] for k in SIBLINGS[modality]) for a in data.combos[modality]]
     for i, key in enumerate(keys):
@@ -139,16 +140,15 @@ def sibling_lists(data: WorldData, modality: str) -> list[list[int]]:
 
 
 def _batch(data: WorldData, modality: str, size: int, gen: torch.Generator, siblings: dict[str, list[list[int]]]) -> Tensor:
-    """Distinct media of one modality. Videos come in pairs that differ only in their motion where the
-    split has both: a random batch of 128 rarely holds two such videos, so InfoNCE would barely need the
-    motion (a linear probe read it from 70% of held-out videos when batches were random). Sounds come
-    in whole pitch groups (`_sibling_groups`)."""
+    """Distinct media of one modality. Pictures and videos come in pairs that differ only in their
+    position or motion where the split has both: a random batch of 128 rarely holds two such media, so
+    InfoNCE would barely need the position or motion (a linear probe read the motion from 70% of
+    held-out videos when batches were random, the position from 67% of held-out pictures). Sounds
+    come in whole pitch groups (`_sibling_groups`)."""
     index = torch.randperm(data.count(modality), generator=gen)
     if modality == "audio":
         return _sibling_groups(index, siblings["audio"], size)
-    if modality != "video":
-        return index[:size]
-    siblings = siblings["video"]
+    siblings = siblings[modality]
     picked: list[int] = []
     seen: set[int] = set()
     for i in index.tolist():
