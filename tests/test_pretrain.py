@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from runtime import media, preprocess
+from runtime.inputs import prepare_inputs
 from train import synthetic
 from train.make_tiny import make_tiny
 from train.model import load_checkpoint
@@ -68,6 +69,14 @@ def test_imagebind_reads_each_medium_as_the_runtime_preprocesses_its_file(data, 
         assert torch.equal(data.vision_clips("video", torch.tensor([i]))[0, 0], torch.from_numpy(expected))
         image = preprocess.image_to_tensor(synthetic.render("image", data.combos["image"][i]), size)
         assert torch.equal(data.vision_clips("image", torch.tensor([i]))[0, 0, :, 0], torch.from_numpy(image))
+        # a varied look: the file a user would send, drawn from the same seed
+        varied = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
+        look = synthetic.draw_look("image", data.combos["image"][i], np.random.default_rng([data.seed, i, 1]), varied)
+        path = tmp_path / f"{i}{look.suffix}"
+        synthetic.write_look(path, "image", data.combos["image"][i], look)
+        read = prepare_inputs(data.config["imagebind"], {"image": path})["image"][0]
+        got = data.vision_clips("image", torch.tensor([i]), torch.tensor([1]))
+        assert torch.equal(got, torch.from_numpy(read)[None]) and not torch.equal(got[0, 0, :, 0], torch.from_numpy(image))
     assert not np.array_equal(data.vision_pixels["video"][0], data.vision_pixels["video"][1])
 
 

@@ -411,13 +411,10 @@ def create_app(service: ChatService) -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__)
-    add_deployment_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address the HTTP server binds (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8080)
+    add_deployment_args(p, "the HTTP server", 8080)
     p.add_argument("--model-name", default=MODEL, help="the model id /v1/models lists and requests name")
     p.add_argument("--allowed-local-media-path", type=Path, metavar="DIR",
                    help="read file:// media URLs of files under DIR (default: none)")
-    p.add_argument("--request-timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds one request may take (the gRPC deadline)")
     args = p.parse_args(argv)
     try:
         with deployment(args) as url:

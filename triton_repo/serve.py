@@ -44,6 +44,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.cli import add_url, make_parser
+from triton_repo.client import DEFAULT_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0  # SIGTERM lets Triton unload every model; past this it is killed
@@ -281,14 +282,18 @@ class TritonServer:
 FRONT_END_INSTANCES = "llm=1,media=1"
 
 
-def add_deployment_args(p: argparse.ArgumentParser) -> None:
+def add_deployment_args(p: argparse.ArgumentParser, what: str, port: int) -> None:
     """`--engines BUILD` (start Triton here) or `--url HOST:PORT` (attach to a running one), for the
-    commands that stand in front of the deployment and talk to it over gRPC."""
+    commands that stand in front of the deployment and talk to it over gRPC; and where `what` (their
+    own server) listens, and how long one of its answers may take."""
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--engines", type=Path, help="a build: write its model repository and start Triton on loopback, stopped on exit")
     add_url(where, None, "a running Triton's gRPC address, instead of --engines")
     p.add_argument("--instances", default=FRONT_END_INSTANCES, help="ROLE=N,... for the repository --engines writes (build_repo.py)")
     p.add_argument("--triton-log", type=Path, help="with --engines: the server's log file (default: a temporary file)")
+    p.add_argument("--host", default="127.0.0.1", help=f"address {what} binds (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--request-timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds one answer may take (the gRPC deadline)")
 
 
 @contextmanager

@@ -170,10 +170,7 @@ class WebDemo:
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__)
-    add_deployment_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address the page binds (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--request-timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds one answer may take (the gRPC deadline)")
+    add_deployment_args(p, "the page", 7860)
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="any2any-web-"))
     try:

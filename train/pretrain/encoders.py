@@ -20,7 +20,7 @@ from train.decoders import refresh_unconditional
 from train.model import NextGPT
 from train.pretrain.diffusion import init_from_image_part
 from train.pretrain.loop import fit
-from train.pretrain.world_data import AUDIO_VARIANTS, WorldData
+from train.pretrain.world_data import AUDIO_VARIANTS, IMAGE_VARIANTS, WorldData
 
 WORDS = 24  # the longest world caption has 14 words
 
@@ -184,6 +184,8 @@ def _embed(encoder: nn.Module, data: WorldData, modality: str, index: Tensor, ge
     if modality == "audio":
         variant = torch.randint(AUDIO_VARIANTS, (len(index),), generator=gen)
         return encoder.encode_audio(data.audio_fbank[index, variant])
+    if modality == "image":
+        return encoder.encode_vision(data.vision_clips("image", index, torch.randint(IMAGE_VARIANTS, (len(index),), generator=gen)))
     return encoder.encode_vision(data.vision_clips(modality, index))
 
 

@@ -23,6 +23,7 @@ from train import synthetic
 from train.mel import clip_wave, mel_target
 
 AUDIO_VARIANTS = 6  # renders per audio combination: the plain one and varied train looks (115 combinations only)
+IMAGE_VARIANTS = 3  # renders per picture: the plain one and varied looks (0.13 CPU s each, up to 1,024 pixels)
 
 
 class WorldData:
@@ -42,14 +43,32 @@ class WorldData:
 
     @cached_property
     def vision_pixels(self) -> dict[str, np.ndarray]:
-        """uint8 (N, T, S, S, 3) resized and cropped frames: images T = 1, videos the clip's frames
-        (every clip of a world video is the same two frames, the first and the last)."""
+        """uint8 resized and cropped frames: images (N, IMAGE_VARIANTS, S, S, 3), videos (N, T, S, S, 3)
+        the clip's frames (every clip of a world video is the same two frames, the first and the last)."""
         size = self.config["imagebind"]["vision"]["image_size"]
-        images = [
-            preprocess.resize_and_crop(synthetic.render("image", a), size)
-            for a in self._bar(self.combos["image"], "render images")
-        ]
-        return {"image": np.stack(images)[:, None], "video": self._video_clip_pixels(size)}
+        return {"image": self._image_pixels(size), "video": self._video_clip_pixels(size)}
+
+    def _image_pixels(self, size: int) -> np.ndarray:
+        """Each picture's plain render and IMAGE_VARIANTS - 1 varied looks (synthetic.draw_look: other
+        frame sizes and aspects, shape sizes, places around the named one, colours, anti-aliased
+        edges, noise, JPEG/WebP) written to their files and read back as a user's are: the trunk
+        learns shapes, not the one way the world draws them (docs/evaluation.md)."""
+        varied_world = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
+        with tempfile.TemporaryDirectory() as tmp:
+
+            def look(job: tuple[int, int]) -> np.ndarray:
+                i, v = job
+                a = self.combos["image"][i]
+                if v == 0:
+                    return preprocess.resize_and_crop(synthetic.render("image", a), size)
+                drawn = synthetic.draw_look("image", a, np.random.default_rng([self.seed, i, v]), varied_world)
+                path = Path(tmp) / f"{i}-{v}{drawn.suffix}"
+                synthetic.write_look(path, "image", a, drawn)
+                return preprocess.resize_and_crop(media.read_image(path), size)
+
+            jobs = [(i, v) for i in range(self.count("image")) for v in range(IMAGE_VARIANTS)]
+            pixels = synthetic.map_media(look, jobs, "render images", self.progress)
+        return np.stack(pixels).reshape(self.count("image"), IMAGE_VARIANTS, size, size, 3)
 
     def _video_clip_pixels(self, size: int) -> np.ndarray:
         vision = self.config["imagebind"]["vision"]
@@ -67,16 +86,22 @@ class WorldData:
 
     @cached_property
     def _vision_inputs(self) -> dict[str, Tensor]:
-        """(N, 3, T, S, S) CLIP-normalised float clips, made once: normalising a batch of 128 videos
-        took 73-91 ms of a 280 ms ImageBind step (17 ms indexed from these)."""
+        """(N, 3, T, S, S) CLIP-normalised float clips (a picture's T: its renders), made once:
+        normalising a batch of 128 videos took 73-91 ms of a 280 ms ImageBind step (17 ms indexed
+        from these)."""
         return {
             m: torch.from_numpy(np.ascontiguousarray(preprocess.normalise(pixels).transpose(0, 4, 1, 2, 3)))
             for m, pixels in self.vision_pixels.items()
         }
 
-    def vision_clips(self, modality: str, index: Tensor) -> Tensor:
-        """(B, 1, 3, T, S, S) float clips as `encode_vision` takes them, CLIP-normalised."""
-        return self._vision_inputs[modality][index][:, None]
+    def vision_clips(self, modality: str, index: Tensor, variant: Tensor | None = None) -> Tensor:
+        """(B, 1, 3, T, S, S) float clips as `encode_vision` takes them, CLIP-normalised; a picture's
+        `variant` (default: its plain render) picks which of its renders."""
+        clips = self._vision_inputs[modality][index]
+        if modality == "image":
+            rows = torch.zeros_like(index) if variant is None else variant
+            clips = clips[torch.arange(len(index)), :, rows][:, :, None]
+        return clips[:, None]
 
     @cached_property
     def audio_fbank(self) -> Tensor:
