@@ -24,6 +24,8 @@ from train.train_config import ConfigError, load_config
 sys.path.insert(0, str(Path(__file__).parent))
 from train_world import small_world  # noqa: E402
 
+from tests.conftest import MIXED_PROJECTOR_MODES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "train" / "configs"
 STAGE_PARTS = {
@@ -262,3 +264,15 @@ def test_without_data_uses_the_cached_world(tmp_path, tiny_dir, monkeypatch):
     assert (default_world_dir(0) / "embeddings" / "sd" / "index.json").is_file()
     assert (tmp_path / "out" / "log.jsonl").read_text().count("\n") == 1
     assert (tmp_path / "out" / "checkpoint" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_stages_2_and_3_train_the_linear_and_qformer_projectors(tmp_path, tiny_dir, mixed_projector_dir, stage):
+    data = small_world(tmp_path / "data", stage, tiny_dir)  # the same decoders: their caption embeddings
+    rows = run(stage_config(tmp_path, stage, epochs=5), mixed_projector_dir, tmp_path / "out", data, progress=False)
+    caps = [k for k in rows[0] if k.startswith("cap_")]
+    assert caps and sum(rows[-1][k] for k in caps) < sum(rows[0][k] for k in caps), [[r[k] for k in caps] for r in rows]
+    out = tmp_path / "out" / "checkpoint"
+    assert load_checkpoint(out).config["projector"]["modes"] == MIXED_PROJECTOR_MODES
+    before, after = file_hashes(mixed_projector_dir), file_hashes(out)
+    assert all(before[f"projector_{m}.safetensors"] != after[f"projector_{m}.safetensors"] for m in MIXED_PROJECTOR_MODES)
