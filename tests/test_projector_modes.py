@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from export.specs import component_specs
+from runtime.backends import OrtEngine, OvEngine
 from runtime.manifest import read_manifest
 from runtime.pipeline import Any2AnyPipeline
+from runtime.precision import TOLERANCE, compare, rule_for
 from runtime.request import Request
 from train.checkpoint import make_config
 from train.components import build_component
@@ -176,3 +178,18 @@ def test_compare_precision_passes_on_the_mixed_build(mixed_projector_build, tmp_
     rows = [r for r in json.loads(out.read_text())["components"] if r["component"].startswith("projector_")]
     assert {r["component"] for r in rows} == {"projector_image", "projector_video", "projector_audio"}
     assert all(r["pass"] for r in rows)
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio"])
+def test_openvino_runs_each_mode_as_onnx_runtime_does(mixed_projector_build, modality):
+    """The OpenVINO backend compiles each mode's portable ONNX (fp32) and answers as ONNX Runtime does."""
+    built = read_manifest(mixed_projector_build[0])
+    name = f"projector_{modality}"
+    entry = {"name": name, **built.component(name)}
+    spec = component_specs(built.config)[name]
+    feeds = spec.sample(spec.point("opt"), seed=2)
+    want = OrtEngine(built.path(entry["engine"]), entry).run(feeds)
+    got = OvEngine(built.path(entry["onnx"]), entry, "fp32", threads=1).run(feeds)
+    for output, expected in want.items():
+        result = compare(expected, got[output], TOLERANCE["fp32"], TOLERANCE["fp32"], rule_for("fp32"))
+        assert result["pass"], f"{name} {output}: {result['reason']}"
