@@ -21,7 +21,6 @@ request deadline (`--request-timeout`) apply. The details: docs/serving-chat.md.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
