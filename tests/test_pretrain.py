@@ -17,7 +17,7 @@ from train.pretrain.autoencoders import _crops, _phases, rescale_latents
 from train.pretrain.diffusion import init_from_image_part, jitter
 from train.pretrain.encoders import AttributeHeads, SCENE, _batch, sibling_lists
 from train.pretrain.loop import fit
-from train.pretrain.world_data import WorldData
+from train.pretrain.world_data import ALWAYS_VARIED, WorldData
 from train.reproduce import CONFIGS, reproduce
 
 LIMIT = 16  # combinations per modality
@@ -70,8 +70,7 @@ def test_imagebind_reads_each_medium_as_the_runtime_preprocesses_its_file(data, 
         image = preprocess.image_to_tensor(synthetic.render("image", data.combos["image"][i]), size)
         assert torch.equal(data.vision_clips("image", torch.tensor([i]))[0, 0, :, 0], torch.from_numpy(image))
         # a varied look: the file a user would send, drawn from the same seed
-        varied = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
-        look = synthetic.draw_look("image", data.combos["image"][i], np.random.default_rng([data.seed, i, 1]), varied)
+        look = synthetic.draw_look("image", data.combos["image"][i], np.random.default_rng([data.seed, i, 1]), ALWAYS_VARIED)
         path = tmp_path / f"{i}{look.suffix}"
         synthetic.write_look(path, "image", data.combos["image"][i], look)
         read = prepare_inputs(data.config["imagebind"], {"image": path})["image"][0]

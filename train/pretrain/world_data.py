@@ -24,6 +24,8 @@ from train.mel import clip_wave, mel_target
 
 AUDIO_VARIANTS = 6  # renders per audio combination: the plain one and varied train looks (115 combinations only)
 IMAGE_VARIANTS = 3  # renders per picture: the plain one and varied looks (0.13 CPU s each, up to 1,024 pixels)
+# the world whose every draw_look is a varied one: stage 0 asks for its varied renders explicitly
+ALWAYS_VARIED = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
 
 
 class WorldData:
@@ -53,7 +55,6 @@ class WorldData:
         frame sizes and aspects, shape sizes, places around the named one, colours, anti-aliased
         edges, noise, JPEG/WebP) written to their files and read back as a user's are: the trunk
         learns shapes, not the one way the world draws them (docs/evaluation.md)."""
-        varied_world = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
         with tempfile.TemporaryDirectory() as tmp:
 
             def look(job: tuple[int, int]) -> np.ndarray:
@@ -61,7 +62,7 @@ class WorldData:
                 a = self.combos["image"][i]
                 if v == 0:
                     return preprocess.resize_and_crop(synthetic.render("image", a), size)
-                drawn = synthetic.draw_look("image", a, np.random.default_rng([self.seed, i, v]), varied_world)
+                drawn = synthetic.draw_look("image", a, np.random.default_rng([self.seed, i, v]), ALWAYS_VARIED)
                 path = Path(tmp) / f"{i}-{v}{drawn.suffix}"
                 synthetic.write_look(path, "image", a, drawn)
                 return preprocess.resize_and_crop(media.read_image(path), size)
@@ -115,13 +116,12 @@ class WorldData:
             preprocess.fbank_clips([w], audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"])
             for w in self._waves(audio["sample_rate"])
         ]
-        varied_world = {**synthetic.WORLD, "varied": {**synthetic.WORLD["varied"], "fraction": 1.0}}
         with tempfile.TemporaryDirectory() as tmp:
 
             def varied(job: tuple[int, int]) -> np.ndarray:
                 i, v = job
                 a = self.combos["audio"][i]
-                look = synthetic.draw_look("audio", a, np.random.default_rng([self.seed, i, v]), varied_world)
+                look = synthetic.draw_look("audio", a, np.random.default_rng([self.seed, i, v]), ALWAYS_VARIED)
                 path = Path(tmp) / f"{i}-{v}{look.suffix}"
                 synthetic.write_look(path, "audio", a, look)
                 return prepare_inputs(self.config["imagebind"], {"audio": path})["audio"][0, :1]  # (batch, clips, ...): one clip
