@@ -59,13 +59,9 @@ class WorldData:
 
             def look(job: tuple[int, int]) -> np.ndarray:
                 i, v = job
-                a = self.combos["image"][i]
                 if v == 0:
-                    return preprocess.resize_and_crop(synthetic.render("image", a), size)
-                drawn = synthetic.draw_look("image", a, np.random.default_rng([self.seed, i, v]), ALWAYS_VARIED)
-                path = Path(tmp) / f"{i}-{v}{drawn.suffix}"
-                synthetic.write_look(path, "image", a, drawn)
-                return preprocess.resize_and_crop(media.read_image(path), size)
+                    return preprocess.resize_and_crop(synthetic.render("image", self.combos["image"][i]), size)
+                return preprocess.resize_and_crop(media.read_image(self._varied_file("image", i, v, tmp)), size)
 
             jobs = [(i, v) for i in range(self.count("image")) for v in range(IMAGE_VARIANTS)]
             pixels = synthetic.map_media(look, jobs, "render images", self.progress)
@@ -119,17 +115,22 @@ class WorldData:
         with tempfile.TemporaryDirectory() as tmp:
 
             def varied(job: tuple[int, int]) -> np.ndarray:
-                i, v = job
-                a = self.combos["audio"][i]
-                look = synthetic.draw_look("audio", a, np.random.default_rng([self.seed, i, v]), ALWAYS_VARIED)
-                path = Path(tmp) / f"{i}-{v}{look.suffix}"
-                synthetic.write_look(path, "audio", a, look)
+                path = self._varied_file("audio", *job, tmp)
                 return prepare_inputs(self.config["imagebind"], {"audio": path})["audio"][0, :1]  # (batch, clips, ...): one clip
 
             jobs = [(i, v) for i in range(self.count("audio")) for v in range(1, AUDIO_VARIANTS)]
             clips = synthetic.map_media(varied, jobs, "varied sounds", self.progress)
         per = AUDIO_VARIANTS - 1
         return torch.from_numpy(np.stack([np.stack([plain[i], *clips[i * per : (i + 1) * per]]) for i in range(len(plain))]))
+
+    def _varied_file(self, modality: str, i: int, v: int, folder: str) -> Path:
+        """Combination i's varied look v (synthetic.draw_look, seeded by it) written to a file in
+        `folder`, to be read back as a user's file is."""
+        a = self.combos[modality][i]
+        look = synthetic.draw_look(modality, a, np.random.default_rng([self.seed, i, v]), ALWAYS_VARIED)
+        path = Path(folder) / f"{i}-{v}{look.suffix}"
+        synthetic.write_look(path, modality, a, look)
+        return path
 
     def _waves(self, rate: int) -> list[np.ndarray]:
         world = {**synthetic.WORLD, "sample_rate": rate}
