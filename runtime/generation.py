@@ -83,6 +83,7 @@ class Generation:
     text: str  # visible text: signal and special tokens dropped, stripped
     signal_hidden: dict[str, np.ndarray]  # modality -> (1, N, H) states at its first complete run
     reused: int = 0  # prompt tokens taken from the session's cache instead of prefilled
+    prompt_tokens: int = 0  # the prompt's length
 
 
 def constrain(logits: np.ndarray, generated: Sequence[int], vocab: SignalVocab) -> np.ndarray:
@@ -360,4 +361,4 @@ class LlmGenerator:
             self.sessions.store(session, [*prompt.ids, *ids[: len(hidden)]], media, cache)  # every fed token
         text = self.text_of(ids)
         stream.close(text)
-        return Generation(ids, text.strip(), signal_hidden, reused)
+        return Generation(ids, text.strip(), signal_hidden, reused, len(prompt.ids))

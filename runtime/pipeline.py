@@ -99,4 +99,4 @@ class Any2AnyPipeline:
             media[modality] = self.decoders[modality].generate(
                 self.project(modality, hidden), req.seed, req.steps, req.guidance, report, should_stop
             )
-        return Response(gen.text, gen.ids, media, gen.reused)
+        return Response(gen.text, gen.ids, media, gen.reused, gen.prompt_tokens)

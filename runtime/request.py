@@ -66,6 +66,7 @@ class Response:
     token_ids: list[int]
     media: dict[str, np.ndarray]
     reused_tokens: int = 0  # prompt tokens its session's KV cache held (not prefilled again)
+    prompt_tokens: int = 0  # the whole prompt's length, media slots and reused tokens included
 
     def turn(self, files: dict[str, Path] | None = None) -> Turn:
         """This answer as the assistant turn of its conversation; `files`: where its media were written."""

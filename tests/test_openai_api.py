@@ -79,6 +79,8 @@ def test_an_image_as_a_data_url_is_described_then_a_follow_up_is_answered(oai, d
     message = first.choices[0].message
     assert first.object == "chat.completion" and first.choices[0].finish_reason == "stop"
     assert message.content == want.text and message.model_extra["token_ids"] == want.token_ids and want.text
+    assert first.usage.prompt_tokens == want.prompt_tokens > 0 and first.usage.completion_tokens == len(want.token_ids)
+    assert first.usage.total_tokens == want.prompt_tokens + len(want.token_ids) and first.usage.prompt_tokens_details.cached_tokens == 0
 
     # The follow-up, as an OpenAI client sends it: the answer's text back as the assistant turn ...
     question = {"role": "user", "content": "what colour is the background?"}
@@ -94,19 +96,24 @@ def test_an_image_as_a_data_url_is_described_then_a_follow_up_is_answered(oai, d
 
 def test_a_streamed_answer_comes_as_openai_chunks_then_done(oai, api, sample_inputs):
     messages = [image_message(data_url(sample_inputs["image"], "image/png"))]
-    whole = oai.chat.completions.create(model="any2any", messages=messages).choices[0].message.content
+    whole = oai.chat.completions.create(model="any2any", messages=messages)
     chunks = list(oai.chat.completions.create(model="any2any", messages=messages, stream=True))
     assert {c.object for c in chunks} == {"chat.completion.chunk"} and len({c.id for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
-    assert len(pieces) > 1 and "".join(pieces).strip() == whole
-    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+    assert len(pieces) > 1 and "".join(pieces).strip() == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop" and all(c.usage is None for c in chunks)
+    # asked for, the usage comes as OpenAI sends it: one last chunk without choices
+    counted = list(oai.chat.completions.create(model="any2any", messages=messages, stream=True, stream_options={"include_usage": True}))
+    assert [bool(c.choices) for c in counted[-2:]] == [True, False] and counted[-1].usage == whole.usage
     # on the wire: server-sent events ending with OpenAI's terminator
     body = {"model": "any2any", "messages": messages, "stream": True}
     with httpx.stream("POST", f"{api['base']}/chat/completions", json=body, timeout=300) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    r = httpx.post(f"{api['base']}/chat/completions", json={**body, "stream": False, "stream_options": {"include_usage": True}}, timeout=60)
+    assert r.status_code == 400 and "only allowed when stream is true" in r.json()["error"]["message"]
 
 
 def test_an_image_answer_is_a_png_in_the_media_field(oai, direct):

@@ -69,7 +69,7 @@ def client(server):
 
 
 def same(got, want) -> None:
-    assert got.token_ids == want.token_ids and got.text == want.text
+    assert got.token_ids == want.token_ids and got.text == want.text and got.prompt_tokens == want.prompt_tokens
     assert got.media.keys() == want.media.keys()
     for modality, value in want.media.items():
         np.testing.assert_array_equal(got.media[modality], value)
@@ -119,7 +119,7 @@ def test_an_evicted_or_mismatched_session_is_a_full_prefill_with_the_same_answer
     client.chat(first, session="evicted", **SETTINGS)
     client.chat(first, session="other", **SETTINGS)  # one session slot: "evicted" goes
     got = client.chat(follow, session="evicted", output="image", **SETTINGS)
-    assert got.reused_tokens == 0
+    assert got.reused_tokens == 0 and got.prompt_tokens == len(runtime_ort.llm.prompt(follow).ids)
     same(got, expected[1])
     # "other" holds turn 1 again; an edited history agrees with it only up to the edit (after the media)
     client.chat(first, session="other", **SETTINGS)

@@ -162,7 +162,7 @@ class ReferencePipeline:
         ids = self.vocab.finish(self.generate_ids(embeds, req), [req.output] if req.output else [])
         conds = self.signal_conditions(embeds, ids)
         media = {m: self.decode(m, c, req) for m, c in conds.items()}
-        return Response(self.text_of(ids).strip(), ids, media)
+        return Response(self.text_of(ids).strip(), ids, media, prompt_tokens=len(prompt.ids))
 
     def decode(self, modality: str, cond: torch.Tensor, req: Request) -> np.ndarray:
         section = self.config["decoders"][modality]

@@ -105,13 +105,13 @@ class Any2AnyClient:
         return self.stream(req, on_text, on_step) if stream else self.infer(req)
 
     def check_protocol(self) -> None:
-        """Refuse, by name, a deployment older than conversations (its repository records no protocol 2)."""
+        """Refuse, by name, a deployment older than this client (its repository records an older protocol)."""
         if self.protocol is None:
             params = self.client.get_model_config(ENSEMBLE, as_json=True)["config"].get("parameters", {})
             self.protocol = int(params.get("protocol", {}).get("string_value", "1"))
         if self.protocol < PROTOCOL:
             raise ValueError(
-                f"the server's model repository speaks protocol {self.protocol}; conversations need {PROTOCOL}: "
+                f"the server's model repository speaks protocol {self.protocol}; this client needs {PROTOCOL}: "
                 "rebuild it with triton_repo/build_repo.py"
             )
 

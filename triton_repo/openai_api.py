@@ -104,6 +104,11 @@ class AudioParam(BaseModel):
     voice: str | None = None  # OpenAI's voices: the model has none, so it is ignored
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     """The body of /v1/chat/completions; a field this server does not implement is refused by name."""
 
@@ -111,6 +116,7 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     modalities: list[Literal["text", "image", "audio", "video"]] | None = None
     audio: AudioParam | None = None
     temperature: float | None = None
@@ -130,6 +136,8 @@ class ChatRequest(BaseModel):
         media = [m for m in self.modalities or () if m in OUTPUT_MODALITIES]
         if len(media) > 1:
             raise APIError(f"modalities: one output medium per answer, got {', '.join(media)}", "modalities")
+        if self.stream_options is not None and not self.stream:
+            raise APIError("stream_options is only allowed when stream is true", "stream_options")
         if self.max_tokens is not None and self.max_completion_tokens not in (None, self.max_tokens):
             raise APIError("max_tokens and max_completion_tokens differ; give one", "max_completion_tokens")
         return {
@@ -264,6 +272,14 @@ def _assistant_turn(where: str, message: dict[str, Any]) -> Turn:
     return Turn.assistant(content, ids)
 
 
+def usage(resp: Response) -> dict[str, Any]:
+    """OpenAI's token counts: the prompt as the model reads it (one slot per medium), the generated ids
+    (signal runs and EOS included), and as `cached_tokens` the prompt tokens the session's KV cache held."""
+    made = len(resp.token_ids)
+    return {"prompt_tokens": resp.prompt_tokens, "completion_tokens": made, "total_tokens": resp.prompt_tokens + made,
+            "prompt_tokens_details": {"cached_tokens": resp.reused_tokens}}
+
+
 class ChatService:
     """Answers chat completions through the deployment at `url`, one gRPC client per request."""
 
@@ -280,7 +296,7 @@ class ChatService:
 
     def answer(self, body: ChatRequest, on_text: Callable[[str], None] | None = None,
                on_step: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-        """The assistant message and finish reason for `body` (streamed when `on_text` is given)."""
+        """The assistant message, finish reason and token usage for `body` (streamed when `on_text` is given)."""
         if body.model != self.model:
             raise APIError(f"model {body.model!r} does not exist; this server has {self.model!r}", "model", 404, code="model_not_found")
         settings = body.settings()
@@ -291,7 +307,8 @@ class ChatService:
                 resp = client.chat(conversation, stream=on_text is not None, on_text=on_text, on_step=on_step, **settings)
             message = self._message(resp, Path(tmp) / "answer")
         limit = settings["max_new_tokens"]
-        return {"message": message, "finish_reason": "length" if limit and len(resp.token_ids) >= limit else "stop"}
+        return {"message": message, "finish_reason": "length" if limit and len(resp.token_ids) >= limit else "stop",
+                "usage": usage(resp)}
 
     def _message(self, resp: Response, out: Path) -> dict[str, Any]:
         """The answer in OpenAI's shape; its media as the files `write_response` writes (PNG, WAV, MP4)."""
@@ -310,7 +327,7 @@ class ChatService:
     def completion(self, answer: dict[str, Any]) -> dict[str, Any]:
         choice = {"index": 0, "message": answer["message"], "finish_reason": answer["finish_reason"], "logprobs": None}
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model, "choices": [choice]}
+                "model": self.model, "choices": [choice], "usage": answer["usage"]}
 
     async def stream(self, body: ChatRequest) -> AsyncIterator[str]:
         """Server-sent events as OpenAI sends them: a role chunk, content chunks, a chunk with the
@@ -340,15 +357,17 @@ class ChatService:
         first = await events.get()
         if first[0] == "error":
             raise api_error(first[1])
-        return self._events(first, events, gone)
+        return self._events(first, events, gone, bool(body.stream_options and body.stream_options.include_usage))
 
-    async def _events(self, first: tuple[str, Any], events: asyncio.Queue, gone: threading.Event) -> AsyncIterator[str]:
+    async def _events(
+        self, first: tuple[str, Any], events: asyncio.Queue, gone: threading.Event, usage_wanted: bool
+    ) -> AsyncIterator[str]:
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model, "choices": [choice]}
-            return f"data: {json.dumps(body)}\n\n"
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model, "choices": choices}
+            return f"data: {json.dumps({**body, **extra})}\n\n"
 
         try:
             yield chunk({"role": "assistant", "content": ""})
@@ -365,6 +384,8 @@ class ChatService:
                     media = {k: v for k, v in value["message"].items() if k in ("audio", "media", "token_ids")}
                     yield chunk(media)
                     yield chunk({}, value["finish_reason"])
+                    if usage_wanted:
+                        yield chunk(None, usage=value["usage"])  # OpenAI's last chunk: no choices, the usage
                     break
                 kind, value = await events.get()
             yield "data: [DONE]\n\n"

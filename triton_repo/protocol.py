@@ -11,8 +11,8 @@ its suffix; then the raw file bytes). A conversation (protocol 2): `CONVERSATION
 `MEDIA_FILES`, name and bytes of every user medium of every turn in conversation order (name1,
 bytes1, name2, bytes2, ...); an assistant turn's media are history and travel as names only.
 
-The answer is `TEXT`, `TOKEN_IDS`, `REUSED_TOKENS` (what the session's KV cache held) and one
-tensor per output modality, empty (a zero-size axis) when the answer has no such media. The
+The answer is `TEXT`, `TOKEN_IDS`, `PROMPT_TOKENS` (the prompt's length), `REUSED_TOKENS` (how
+many of them the session's KV cache held) and one tensor per output modality, empty (a zero-size axis) when the answer has no such media. The
 streaming model also sends `TEXT` pieces and `PROGRESS` steps as they come. `PROTOCOL` is the
 version the repository's ensemble records in its config (`protocol`): a client that sends a
 conversation checks it first, so that an older deployment is named instead of misread.
@@ -32,7 +32,8 @@ from runtime.inputs import INPUT_MODALITIES
 from runtime.limits import LimitError, Limits
 from runtime.request import OUTPUT_MODALITIES, Request, Response
 
-PROTOCOL = 2  # 2: conversations (CONVERSATION, MEDIA_FILES, SESSION, REUSED_TOKENS); 1: one turn
+# 3: PROMPT_TOKENS in the answer; 2: conversations (CONVERSATION, MEDIA_FILES, SESSION, REUSED_TOKENS); 1: one turn
+PROTOCOL = 3
 
 
 ENSEMBLE, STREAM = "any2any", "any2any_stream"  # the models a client calls
@@ -71,7 +72,8 @@ FILES = (
 MEDIA_SHAPES = {"image": (-1, -1, 3), "video": (-1, -1, -1, 3), "audio": (-1,)}
 MEDIA_DTYPES = {"image": "uint8", "video": "uint8", "audio": "float32"}
 MEDIA = tuple(Tensor(m.upper(), MEDIA_DTYPES[m], MEDIA_SHAPES[m]) for m in OUTPUT_MODALITIES)
-TEXT = (Tensor("TEXT", "object", (1,)), Tensor("TOKEN_IDS", "int64", (-1,)), Tensor("REUSED_TOKENS", "int64", (1,)))
+COUNTS = ("PROMPT_TOKENS", "REUSED_TOKENS")  # one int64 each, named as `Response` names them in lower case
+TEXT = (Tensor("TEXT", "object", (1,)), Tensor("TOKEN_IDS", "int64", (-1,)), *(Tensor(n, "int64", (1,)) for n in COUNTS))
 ANSWER = (*TEXT, *MEDIA)
 # Streaming only: denoising progress, (modality, steps done, steps in all) as `MODALITY` + `PROGRESS`.
 PROGRESS = (Tensor("MODALITY", "object", (1,)), Tensor("PROGRESS", "int64", (2,)))
@@ -234,22 +236,18 @@ def save_files(get: Getter, folder: Path, limits: Limits) -> dict[str, Path]:
     return files
 
 
-def encode_answer(
-    text: str, token_ids: list[int], media: dict[str, np.ndarray], reused_tokens: int = 0
-) -> dict[str, np.ndarray]:
+def encode_answer(resp: Response) -> dict[str, np.ndarray]:
     """The answer's tensors; a modality the answer lacks is left out (the model sends it empty)."""
     out = {
-        "TEXT": np.array([text.encode("utf-8")], dtype=object),
-        "TOKEN_IDS": np.asarray(token_ids, np.int64),
-        "REUSED_TOKENS": np.array([reused_tokens], np.int64),
+        "TEXT": np.array([resp.text.encode("utf-8")], dtype=object),
+        "TOKEN_IDS": np.asarray(resp.token_ids, np.int64),
+        **{n: np.array([getattr(resp, n.lower())], np.int64) for n in COUNTS},
     }
-    return {**out, **{m.upper(): np.ascontiguousarray(value) for m, value in media.items()}}
+    return {**out, **{m.upper(): np.ascontiguousarray(value) for m, value in resp.media.items()}}
 
 
 def decode_answer(get: Getter) -> Response:
-    """Text, token ids, reused tokens and the media present (an empty media tensor means none of that modality)."""
+    """Text, token ids, token counts and the media present (an empty media tensor means none of that modality)."""
     media = {t.name.lower(): value for t in MEDIA if (value := get(t.name)) is not None and value.size}
-    reused = get("REUSED_TOKENS")
-    return Response(
-        get("TEXT")[0].decode("utf-8"), get("TOKEN_IDS").tolist(), media, 0 if reused is None or not reused.size else int(reused[0])
-    )
+    counts = {n.lower(): int(value[0]) for n in COUNTS if (value := get(n)) is not None and value.size}
+    return Response(get("TEXT")[0].decode("utf-8"), get("TOKEN_IDS").tolist(), media, **counts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.request import Response
 from runtime.stop import ShouldStop
 from triton_repo.protocol import MEDIA_TOKEN, Getter, decode_request, dialogue, encode_answer, hidden_name
 from triton_repo.served import PipelineModel, pipeline_from_parameters
@@ -29,5 +30,5 @@ class TritonPythonModel(PipelineModel):
             should_stop=should_stop,
             session=req.session,
         )
-        answer = encode_answer(gen.text, gen.ids, {}, gen.reused)
+        answer = encode_answer(Response(gen.text, gen.ids, {}, gen.reused, gen.prompt_tokens))
         return {**answer, **{hidden_name(m): h for m, h in gen.signal_hidden.items()}}

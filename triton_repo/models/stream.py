@@ -44,7 +44,7 @@ class TritonPythonModel:
                 decode_request(get).check(self.pipeline.limits)  # before any file is written
                 with request_files(get, self.pipeline.limits, self.upload_dir) as files:
                     resp = self.pipeline(decode_request(get, files), send_text, send_step, should_stop)
-                final = answer({**self.empty, **encode_answer(resp.text, resp.token_ids, resp.media, resp.reused_tokens)})
+                final = answer({**self.empty, **encode_answer(resp)})
             except Exception as e:  # noqa: BLE001 - every failure is answered, the instance lives on
                 final = error_response(e)
             sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
