@@ -83,6 +83,10 @@ def test_decode_is_judged_by_bandwidth_and_the_rest_by_the_gemm_peak_of_its_prec
     row = {"flops": 2e12, "weights": 4e9, "seconds": {"torch-fp32": 1.0, "torch-bf16": 0.5}}
     unet = fw.achieved("sd_unet", row, limits)
     assert unet["torch-fp32"]["fraction"] == pytest.approx(2.0) and unet["torch-bf16"]["fraction"] == pytest.approx(2.0)
+    # int8 weights computed in bf16: int8's fidelity target, bf16's peak
+    weights_only = fw.achieved("sd_unet", {**row, "seconds": {"openvino-int8w": 0.5}}, limits)["openvino-int8w"]
+    assert weights_only["fraction"] == pytest.approx(2.0) and weights_only["bound"] == "bf16 GEMM"
+    assert fw.BENCH_BACKENDS["openvino-int8w"].precision == "int8"
     decode = fw.achieved("llm_decode", {**row, "seconds": {"torch-fp32": 2.0}}, limits)
     assert decode["torch-fp32"]["gb_s"] == pytest.approx(2.0) and decode["torch-fp32"]["fraction"] == pytest.approx(0.2)
 
