@@ -45,7 +45,7 @@ from runtime.backends import Engine, OrtEngine, OvEngine, TrtEngine, labels_for,
 from runtime.cli import add_backend, add_force, make_parser, refuse_non_empty
 from runtime.limits import VERIFY_ATTENTION_BYTES
 from runtime.manifest import Build, ManifestError, read_manifest, sha256_tree, write_manifest
-from runtime.precision import PRECISIONS, compare, rule_for, tolerance
+from runtime.precision import PRECISIONS, TOLERANCE, compare, rule_for
 from runtime.versions import cpu_flags, installed_version, isa_flags, version_number
 from train.checkpoint import TOKENIZER, part_path
 from train.components import build_component
@@ -129,8 +129,7 @@ def requirements(backend: str, precision: str) -> dict[str, Any]:
 def build_key(spec: ComponentSpec, part_hashes: dict[str, str], backend: str, precision: str, seed: int = 0) -> str:
     """Everything an engine depends on; equal keys mean the existing engine is still right (an int8
     engine also depends on the calibration seed)."""
-    quantize_code = hashlib.sha256((ROOT / QUANTIZE_CODE).read_bytes()).hexdigest()
-    calibration = [seed, quantize_code, tolerance(precision, spec.iterated)] if precision == "int8" else None
+    calibration = [seed, hashlib.sha256((ROOT / QUANTIZE_CODE).read_bytes()).hexdigest()] if precision == "int8" else None
     blob = json.dumps([spec.to_json(), part_hashes, backend, precision, tool_versions(backend), calibration], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -156,7 +155,7 @@ def verify(
     reference = computing_in(module, COMPUTE_DTYPES[precision]) if reduced else module
     expected, fp32 = (_outputs(m(*args)) for m in (reference, module))
     got = {n: np.asarray(v) for n, v in engine.run(feeds).items()}
-    tol, worst, worst_fp32, cos = tolerance(precision, spec.iterated), 0.0, 0.0, 1.0
+    tol, worst, worst_fp32, cos = TOLERANCE[precision], 0.0, 0.0, 1.0
     for name, ref, full in zip(spec.output_names, expected, fp32):
         ref, out = ref.numpy(), got[name]
         if ref.shape != out.shape:
@@ -408,8 +407,7 @@ def build(
                 "verify": {
                     "max_abs_error": error,
                     "max_abs_error_vs_fp32": max(e["max_abs_error_vs_fp32"] for e in errors.values()),
-                    "by_file": errors, "atol": tolerance(precision, spec.iterated), "rtol": tolerance(precision, spec.iterated),
-                    "rule": rule_for(precision),
+                    "by_file": errors, "atol": TOLERANCE[precision], "rtol": TOLERANCE[precision], "rule": rule_for(precision),
                     "point": verify_at,
                 },
                 "build_seconds": round(seconds, 2),

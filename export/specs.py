@@ -47,8 +47,6 @@ class ComponentSpec:
     sums: dict[str, tuple[str, ...]] | None = None
     # every call of a request has the same shapes (a denoising step, a VAE decode): TensorRT replays a CUDA graph
     static_shapes: bool = False
-    # called once per denoising step on the last step's result: its error compounds (runtime.precision.tolerance)
-    iterated: bool = False
     # TensorRT optimisation profiles by name, in build order, each overriding some of `dims`' ranges,
     # where one box over `dims` would admit shapes no call has (the LLM: seq = context beside
     # past = context - 1, which TensorRT would size memory for) or tune for one kind of call only.
@@ -261,7 +259,6 @@ def _diffusion(config: dict[str, Any], modality: str) -> list[ComponentSpec]:
             (f32("noise_pred", *latent),),
             unet_dims,
             static_shapes=True,
-            iterated=True,
         ),
         ComponentSpec(
             f"{name}_vae_decoder",

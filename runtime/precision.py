@@ -24,20 +24,11 @@ RUN_PRECISIONS = ("fp32", "fp16", "bf16", "tf32")  # what a GPU backend may be a
 # in fp32 would not help, the error is the residual stream's, summed over the layers before it.
 # int8: 1 - cosine similarity (256 steps over each tensor's calibrated range).
 TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "fp16": 1e-3, "bf16": 2e-2, "int8": 1e-2}
-# A denoising step runs 25 to 50 times an answer, each on the last one's result, so its error
-# compounds: OpenVINO int8 of the tiny ZeroScope UNet at cosine 0.9975 changed what the judge read in
-# 8 of 60 held-out videos (3 from right to wrong). int8 of such a component is held ten times closer.
-TOLERANCE_ITERATED = {"int8": 1e-3}
 RULES = ("elementwise", "median", "cosine")
 # The least cosine similarity to PyTorch fp32 an output may have at full width, per precision an engine
 # computes in (issue 29's targets: bf16 0.999, int8 the build's own 1 - tolerance; fp32 differs only
 # in the order of its sums)
 COSINE_TARGET = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.999, "int8": 1.0 - TOLERANCE["int8"]}
-
-
-def tolerance(precision: str, iterated: bool = False) -> float:
-    """The precision's tolerance; `iterated`: of a component called on its own output step after step."""
-    return TOLERANCE_ITERATED.get(precision, TOLERANCE[precision]) if iterated else TOLERANCE[precision]
 
 
 def rule_for(precision: str) -> str:

@@ -13,7 +13,7 @@ from export.specs import component_specs
 from runtime import versions
 from runtime.backends import BackendUnavailable, Engines, OrtEngine, OvEngine
 from runtime.manifest import read_manifest
-from runtime.precision import TOLERANCE, TOLERANCE_ITERATED, compare, rule_for
+from runtime.precision import TOLERANCE, compare, rule_for
 from runtime.versions import IncompatibleBuild
 from train import synthetic
 
@@ -93,9 +93,6 @@ def test_int8_matches_fp32_on_real_inputs(tiny_build, cpu_builds, calls, backend
         kept = KEEP_FP32.get((backend, name))
         assert quantization.get("kept_fp32") == kept
         assert (len(quantization["fp32_layers"]) == quantization["layers"]) == bool(kept), name
-        # a denoising step's error compounds over the steps: its bound is ten times tighter
-        bound = TOLERANCE_ITERATED["int8"] if name == "audioldm_unet" else TOLERANCE["int8"]
-        assert entry["verify"]["atol"] == bound and min(e["min_cosine"] for e in entry["verify"]["by_file"].values()) >= 1 - bound
         for feeds in calls[name][:: max(1, len(calls[name]) // 6)]:
             _check(_fp32(tiny_build[0], name), engines[name], feeds, "int8")
     assert built.data["built_on"]["cpu_flags"] == versions.isa_flags(versions.cpu_flags())
