@@ -269,7 +269,12 @@ def test_every_cpu_backend_gets_one_thread_budget():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("name", "precision"), [("projector_image", "fp16"), ("projector_image", "bf16"), ("sd_unet", "fp16")])
+# A known defect, kept visible: the checkpoint adopted 2026-12-07 has an SD UNet whose fp16 ONNX on
+# ONNX Runtime's CPU provider leaves PyTorch fp16 (median errors beyond 1e-3, largest 0.041)
+FP16_SD_UNET = pytest.param("sd_unet", "fp16", marks=pytest.mark.xfail(strict=True, reason="adopted checkpoint: SD UNet fp16 beyond tolerance on CPU (closing note)"))
+
+
+@pytest.mark.parametrize(("name", "precision"), [("projector_image", "fp16"), ("projector_image", "bf16"), FP16_SD_UNET])
 def test_reduced_precision_lives_in_the_portable_onnx(tiny_model, tmp_path, name, precision):
     """What a strongly typed TensorRT network takes its precision from: weights in that type, float32
     IO, standard ops only; fp16 runs on ONNX Runtime's CPU provider within the build's fp16 tolerance."""

@@ -249,7 +249,9 @@ def test_client_cli_writes_the_answer_like_the_runtime(server, sample_inputs, tm
     argv = ["--url", server.grpc_url, "--prompt", "make the sound of a bell", "--output", "audio", "--out", str(tmp_path / "o")]
     assert client_cli.main([*argv, "--stream", "--quiet", "--audio", str(sample_inputs["audio"])]) == 0
     body = json.loads((tmp_path / "o" / "response.json").read_text())
-    assert body["media"] == {"audio": "audio.wav"} and body["backend"] == "triton"
+    # the asked medium, and every medium the answer holds written where response.json names it
+    assert body["media"]["audio"] == "audio.wav" and body["backend"] == "triton"
+    assert all((tmp_path / "o" / f).stat().st_size > 0 for f in body["media"].values())
     assert (tmp_path / "o" / "audio.wav").stat().st_size > 44
     assert f"audio: {tmp_path / 'o' / 'audio.wav'}" in capsys.readouterr().out
     (tmp_path / "bad.png").write_bytes(b"not an image")

@@ -12,8 +12,9 @@ its suffix; then the raw file bytes). A conversation (protocol 2): `CONVERSATION
 bytes1, name2, bytes2, ...); an assistant turn's media are history and travel as names only.
 
 The answer is `TEXT`, `TOKEN_IDS`, `PROMPT_TOKENS` (the prompt's length), `REUSED_TOKENS` (how
-many of them the session's KV cache held) and one tensor per output modality, empty (a zero-size axis) when the answer has no such media. The
-streaming model also sends `TEXT` pieces and `PROGRESS` steps as they come. `PROTOCOL` is the
+many of them the session's KV cache held) and one tensor per output modality, empty (a zero-size
+axis) when the answer has no such media. The streaming model also sends `TEXT` pieces and
+`PROGRESS` steps as they come. `PROTOCOL` is the
 version the repository's ensemble records in its config (`protocol`): a client that sends a
 conversation checks it first, so that an older deployment is named instead of misread.
 """
