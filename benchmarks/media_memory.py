@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             "video, every frame": lambda: media.read_video(video, limits=limits),
             "audio, the clips' samples": lambda: prepare_inputs(imagebind, {"audio": wav}, limits=limits),
             "audio, the whole waveform": lambda: preprocess.waveform_to_fbank_clips(
-                *media.read_audio(wav, limits=limits), *(audio[k] for k in keys)
+                *media.read_audio(wav, limits=limits), *(audio[k] for k in keys), preprocess.pitch_shape(audio)
             ),
         }
         for name, run in runs.items():

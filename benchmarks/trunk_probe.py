@@ -5,7 +5,8 @@
 
 Every combination of the world is rendered, written in its file format and read back the way a
 user's file is (runtime/inputs.py). At each link of the path (for sounds ImageBind's log-mel input
-averaged over time; ImageBind's embedding; the projected LLM token) a linear classifier per
+averaged over time, and the pitch rows a preset may add, over their first 200 ms; ImageBind's
+embedding; the projected LLM token) a linear classifier per
 attribute (a sound's kind, pitch and register; a picture's shape, colour, position and background)
 is fitted on the train split's combinations and scored on the held-out ones, and with `--foreign`
 also on the foreign set's media of them (train/foreign.py: drawn by other tools). A link whose probe
@@ -14,7 +15,8 @@ fails has lost what the caption must say; the first such link is where to fix it
 `--retrain` first starts the checkpoint's trunk for the modality afresh and trains it by stage 0's
 part for it alone (train/configs/stage_0.yaml's settings, STEPS steps; the vision trunk on images and
 videos as stage 0 does): a short stage-0 run to compare stage-0 changes by (the projected link then
-reads an input projection trained on the old trunk).
+reads an input projection trained on the old trunk). With `--preset-trunk` the fresh trunk takes the
+current preset's settings for it (train/presets.py), so a front-end change is measured before a retrain.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from runtime.inputs import prepare_inputs
 from train import foreign, synthetic
 from train.data.records import read_records
 from train.model import NextGPT, load_checkpoint
+from train.presets import get_preset
 from train.pretrain import load_stage0_config
 from train.pretrain.encoders import pretrain_imagebind
 from train.pretrain.world_data import WorldData
@@ -42,6 +45,7 @@ from train.pretrain.world_data import WorldData
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "train" / "checkpoints" / "tiny"
 TRUNK = {"audio": "audio", "image": "vision"}
 PROBE_STEPS = 500
+PITCH_FRAMES = 20  # the first 200 ms
 STAGE_0 = Path(__file__).resolve().parents[1] / "train" / "configs" / "stage_0.yaml"
 TRUNK_PARTS = ("modality_preprocessors", "modality_trunks", "modality_heads")
 
@@ -54,13 +58,17 @@ def heads(modality: str) -> tuple[str, ...]:
 @torch.no_grad()
 def link_features(model: NextGPT, modality: str, paths: list[Path]) -> dict[str, np.ndarray]:
     """Per link, one feature row per file."""
-    rows: dict[str, list[np.ndarray]] = {"log_mel": [], "imagebind": [], "projected": []}
+    rows: dict[str, list[np.ndarray]] = {"log_mel": [], "pitch_rows": [], "imagebind": [], "projected": []}
     encode = model.encoder.encode_audio if modality == "audio" else model.encoder.encode_vision
+    mel = model.config["imagebind"]["audio"]["num_mel_bins"]
     for path in paths:
         clips = torch.from_numpy(prepare_inputs(model.config["imagebind"], {modality: path})[modality])
         embedding = encode(clips)
         if modality == "audio":
-            rows["log_mel"].append(clips.mean(dim=(1, 2, 4)).numpy()[0])
+            rows["log_mel"].append(clips[:, :, :, :mel].mean(dim=(1, 2, 4)).numpy()[0])
+            if clips.shape[3] > mel:
+                # the pitch rows as they start: a chirp's classes average out over its octave
+                rows["pitch_rows"].append(clips[:, :, :, mel:, :PITCH_FRAMES].mean(dim=(1, 2, 4)).numpy()[0])
         rows["imagebind"].append(embedding.numpy()[0])
         rows["projected"].append(model.input_projection(embedding).reshape(-1).numpy())
     return {link: np.stack(r) for link, r in rows.items() if r}
@@ -118,14 +126,19 @@ def measure(model: NextGPT, modality: str, seed: int = 0, with_foreign: bool = F
     return out
 
 
-def retrain_trunk(model: NextGPT, modality: str, steps: int, batch: int | None = None, seed: int = 0, progress: bool = True) -> float:
-    """The modality's trunk drawn afresh for `seed`, then trained by stage 0's part for it for `steps`
-    steps (at `batch` when given); returns its final loss."""
+def retrain_trunk(
+    model: NextGPT, modality: str, steps: int, batch: int | None = None, seed: int = 0, progress: bool = True, preset: bool = False
+) -> float:
+    """The modality's trunk drawn afresh for `seed` (with the current preset's settings for it when
+    `preset`, e.g. another front end), then trained by stage 0's part for it for `steps` steps (at
+    `batch` when given); returns its final loss."""
     trunk = TRUNK[modality]
+    if preset:
+        model.config["imagebind"][trunk].update(get_preset(model.config["preset"])["imagebind"][trunk])
     torch.manual_seed(seed)
     fresh = NextGPT(model.config, model.tokenizer, decoders={})
     for part in TRUNK_PARTS:
-        getattr(model.encoder, part)[trunk].load_state_dict(getattr(fresh.encoder, part)[trunk].state_dict())
+        getattr(model.encoder, part)[trunk] = getattr(fresh.encoder, part)[trunk]
     settings = load_stage0_config(STAGE_0)["imagebind"]
     settings[trunk].update(steps=steps, **({"batch": batch} if batch else {}))
     data = WorldData(model.config, seed, progress)
@@ -149,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the table here")
     p.add_argument("--retrain", type=int, metavar="STEPS", help="first retrain the modality's trunk afresh for this many steps")
     p.add_argument("--batch", type=int, help="the retrained trunk's batch (default: stage_0.yaml's)")
+    p.add_argument("--preset-trunk", action="store_true", help="the retrained trunk takes the current preset's settings, not the checkpoint's")
     args = p.parse_args(argv)
     model = load_checkpoint(args.checkpoint)
     retrained = {}
     if args.retrain:
-        loss = retrain_trunk(model, args.modality, args.retrain, args.batch, args.seed)
-        retrained = {"steps": args.retrain, "batch": args.batch, "loss": loss}
+        loss = retrain_trunk(model, args.modality, args.retrain, args.batch, args.seed, preset=args.preset_trunk)
+        retrained = {"steps": args.retrain, "batch": args.batch, "loss": loss, "preset_trunk": args.preset_trunk}
         print(f"{TRUNK[args.modality]} trunk retrained: {retrained}")
     result = measure(model, args.modality, args.seed, args.foreign)
     print(table(result, args.modality))

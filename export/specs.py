@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.preprocess import audio_rows
 from train.mel import frame_count
 from train.presets import SIGNAL_TOKEN_COUNTS
 
@@ -156,7 +157,7 @@ def _encoders(config: dict[str, Any]) -> list[ComponentSpec]:
         ComponentSpec(
             "imagebind_audio",
             parts,
-            (f32("clips", "batch", "clips", 1, audio["num_mel_bins"], audio["target_length"]),),
+            (f32("clips", "batch", "clips", 1, audio_rows(audio), audio["target_length"]),),
             (f32("token", "batch", hidden),),
             {"batch": (1, 1, MAX_BATCH), "clips": (1, audio["clips"], audio["clips"])},
         ),

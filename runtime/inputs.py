@@ -1,7 +1,7 @@
 """From user files to ImageBind-ready arrays, one place for every route.
 
 Shapes: image (1, 1, 3, 1, S, S) — one clip, one frame (the encoder repeats it to a 2-frame
-clip); video (1, clips, 3, frames, S, S); audio (1, clips, 1, mel, T).
+clip); video (1, clips, 3, frames, S, S); audio (1, clips, 1, mel + pitch-class rows, T).
 """
 from __future__ import annotations
 
@@ -45,9 +45,7 @@ def prepare_inputs(
         out["video"] = preprocess.picked_to_clips(picked, vision["image_size"])[None]
     if files.get("audio"):
         clips = _audio_clips(files["audio"], audio, limits)
-        out["audio"] = preprocess.fbank_clips(
-            clips, audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"]
-        )[None]
+        out["audio"] = preprocess.audio_input(clips, audio)[None]
     return out
 
 

@@ -2,13 +2,15 @@
 
 Follows `imagebind/data.py` (load_and_transform_{vision,video,audio}_data), with torchvision,
 pytorchvideo and torchaudio replaced by numpy and Pillow. Sizes come from the caller (a preset's
-`imagebind` section); the only literals are the CLIP normalisation and the Kaldi options ImageBind
-fixes in its call to `torchaudio.compliance.kaldi.fbank`.
+`imagebind` section); the only literals are the CLIP normalisation, the Kaldi options ImageBind
+fixes in its call to `torchaudio.compliance.kaldi.fbank`, and the window of the pitch-class rows a
+preset may add below the log-mel (`pitch_classes`, `octaves`: not part of ImageBind).
 """
 from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +30,16 @@ PREEMPHASIS = 0.97
 LOW_FREQ_HZ = 20.0
 LOG_FLOOR = float(np.finfo(np.float32).eps)
 _MS = 0.001
+
+# Pitch rows (a preset's `pitch_classes` and `octaves`): a 25 ms frame cannot tell C3 from C sharp 3
+# (7.8 Hz apart, inside its 125 Hz main lobe), and a mel band does not say which of twelve names a
+# frequency has in any octave; a 256 ms window does (3.9 Hz bins), and folding the octaves onto one
+# another does (docs/evaluation.md). The octaves start at C2 and are cut a quarter tone below each C,
+# so that a note lies well inside its own.
+PITCH_WINDOW_MS = 256.0
+LOWEST_OCTAVE = 2
+PITCH_FLOOR = 1e-2  # energy below this is silence: its frame's rows are zeros, not noise scaled up
+_C0_HZ = 440.0 * 2 ** (-57 / 12)
 
 
 def image_to_tensor(image: np.ndarray, image_size: int) -> np.ndarray:
@@ -140,15 +152,17 @@ def waveform_to_fbank_clips(
     target_length: int,
     mean: float,
     std: float,
+    pitch: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Mono waveform → float32 (clips, 1, num_mel_bins, target_length), as ImageBind's
+    """Mono waveform → float32 (clips, 1, num_mel_bins + sum(pitch), target_length), as ImageBind's
     `load_and_transform_audio_data` and `waveform2melspec` compute it: resample the whole waveform
     to `sample_rate`, cut the clips at `audio_clip_spans`, then `fbank_clips`."""
     x = resample(wave, rate, sample_rate)
     if x.size == 0:
         raise ValueError("empty waveform")
     spans = audio_clip_spans(len(wave), rate, sample_rate, clips, clip_duration)
-    return fbank_clips([x[start:stop] for start, stop in spans], sample_rate, num_mel_bins, target_length, mean, std)
+    cut = [x[start:stop] for start, stop in spans]
+    return fbank_clips(cut, sample_rate, num_mel_bins, target_length, mean, std, pitch)
 
 
 def audio_clip_spans(samples: int, rate: int, sample_rate: int, clips: int, clip_duration: float) -> list[tuple[int, int]]:
@@ -160,10 +174,35 @@ def audio_clip_spans(samples: int, rate: int, sample_rate: int, clips: int, clip
     return [(int(start * sample_rate), min(int(end * sample_rate), length)) for start, end in times]
 
 
+def audio_rows(audio: dict[str, Any]) -> int:
+    """The rows of an audio clip as the encoder takes it: the log-mel and any pitch rows."""
+    return audio["num_mel_bins"] + sum(pitch_shape(audio))
+
+
+def pitch_shape(audio: dict[str, Any]) -> tuple[int, int]:
+    """A preset's pitch rows: (pitch classes, octaves), (0, 0) for ImageBind's own front end."""
+    shape = audio.get("pitch_classes", 0), audio.get("octaves", 0)
+    if (shape[0] > 0) != (shape[1] > 0):
+        raise ValueError(f"pitch rows need both pitch_classes and octaves, or neither: got {shape}")
+    return shape
+
+
+def audio_input(clips: list[np.ndarray], audio: dict[str, Any]) -> np.ndarray:
+    """`fbank_clips` with a preset's `imagebind.audio` section: (clips, 1, audio_rows, target_length)."""
+    keys = ("sample_rate", "num_mel_bins", "target_length", "mean", "std")
+    return fbank_clips(clips, *(audio[k] for k in keys), pitch=pitch_shape(audio))
+
+
 def fbank_clips(
-    clips: list[np.ndarray], sample_rate: int, num_mel_bins: int, target_length: int, mean: float, std: float
+    clips: list[np.ndarray],
+    sample_rate: int,
+    num_mel_bins: int,
+    target_length: int,
+    mean: float,
+    std: float,
+    pitch: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Clips at `sample_rate` → float32 (clips, 1, num_mel_bins, target_length).
+    """Clips at `sample_rate` → float32 (clips, 1, num_mel_bins + sum(pitch), target_length).
 
     Subtract each clip's mean, take `kaldi_fbank`, transpose to (mel, frames), zero-pad on the
     right or crop to `target_length` frames (the padding is in the log domain, before normalising,
@@ -173,13 +212,51 @@ def fbank_clips(
     overlap (audio shorter than clips × clip_duration) a later clip sees samples an earlier clip
     already shifted. We subtract from a copy; the difference is a constant step that the per-frame
     DC removal cancels except in the frames straddling it.
+
+    With `pitch` (classes, octaves), each clip's `pitch_rows` (frame for frame) follow its normalised
+    log-mel.
     """
     mels = []
     for clip in clips:
         fbank = kaldi_fbank(clip - clip.mean(), sample_rate, num_mel_bins).T[:, :target_length]
-        fbank = np.pad(fbank, ((0, 0), (0, target_length - fbank.shape[1])))
-        mels.append((fbank - np.float32(mean)) / np.float32(std))
+        frames = fbank.shape[1]
+        fbank = np.pad(fbank, ((0, 0), (0, target_length - frames)))
+        rows = [(fbank - np.float32(mean)) / np.float32(std)]
+        if any(pitch):
+            rows.append(np.pad(pitch_rows(clip - clip.mean(), sample_rate, *pitch, frames), ((0, 0), (0, target_length - frames))))
+        mels.append(np.concatenate(rows))
     return np.stack(mels)[:, None].astype(np.float32)
+
+
+def pitch_rows(wave: np.ndarray, sample_rate: int, classes: int, octaves: int, frames: int) -> np.ndarray:
+    """(classes + octaves, frames) float32: for each of `kaldi_fbank`'s frames, the power spectrum of
+    a `PITCH_WINDOW_MS` Hann window centred on it (zeros beyond the wave) over `octaves` octaves from
+    `LOWEST_OCTAVE`, folded onto `classes` pitch classes (class 0 is C; each FFT bin shared by its
+    two nearest) and summed per octave, both divided by the frame's whole energy plus `PITCH_FLOOR`:
+    each frame's share of energy per pitch class and per octave, whatever the level."""
+    window = int(sample_rate * PITCH_WINDOW_MS * _MS)
+    shift, length = int(sample_rate * FRAME_SHIFT_MS * _MS), int(sample_rate * FRAME_LENGTH_MS * _MS)
+    x = np.pad(np.asarray(wave, dtype=np.float64), window)
+    starts = window + np.arange(frames) * shift + length // 2 - window // 2
+    segments = np.stack([x[s : s + window] for s in starts]) if frames else np.zeros((0, window))
+    power = np.abs(np.fft.rfft(segments * np.hanning(window), axis=1)) ** 2
+    classes_bank, octaves_bank = _pitch_banks(classes, octaves, window, sample_rate)
+    total = power.sum(axis=1, keepdims=True) + PITCH_FLOOR
+    return (np.concatenate([power @ classes_bank.T, power @ octaves_bank.T], axis=1) / total).T.astype(np.float32)
+
+
+def _pitch_banks(classes: int, octaves: int, n_fft: int, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (classes, n_fft // 2 + 1) and (octaves, n_fft // 2 + 1): each FFT bin in range to its
+    two nearest pitch classes, linearly by its distance from their centres on the circle of an
+    octave, and to its octave."""
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    semitones = 12 * np.log2(np.maximum(freqs, 1.0) / _C0_HZ) - 12 * LOWEST_OCTAVE  # 0 at the lowest C
+    octave = np.floor((semitones + 0.5) / 12)
+    inside = (octave >= 0) & (octave < octaves)
+    distance = (classes * semitones[None, :] / 12 - np.arange(classes)[:, None] + classes / 2) % classes - classes / 2
+    classes_bank = np.maximum(0.0, 1.0 - np.abs(distance)) * inside[None, :]
+    octaves_bank = (octave[None, :] == np.arange(octaves)[:, None]).astype(np.float64)
+    return classes_bank, octaves_bank
 
 
 def _resize_short_side(image: Image.Image, size: int) -> Image.Image:

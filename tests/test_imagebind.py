@@ -10,12 +10,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from train.imagebind import ImageBindEncoder, load_official_imagebind, official_key_filter
+from runtime.preprocess import audio_rows
 from train.presets import get_preset
 
 
 @pytest.fixture(scope="module")
 def cfg() -> dict:
-    return get_preset("tiny")["imagebind"]
+    """The tiny sizes with ImageBind's own audio front end (log-mel only)."""
+    ib = get_preset("tiny")["imagebind"]
+    ib["audio"].update(pitch_classes=0, octaves=0)
+    return ib
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,7 @@ def _images(cfg: dict, batch: int, clips: int = 1, frames: int = 1) -> Tensor:
 
 
 def _audio(cfg: dict, batch: int, clips: int) -> Tensor:
-    a = cfg["audio"]
-    return torch.randn(batch, clips, 1, a["num_mel_bins"], a["target_length"])
+    return torch.randn(batch, clips, 1, audio_rows(cfg["audio"]), cfg["audio"]["target_length"])
 
 
 def _official_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -225,3 +228,27 @@ def test_clips_are_averaged_after_postprocessing(encoder: ImageBindEncoder, cfg:
         torch.testing.assert_close(five, one)
         per_clip = encoder.encode_audio(audio.transpose(0, 1))  # each clip as its own input
         torch.testing.assert_close(encoder.encode_audio(audio), per_clip.mean(0, keepdim=True))
+
+
+def test_pitch_rows_get_tokens_of_their_own(cfg: dict) -> None:
+    """With pitch rows the official layout gains only their stem and one position per time step;
+    the log-mel rows go through the official stem as before, and the pitch rows count."""
+    plain = _official_shapes(cfg)
+    with_pitch = {**cfg, "audio": {**cfg["audio"], "pitch_classes": 12, "octaves": 6}}
+    torch.manual_seed(0)
+    encoder = ImageBindEncoder(with_pitch).eval()
+    a, shapes = with_pitch["audio"], {k: tuple(t.shape) for k, t in encoder.state_dict().items()}
+    steps = (a["target_length"] - a["kernel"]) // a["stride"] + 1
+    pos = "modality_preprocessors.audio.pos_embedding_helper.pos_embed"
+    stem = "modality_preprocessors.audio.pitch_stem."
+    assert set(shapes) - set(plain) == {stem + "proj.weight", stem + "norm_layer.weight", stem + "norm_layer.bias"}
+    assert shapes[pos] == (1, plain[pos][1] + steps, a["embed_dim"])
+    assert shapes[stem + "proj.weight"] == (a["embed_dim"], 1, 18, a["kernel"])
+    x = _audio(with_pitch, 2, 1)
+    moved = x.clone()
+    moved[:, :, :, a["num_mel_bins"] :] = moved[:, :, :, a["num_mel_bins"] :].roll(1, dims=3)
+    with torch.no_grad():
+        assert encoder.encode_audio(x).shape == (2, cfg["out_embed_dim"])
+        assert not torch.allclose(encoder.encode_audio(x), encoder.encode_audio(moved))
+    with pytest.raises(ValueError, match=str(audio_rows(a))):
+        encoder.encode_audio(_audio(cfg, 1, 1))

@@ -192,6 +192,66 @@ def test_audio_clips_sit_where_the_sampler_puts_them(imagebind):
     assert out[2].max() > 1.0
 
 
+# --- pitch rows
+
+
+def _note(octave: int, pitch: int) -> float:
+    return 440.0 * 2 ** ((12 * (octave + 1) + pitch - 69) / 12)
+
+
+@pytest.mark.parametrize("octave", [2, 3, 4, 5, 6, 7])
+def test_pitch_rows_name_every_pitch_class_and_its_octave(octave):
+    for pitch in range(12):
+        rows = pp.pitch_rows(_tone(_note(octave, pitch), 1.0), RATE, 12, 6, 60)
+        assert rows.shape == (18, 60) and rows.dtype == np.float32
+        assert set(rows[:12, 10:50].argmax(axis=0)) == {pitch}
+        # at C2 a semitone is one FFT bin, and its lowest notes spill below the rows' range
+        lowest = octave == pp.LOWEST_OCTAVE
+        assert rows[pitch, 10:50].min() > (0.4 if lowest else 0.6)
+        assert set(rows[12:, 10:50].argmax(axis=0)) == {octave - pp.LOWEST_OCTAVE}
+        assert rows[12 + octave - pp.LOWEST_OCTAVE, 10:50].min() > (0.6 if lowest else 0.9)
+
+
+def test_pitch_rows_are_a_share_of_energy_whatever_the_level_and_zero_in_silence():
+    loud, quiet = (pp.pitch_rows(a * _tone(293.66, 1.0), RATE, 12, 6, 60) for a in (1.0, 10 ** (-35 / 20)))
+    np.testing.assert_allclose(loud[:12].sum(axis=0)[10:50], 1.0, rtol=1e-3)
+    np.testing.assert_allclose(loud[12:].sum(axis=0)[10:50], 1.0, rtol=1e-3)
+    np.testing.assert_allclose(quiet, loud, atol=1e-3)
+    np.testing.assert_array_equal(pp.pitch_rows(np.zeros(RATE, np.float32), RATE, 12, 6, 60), 0.0)
+    assert pp.pitch_rows(_tone(_note(8, 3), 1.0), RATE, 12, 6, 60)[:, 10:50].max() < 1e-3  # above the octaves
+
+
+def test_pitch_rows_of_a_rising_sweep_climb_through_the_classes():
+    """An octave sweep from D3 over one second: the loudest class climbs a semitone every 83 ms."""
+    t = np.arange(RATE) / RATE
+    k = np.log(2)
+    wave = np.sin(2 * np.pi * _note(3, 2) * np.expm1(k * t) / k).astype(np.float32)
+    rows = pp.pitch_rows(wave, RATE, 12, 6, 98)
+    expected = (2 + 12 * (np.arange(98) * 0.01 + 0.0125)).round() % 12
+    assert np.mean(rows[:12].argmax(axis=0)[15:85] == expected[15:85]) > 0.9
+    assert rows[12 + 1, 15] > 0.9 and rows[12 + 2, 95] > 0.5  # starts in octave 3, ends in 4
+
+
+def test_pitch_rows_need_both_counts():
+    with pytest.raises(ValueError, match="both"):
+        pp.pitch_shape({"pitch_classes": 12})
+
+
+def test_pitch_rows_follow_the_log_mel_frame_for_frame(imagebind):
+    audio = imagebind["audio"]
+    assert pp.pitch_shape(audio) == (12, 6)
+    wave = _tone(440.0, 0.5)
+    out = pp.audio_input([wave], audio)
+    mel = pp.fbank_clips([wave], *(audio[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std")))
+    assert out.shape == (1, 1, pp.audio_rows(audio), audio["target_length"])
+    np.testing.assert_array_equal(out[:, :, : audio["num_mel_bins"]], mel)
+    frames, rows = 1 + (RATE // 2 - 400) // 160, out[0, 0, audio["num_mel_bins"] :]
+    np.testing.assert_array_equal(rows[:, :frames], pp.pitch_rows(wave - wave.mean(), RATE, 12, 6, frames))
+    assert (rows[:, frames:] == 0).all()
+    assert set(rows[:12, 5 : frames - 5].argmax(axis=0)) == {9}  # a
+    assert set(rows[12:, 5 : frames - 5].argmax(axis=0)) == {4 - pp.LOWEST_OCTAVE}
+
+
 def test_short_audio_repeats_the_same_clip(imagebind):
     audio = imagebind["audio"]
     out = _audio_clips(_tone(440.0, 0.5), RATE, audio)
@@ -212,7 +272,7 @@ def test_audio_input_keeps_only_its_clips_and_equals_the_whole_waveform_path(tmp
     audio = imagebind["audio"]
     whole, got_rate = media.read_audio(tmp_path / "a.flac")
     keys = ("sample_rate", "clips", "clip_duration", "num_mel_bins", "target_length", "mean", "std")
-    expected = pp.waveform_to_fbank_clips(whole, got_rate, *(audio[k] for k in keys))
+    expected = pp.waveform_to_fbank_clips(whole, got_rate, *(audio[k] for k in keys), pp.pitch_shape(audio))
     np.testing.assert_array_equal(prepare_inputs(imagebind, {"audio": tmp_path / "a.flac"})["audio"][0], expected)
     spans = lambda total, r: [(0, 10), (total - 5, total)]  # noqa: E731
     parts, total, got = media.read_audio_spans(tmp_path / "a.flac", spans)

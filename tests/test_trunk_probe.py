@@ -3,6 +3,7 @@ not what they do not."""
 import numpy as np
 
 from benchmarks import trunk_probe
+from runtime.preprocess import pitch_shape
 from train import synthetic
 
 
@@ -20,8 +21,10 @@ def test_the_probe_reads_an_attribute_the_features_hold_and_not_one_they_lack():
 def test_every_link_gives_one_row_per_medium(tiny_model):
     width = tiny_model.config["imagebind"]
     sounds = trunk_probe.world_features(tiny_model, "audio", synthetic.combinations("audio")[:3])
-    assert set(sounds) == {"log_mel", "imagebind", "projected"}
+    pitch = sum(pitch_shape(width["audio"]))
+    assert set(sounds) == {"log_mel", "imagebind", "projected"} | ({"pitch_rows"} if pitch else set())
     assert sounds["log_mel"].shape == (3, width["audio"]["num_mel_bins"])
+    assert not pitch or sounds["pitch_rows"].shape == (3, pitch)
     pictures = trunk_probe.world_features(tiny_model, "image", synthetic.combinations("image")[:2])
     assert set(pictures) == {"imagebind", "projected"}
     for links, n in ((sounds, 3), (pictures, 2)):

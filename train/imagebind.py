@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.preprocess import audio_rows, pitch_shape
+
 MODALITIES = ("vision", "audio")
 _GROUPS = ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")
 # The reference's LearnableLogitScaling clamps the scale at this value.
@@ -72,10 +74,28 @@ class _Preprocessor(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
         self.pos_embedding_helper = _PosEmbedding(num_patches + 1, dim)
 
+    def patches(self, x: Tensor) -> Tensor:
+        return self.rgbt_stem(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.rgbt_stem(x)
+        tokens = self.patches(x)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return torch.cat((cls, tokens), dim=1) + self.pos_embedding_helper.pos_embed
+
+
+class _PitchPreprocessor(_Preprocessor):
+    """The audio preprocessor for clips with pitch rows below the log-mel (a preset's `pitch_classes`
+    and `octaves`; ImageBind has none): the rows get a stem of their own, one patch of all of them
+    per time step of the log-mel's patches, and their tokens follow the log-mel's."""
+
+    def __init__(self, stem: _PatchStem, pitch_stem: _PatchStem, mel_rows: int, num_patches: int, dim: int) -> None:
+        super().__init__(stem, num_patches, dim)
+        self.pitch_stem = pitch_stem
+        self.mel_rows = mel_rows
+
+    def patches(self, x: Tensor) -> Tensor:
+        mel, pitch = x[:, :, : self.mel_rows], x[:, :, self.mel_rows :]
+        return torch.cat((self.rgbt_stem(mel), self.pitch_stem(pitch)), dim=1)
 
 
 def _vision_preprocessor(cfg: dict[str, Any]) -> _Preprocessor:
@@ -95,8 +115,13 @@ def _audio_preprocessor(cfg: dict[str, Any]) -> _Preprocessor:
     # A single-layer stem is stored bare (`proj.weight`, no `.0`) in the reference.
     conv = nn.Conv2d(1, dim, kernel_size=k, stride=s, bias=False)
     stem = _PatchStem(conv, nn.LayerNorm(dim))
-    num_patches = _conv_out(cfg["num_mel_bins"], k, s) * _conv_out(cfg["target_length"], k, s)
-    return _Preprocessor(stem, num_patches, dim)
+    steps = _conv_out(cfg["target_length"], k, s)
+    num_patches = _conv_out(cfg["num_mel_bins"], k, s) * steps
+    rows = sum(pitch_shape(cfg))
+    if not rows:
+        return _Preprocessor(stem, num_patches, dim)
+    pitch_conv = nn.Conv2d(1, dim, kernel_size=(rows, k), stride=(rows, s), bias=False)
+    return _PitchPreprocessor(stem, _PatchStem(pitch_conv, nn.LayerNorm(dim)), cfg["num_mel_bins"], num_patches + steps, dim)
 
 
 class _Mlp(nn.Module):
@@ -226,8 +251,8 @@ class ImageBindEncoder(nn.Module):
         return self._encode("vision", clips)
 
     def encode_audio(self, clips: Tensor) -> Tensor:
-        """(B, C, 1, mel, T) log-mel clips -> (B, out), norm logit_scale for C = 1."""
-        mel, frames = self.audio_cfg["num_mel_bins"], self.audio_cfg["target_length"]
+        """(B, C, 1, rows, T) log-mel (and pitch-row) clips -> (B, out), norm logit_scale for C = 1."""
+        mel, frames = audio_rows(self.audio_cfg), self.audio_cfg["target_length"]
         shape = tuple(clips.shape)
         if len(shape) != 5 or shape[2:] != (1, mel, frames):
             raise ValueError(f"audio clips must be (B, C, 1, {mel}, {frames}), got {shape}")

@@ -134,6 +134,10 @@ TINY: dict[str, Any] = {
             "logit_scale": 20.0,
             "mean": -4.268,
             "std": 9.138,
+            # pitch rows below the log-mel (runtime/preprocess.py `pitch_rows`; not ImageBind's): the
+            # tiny trunk does not learn a sound's pitch name from 25 ms log-mel patches alone
+            "pitch_classes": 12,
+            "octaves": 6,
         },
     },
     "llm": {
@@ -282,7 +286,7 @@ def _nextgpt_7b() -> dict[str, Any]:
     p["preset"] = "nextgpt-7b"
     p["imagebind"]["out_embed_dim"] = 1024
     p["imagebind"]["vision"].update(image_size=224, embed_dim=1280, num_blocks=32, num_heads=16)
-    p["imagebind"]["audio"].update(embed_dim=768, num_blocks=12, num_heads=12)
+    p["imagebind"]["audio"].update(embed_dim=768, num_blocks=12, num_heads=12, pitch_classes=0, octaves=0)
     p["llm"] = {
         "hidden_size": 4096,
         "intermediate_size": 11008,

@@ -102,16 +102,13 @@ class WorldData:
 
     @cached_property
     def audio_fbank(self) -> Tensor:
-        """(N, AUDIO_VARIANTS, 1, 1, mel, frames): one fbank clip per render (a world sound is shorter
+        """(N, AUDIO_VARIANTS, 1, 1, rows, frames): one fbank clip per render (a world sound is shorter
         than a clip, so its clips are all the same). Render 0 is the plain one; the others are varied
         train looks (synthetic.draw_look: level, sample rate, channels, MP3/OGG, detuning, noise)
         written to their files and read back as a user's are, so the trunk hears each pitch a little
         off and through other front ends, not one fixed spectrum it can memorise (docs/evaluation.md)."""
         audio = self.config["imagebind"]["audio"]
-        plain = [
-            preprocess.fbank_clips([w], audio["sample_rate"], audio["num_mel_bins"], audio["target_length"], audio["mean"], audio["std"])
-            for w in self._waves(audio["sample_rate"])
-        ]
+        plain = [preprocess.audio_input([w], audio) for w in self._waves(audio["sample_rate"])]
         with tempfile.TemporaryDirectory() as tmp:
 
             def varied(job: tuple[int, int]) -> np.ndarray:
