@@ -149,8 +149,8 @@ def verify(
     """Run the engine and PyTorch on the same sample, every dynamic axis at the profile point `at`
     (or on `feeds`, a recorded real input); raise naming the first output out of tolerance. PyTorch
     computes in the engine's precision where it can (fp16/bf16, as the ONNX does, `computing_in`;
-    int8 against fp32), so the check is the precision's one tolerance; the error against fp32 PyTorch
-    is reported beside it. `against_fp32`: the reference is fp32 PyTorch (OpenVINO bf16 decides
+    int8 against fp32), so the check is the precision's one tolerance, met against either that or fp32
+    PyTorch; the error against fp32 PyTorch is reported beside it. `against_fp32`: the reference is fp32 PyTorch (OpenVINO bf16 decides
     itself which ops run in bf16, so no PyTorch module computes what it computes). Max abs errors: {"max_abs_error", "max_abs_error_vs_fp32"}."""
     feeds = spec.sample(spec.point(at), seed=1) if feeds is None else feeds
     args = [torch.from_numpy(np.asarray(feeds[n])) for n in spec.input_names]
@@ -164,7 +164,9 @@ def verify(
         if ref.shape != out.shape:
             raise BuildError(f"{spec.name}: output {name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
         check = compare(ref, out, tol, tol, rule_for(precision))
-        if not check["pass"]:
+        # PyTorch's own fp16 on the CPU can be the farther of the two from fp32 (measured on the SD
+        # UNet: max 0.044 where the ONNX Runtime engine is 0.0037): agreeing with fp32 as closely counts
+        if not check["pass"] and not (reduced and compare(full.numpy(), out, tol, tol, rule_for(precision))["pass"]):
             raise BuildError(
                 f"{spec.name}: output {name!r} differs from PyTorch ({precision}) by up to {check['max_abs']:.3g}: {check['reason']}"
             )
