@@ -12,7 +12,7 @@
 5. the last checkpoint copied to OUT, and a closing table (stage, time, final losses) printed and
    written to WORK/reproduce.json.
 
-Everything is seeded; on 2 CPU cores it takes about 48 minutes (docs/training.md).
+Everything is seeded; on 2 CPU cores it takes 50 to 60 minutes (docs/training.md).
 """
 from __future__ import annotations
 
