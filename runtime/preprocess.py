@@ -218,12 +218,13 @@ def fbank_clips(
     """
     mels = []
     for clip in clips:
-        fbank = kaldi_fbank(clip - clip.mean(), sample_rate, num_mel_bins).T[:, :target_length]
+        centred = clip - clip.mean()
+        fbank = kaldi_fbank(centred, sample_rate, num_mel_bins).T[:, :target_length]
         frames = fbank.shape[1]
         fbank = np.pad(fbank, ((0, 0), (0, target_length - frames)))
         rows = [(fbank - np.float32(mean)) / np.float32(std)]
         if any(pitch):
-            rows.append(np.pad(pitch_rows(clip - clip.mean(), sample_rate, *pitch, frames), ((0, 0), (0, target_length - frames))))
+            rows.append(np.pad(pitch_rows(centred, sample_rate, *pitch, frames), ((0, 0), (0, target_length - frames))))
         mels.append(np.concatenate(rows))
     return np.stack(mels)[:, None].astype(np.float32)
 
@@ -238,7 +239,7 @@ def pitch_rows(wave: np.ndarray, sample_rate: int, classes: int, octaves: int, f
     shift, length = int(sample_rate * FRAME_SHIFT_MS * _MS), int(sample_rate * FRAME_LENGTH_MS * _MS)
     x = np.pad(np.asarray(wave, dtype=np.float64), window)
     starts = window + np.arange(frames) * shift + length // 2 - window // 2
-    segments = np.stack([x[s : s + window] for s in starts]) if frames else np.zeros((0, window))
+    segments = np.lib.stride_tricks.sliding_window_view(x, window)[starts]
     power = np.abs(np.fft.rfft(segments * np.hanning(window), axis=1)) ** 2
     classes_bank, octaves_bank = _pitch_banks(classes, octaves, window, sample_rate)
     total = power.sum(axis=1, keepdims=True) + PITCH_FLOOR
