@@ -99,7 +99,9 @@ def pretrain_imagebind(
         captions = [c for m in modalities for c in data.captions[m]]
         tower, temperature = CaptionTower(captions, 64, out_dim), Temperature()
         weight = settings[trunk].get("attribute_weight", 0.0)
-        heads = nn.ModuleDict({m: AttributeHeads(data.combos[m], out_dim) for m in set(modalities)}) if weight else None
+        # dict.fromkeys, not set: a set of strings iterates in an order PYTHONHASHSEED draws anew in every
+        # process, and the heads are built (drawing their weights) in that order
+        heads = nn.ModuleDict({m: AttributeHeads(data.combos[m], out_dim) for m in dict.fromkeys(modalities)}) if weight else None
         parts = [encoder.modality_preprocessors[trunk], encoder.modality_trunks[trunk], encoder.modality_heads[trunk]]
 
         def loss(step: int, trunk: str = trunk, modalities: tuple[str, ...] = modalities, tower: CaptionTower = tower, temperature: Temperature = temperature, heads: nn.ModuleDict | None = heads, weight: float = weight) -> dict[str, Tensor]:
@@ -119,7 +121,7 @@ def pretrain_imagebind(
         for part in parts:
             part.requires_grad_(False).eval()
         with torch.no_grad():
-            data.meanings.update({m: tower(data.captions[m]) for m in set(modalities)})
+            data.meanings.update({m: tower(data.captions[m]) for m in dict.fromkeys(modalities)})
     return results
 
 
