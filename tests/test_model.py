@@ -57,6 +57,8 @@ def test_embedded_checkpoint_is_small_and_trained_from_make_tiny_s_layout(tmp_pa
     for rel in (f for f in files if f.suffix == ".safetensors"):
         got, want = load_file(str(tiny_dir / rel)), load_file(str(tmp_path / "tiny" / rel))
         assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}, rel
+    # the presets are what the recipe started from: a setting changed in them reaches the embedded config
+    assert (tiny_dir / "config.json").read_bytes() == (tmp_path / "tiny" / "config.json").read_bytes()
     # the embedded one is trained (train/reproduce.py): its weights are not make_tiny's
     trained = load_file(str(tiny_dir / "imagebind.safetensors"))
     assert not all(torch.equal(v, made.encoder.state_dict()[k]) for k, v in trained.items())
