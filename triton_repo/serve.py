@@ -263,13 +263,26 @@ class TritonServer:
             self._watchdog.join()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
+            if not self._exits_after_sigterm():
                 # The whole session: Python-backend stubs are children of the server.
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)  # the backend copy, and the log unless --log was given
+
+    def _exits_after_sigterm(self) -> bool:
+        """Whether Triton exits by itself within STOP_GRACE_S. After a watchdog reload it cannot:
+        the retired instance whose stub died stays a live model until Triton's own exit timeout
+        (30 s), so once every stub has exited (every model here is a Python-backend one, the
+        ensemble aside) nothing is left to unload and waiting longer only delays the kill."""
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                self.process.wait(WATCH_S)
+                return True
+            except subprocess.TimeoutExpired:
+                if self.restarts and not self.stubs():
+                    return False
+        return False
 
     def __enter__(self) -> TritonServer:
         return self.start()
