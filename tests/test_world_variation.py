@@ -133,3 +133,24 @@ def test_sounds_vary_in_level_rate_channels_and_codec_and_keep_their_pitch(tmp_p
         peak = np.argmax(spectrum) * rate / (8 * wave.size)
         heard = 1200 * np.log2(peak / synthetic.pitch_hz(a["pitch"], a["register"]))
         assert heard == pytest.approx(look.draw["cents"], abs=5)
+
+
+@pytest.mark.parametrize("kind", synthetic.SHAPES)
+def test_a_shape_is_drawn_as_sampling_the_whole_frame_would(kind):
+    """draw_shape samples only the box within SHAPE_REACH radii of the centre; every pixel must be
+    what sampling every pixel of the frame gives (the world's bytes, and so the checkpoint, rest on it)."""
+    rng, covered = np.random.default_rng(7), 0
+    for height, width, antialias in ((64, 64, 1), (200, 1024, 4), (1024, 300, 3), (48, 96, 2)):
+        for _ in range(4):
+            centre = (rng.uniform(-0.2, 1.2) * height, rng.uniform(-0.2, 1.2) * width)
+            r = rng.uniform(0.05, 0.3) * min(height, width)
+            sub = (np.arange(antialias) + 0.5) / antialias - 0.5
+            ys = (np.arange(height)[:, None] + sub).reshape(-1, 1) - centre[0]
+            xs = (np.arange(width)[:, None] + sub).reshape(1, -1) - centre[1]
+            whole = synthetic._shape_mask(kind, ys, xs, r).reshape(height, antialias, width, antialias).mean(axis=(1, 3))
+            box, cover = synthetic._coverage(kind, height, width, centre, r, antialias)
+            drawn = np.zeros((height, width))
+            drawn[box] = cover
+            assert np.array_equal(drawn, whole), (height, width, centre, r)
+            covered += whole.any()
+    assert covered >= 8  # most shapes are in the frame, some cut by its edge

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -88,9 +89,13 @@ ASK_FOR = {"image": "i would like a picture", "video": "i would like a video", "
 ASK_BACK = "what should it be?"
 HERE = {"image": "here is the picture", "video": "here is the video", "audio": "here is the sound"}
 EXT = {"image": ".png", "video": ".mp4", "audio": ".wav"}
+PNG_LEVEL = 1  # zlib's fastest: the world's pictures are written to be read back, not kept
 
 
 # ---------------------------------------------------------------- drawing
+
+
+SHAPE_REACH = 1.6  # the farthest any shape reaches from its centre, in radii (the stripe's half-length)
 
 
 def _shape_mask(kind: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
@@ -111,14 +116,22 @@ def _shape_mask(kind: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarr
     raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
 
 
-def _coverage(kind: str, height: int, width: int, centre: tuple[float, float], r: float, antialias: int) -> np.ndarray:
-    """float (height, width): the part of each pixel the shape covers, from `antialias`² points per
-    pixel; with one point (the plain render) the pixel's own position, so 0 or 1."""
+def _coverage(
+    kind: str, height: int, width: int, centre: tuple[float, float], r: float, antialias: int
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The box of pixels the shape can touch, and float coverage there: the part of each pixel the
+    shape covers, from `antialias`² points per pixel; with one point (the plain render) the pixel's
+    own position, so 0 or 1. Outside the box it is 0: every shape lies within `SHAPE_REACH` r of its
+    centre, so only that box is sampled (two fifths of a square frame at most, less of a wide one)."""
+    reach = SHAPE_REACH * r + 1
+    spans = [(max(0, math.floor(c - reach)), min(n, math.ceil(c + reach) + 1)) for c, n in zip(centre, (height, width))]
+    box = tuple(slice(lo, max(lo, hi)) for lo, hi in spans)  # empty where the shape is off the frame
+    rows, cols = (np.arange(b.start, b.stop) for b in box)
     sub = (np.arange(antialias) + 0.5) / antialias - 0.5
-    ys = (np.arange(height)[:, None] + sub).reshape(-1, 1) - centre[0]
-    xs = (np.arange(width)[:, None] + sub).reshape(1, -1) - centre[1]
+    ys = (rows[:, None] + sub).reshape(-1, 1) - centre[0]
+    xs = (cols[:, None] + sub).reshape(1, -1) - centre[1]
     mask = _shape_mask(kind, ys, xs, r)
-    return mask.reshape(height, antialias, width, antialias).mean(axis=(1, 3))
+    return box, mask.reshape(rows.size, antialias, cols.size, antialias).mean(axis=(1, 3))
 
 
 Colour = tuple[int, int, int]
@@ -144,9 +157,12 @@ def draw_shape(
     height = height or size
     side = min(size, height)
     centre = ((0.5 + offset[0]) * side + (height - side) / 2, (0.5 + offset[1]) * side + (size - side) / 2)
-    cover = _coverage(kind, height, size, centre, scale * side / 5, antialias)[..., None]
+    box, cover = _coverage(kind, height, size, centre, scale * side / 5, antialias)
     fg, bg = (np.array(c, np.float64) for c in (fill or RGB[colour], back or RGB[background]))
-    return np.round(bg + cover * (fg - bg)).astype(np.uint8)
+    image = np.empty((height, size, 3), np.uint8)
+    image[...] = np.round(bg).astype(np.uint8)  # what bg + 0 × (fg - bg) rounds to, outside the box
+    image[box] = np.round(bg + cover[..., None] * (fg - bg)).astype(np.uint8)
+    return image
 
 
 Offset = tuple[float, float]
@@ -631,7 +647,7 @@ def write_look(path: Path, modality: str, a: dict[str, str], look: Look, world: 
     data = render_look(modality, a, look, world)
     if modality == "image":
         if look.suffix == ".png":
-            media.write_png(path, data)
+            media.write_png(path, data, PNG_LEVEL)
         else:
             Image.fromarray(data).save(path, quality=look.quality)
     elif modality == "video":
@@ -665,7 +681,7 @@ def write_medium(
         return
     data = render_variant(modality, a, variant, world)
     if modality == "image":
-        media.write_png(path, data)
+        media.write_png(path, data, PNG_LEVEL)
     elif modality == "video":
         media.write_video(path, data, fps=world["fps"])
     else:
