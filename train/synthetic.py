@@ -122,7 +122,7 @@ def _coverage(
     """The box of pixels the shape can touch, and float coverage there: the part of each pixel the
     shape covers, from `antialias`² points per pixel; with one point (the plain render) the pixel's
     own position, so 0 or 1. Outside the box it is 0: every shape lies within `SHAPE_REACH` r of its
-    centre, so only that box is sampled (two fifths of a square frame at most, less of a wide one)."""
+    centre, so only that box is sampled (two fifths of a square frame at the usual size, less of a wide one)."""
     reach = SHAPE_REACH * r + 1
     spans = [(max(0, math.floor(c - reach)), min(n, math.ceil(c + reach) + 1)) for c, n in zip(centre, (height, width))]
     box = tuple(slice(lo, max(lo, hi)) for lo, hi in spans)  # empty where the shape is off the frame
